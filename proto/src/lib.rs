@@ -1,0 +1,15 @@
+//! The `resultstore.v1` gRPC API, generated from `proto/resultstore/v1/resultstore.proto`.
+//!
+//! The `.proto` file is the documented contract; this crate only compiles it.
+
+/// Messages and the client/server stubs of `resultstore.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("resultstore.v1");
+
+    /// Encoded `FileDescriptorSet` of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("resultstore_descriptor");
+}
+
+pub use prost_types::Timestamp;

@@ -1,0 +1,305 @@
+//! Storage blocks: slug → object store, built once from the config.
+//!
+//! Each block owns an `object_store` store (wrapped in a [`CountingStore`] so storage
+//! operations are counted per block), optionally a second store for metadata documents,
+//! the format it writes, and the serializer assumed for bare payloads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use crate::config::{BlockConfig, BlockFormat, Config};
+use crate::error::{Error, Result};
+use crate::keys::{BlockType, parse_slug};
+use crate::serializer::SerializerConfig;
+use crate::telemetry::{StorageCounters, incr};
+
+/// One configured block.
+#[derive(Debug)]
+pub struct Block {
+    /// Canonical slug, e.g. `local-file-system/default`.
+    pub slug: String,
+    pub block_type: BlockType,
+    pub format: BlockFormat,
+    pub store: Arc<dyn ObjectStore>,
+    pub metadata_store: Option<Arc<dyn ObjectStore>>,
+    /// The configured URL, for display (never holds credentials: those live in `options`).
+    pub url: String,
+    /// Serializer assumed for bare payloads when the request names none.
+    pub default_serializer: SerializerConfig,
+    /// Absolute root of a local block, to map Prefect's absolute `storage_key`s back to keys.
+    local_root: Option<PathBuf>,
+    pub counters: Arc<StorageCounters>,
+}
+
+impl Block {
+    /// The full storage URI of a key.
+    pub fn uri(&self, key: &str) -> String {
+        match &self.local_root {
+            Some(root) => format!("file://{}/{key}", root.display()),
+            None => format!("{}/{key}", self.url.trim_end_matches('/')),
+        }
+    }
+
+    /// Maps a `storage_key` from a Prefect document to a key of this block. Prefect
+    /// records absolute paths for unsaved local blocks: such a path must lie under this
+    /// block's root, and anything else is refused rather than read from elsewhere.
+    pub fn key_from_storage_key(&self, storage_key: &str) -> Result<String> {
+        if !storage_key.starts_with('/') {
+            return Ok(storage_key.to_owned());
+        }
+        if let Some(root) = &self.local_root
+            && let Ok(rest) = std::path::Path::new(storage_key).strip_prefix(root)
+            && let Some(rest) = rest.to_str()
+            && !rest.is_empty()
+        {
+            return Ok(rest.to_owned());
+        }
+        Err(Error::InvalidKey {
+            key: storage_key.to_owned(),
+            reason: format!(
+                "the absolute storage_key points outside block `{}` ({})",
+                self.slug, self.url
+            ),
+        })
+    }
+}
+
+/// All blocks, by canonical slug.
+#[derive(Debug)]
+pub struct BlockRegistry {
+    blocks: BTreeMap<String, Arc<Block>>,
+    default: String,
+}
+
+impl BlockRegistry {
+    /// Builds every block of `config`; local block folders are created.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let mut blocks = BTreeMap::new();
+        let server_default = SerializerConfig::from_type(&config.default_serializer)
+            .map_err(|e| Error::Config(format!("default_serializer: {e}")))?;
+        for (slug, bc) in &config.blocks {
+            let (slug, block_type) = parse_slug(slug).map_err(|e| Error::Config(e.to_string()))?;
+            let block = build_block(&slug, block_type, bc, &server_default)?;
+            blocks.insert(slug, Arc::new(block));
+        }
+        let (default, _) =
+            parse_slug(&config.default_block).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(BlockRegistry { blocks, default })
+    }
+
+    /// The block of `slug` (aliases allowed); the default block when `slug` is empty.
+    pub fn get(&self, slug: &str) -> Result<Arc<Block>> {
+        if slug.is_empty() {
+            return Ok(self.default_block());
+        }
+        let (canonical, _) = parse_slug(slug)?;
+        self.blocks
+            .get(&canonical)
+            .cloned()
+            .ok_or_else(|| Error::UnknownBlock {
+                block: slug.to_owned(),
+                known: self.blocks.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    pub fn default_block(&self) -> Arc<Block> {
+        // `Config::validate` guarantees the default block exists.
+        self.blocks[&self.default].clone()
+    }
+
+    pub fn default_slug(&self) -> &str {
+        &self.default
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Block>> {
+        self.blocks.values()
+    }
+}
+
+fn build_block(
+    slug: &str,
+    block_type: BlockType,
+    bc: &BlockConfig,
+    server_default: &SerializerConfig,
+) -> Result<Block> {
+    let counters = Arc::new(StorageCounters::default());
+    let (store, local_root) = open_store(slug, block_type, &bc.url, &counters)?;
+    let metadata_store = match &bc.metadata_url {
+        Some(url) => Some(open_store(slug, block_type, url, &counters)?.0),
+        None => None,
+    };
+    let default_serializer = match &bc.default_serializer {
+        Some(ty) => SerializerConfig::from_type(ty)
+            .map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?,
+        None => server_default.clone(),
+    };
+    Ok(Block {
+        slug: slug.to_owned(),
+        block_type,
+        format: bc.format,
+        store,
+        metadata_store,
+        url: bc.url.clone(),
+        default_serializer,
+        local_root,
+        counters,
+    })
+}
+
+fn open_store(
+    slug: &str,
+    block_type: BlockType,
+    url: &str,
+    counters: &Arc<StorageCounters>,
+) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    let (inner, root): (Arc<dyn ObjectStore>, Option<PathBuf>) = match block_type {
+        BlockType::LocalFileSystem => {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            let path = PathBuf::from(if path.is_empty() { "." } else { path });
+            let path = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir()
+                    .map_err(|e| Error::Config(e.to_string()))?
+                    .join(path)
+            };
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::Config(format!(
+                    "block `{slug}`: cannot create {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let path = path
+                .canonicalize()
+                .map_err(|e| Error::Config(format!("block `{slug}`: {}: {e}", path.display())))?;
+            let store = LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?;
+            (Arc::new(store), Some(path))
+        }
+        BlockType::Memory => (Arc::new(InMemory::new()), None),
+        other => {
+            return Err(Error::Config(format!(
+                "block `{slug}`: `{}` blocks are not supported by this version of resultstore yet \
+                 (supported: local-file-system, memory)",
+                other.as_str()
+            )));
+        }
+    };
+    Ok((
+        Arc::new(CountingStore {
+            inner,
+            counters: counters.clone(),
+        }),
+        root,
+    ))
+}
+
+/// An `ObjectStore` that counts every operation, by kind, into its block's counters.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<StorageCounters>,
+}
+
+impl CountingStore {
+    fn outcome<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
+        if let Err(e) = &r
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            incr(&self.counters.errors);
+        }
+        r
+    }
+}
+
+impl fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        incr(&self.counters.put);
+        self.outcome(self.inner.put_opts(location, payload, opts).await)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        incr(&self.counters.put);
+        self.outcome(self.inner.put_multipart_opts(location, opts).await)
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        incr(if options.head {
+            &self.counters.head
+        } else {
+            &self.counters.get
+        });
+        self.outcome(self.inner.get_opts(location, options).await)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let counters = self.counters.clone();
+        let counted = locations.inspect(move |_| incr(&counters.delete)).boxed();
+        self.inner.delete_stream(counted)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        incr(&self.counters.list);
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        incr(&self.counters.list);
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        incr(&self.counters.list);
+        self.outcome(self.inner.list_with_delimiter(prefix).await)
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        incr(&self.counters.copy);
+        self.outcome(self.inner.copy_opts(from, to, options).await)
+    }
+}

@@ -1,0 +1,228 @@
+//! The resolve cache: loaded results, weighed in bytes, shared by every client of this
+//! replica.
+//!
+//! - **Keyed by block and key; each entry carries the version it was read at.** A
+//!   request that names a version (a reference) is served only by an entry of that
+//!   version, and every overwrite or delete through this replica replaces or removes the
+//!   entry, so an entry never outlives an overwrite it knows of. Overwrites made by
+//!   others (another replica, Prefect itself) are seen when the entry's
+//!   `time_to_live` ends.
+//! - **Singleflight.** Concurrent misses of one key make one storage read
+//!   (`moka::future::Cache::try_get_with`); every waiter gets its result, or its error.
+//! - **Bounded.** The weight of an entry is its serializer bytes plus its decoded value
+//!   bytes (when those are a separate buffer) plus a fixed overhead; the total stays under
+//!   `capacity`, evicting least recently used entries. LRU rather than moka's default
+//!   TinyLFU admission, because a result that was just written is the one most likely to
+//!   be read next, and TinyLFU would turn fresh results away. A result heavier than
+//!   `max_entry_size` is handed to its waiters without being cached.
+//! - **Expiration.** An entry lives at most `time_to_live`, and never past its result's
+//!   own expiration.
+//!
+//! The cache also holds results that were not persisted (`persist_result = false`):
+//! memory is their only home, so they are gone once evicted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::record::ResultRecord;
+use crate::reference::ResultReference;
+use crate::serializer::DecodedValue;
+use crate::telemetry::{CacheCounters, CacheSnapshot, incr};
+
+/// Where a result lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub block: Arc<str>,
+    pub key: String,
+}
+
+/// A result read from storage (or held in memory), ready to serve.
+#[derive(Debug)]
+pub struct LoadedResult {
+    pub record: ResultRecord,
+    pub value: DecodedValue,
+    pub reference: ResultReference,
+}
+
+/// Fixed per-entry overhead counted in the weight (key, metadata, bookkeeping).
+const ENTRY_OVERHEAD: u64 = 512;
+
+impl LoadedResult {
+    /// Bytes this entry holds, as counted against the cache's capacity.
+    pub fn weight(&self) -> u64 {
+        let data = self.record.data.len() as u64;
+        let value = if self.value.bytes.as_ptr() == self.record.data.as_ptr() {
+            0
+        } else {
+            self.value.bytes.len() as u64
+        };
+        data + value + ENTRY_OVERHEAD
+    }
+}
+
+/// A fill's outcome that is not a cacheable entry. Shared by every waiter of the fill.
+enum FillError {
+    /// Too heavy to cache: served to the waiters, then dropped.
+    TooLarge(Arc<LoadedResult>),
+    Failed(Error),
+}
+
+struct EntryExpiry {
+    ttl: Duration,
+}
+
+impl EntryExpiry {
+    fn lifetime(&self, v: &Arc<LoadedResult>) -> Option<Duration> {
+        let until_expiration = v.record.expiration.map(|exp| {
+            (exp - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
+        Some(until_expiration.map_or(self.ttl, |d| d.min(self.ttl)))
+    }
+}
+
+impl Expiry<CacheKey, Arc<LoadedResult>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<LoadedResult>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        self.lifetime(v)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<LoadedResult>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.lifetime(v)
+    }
+}
+
+/// The cache of loaded results.
+pub struct ResolveCache {
+    inner: Cache<CacheKey, Arc<LoadedResult>>,
+    max_entry: u64,
+    counters: Arc<CacheCounters>,
+}
+
+impl ResolveCache {
+    pub fn new(config: &CacheConfig) -> Self {
+        let counters = Arc::new(CacheCounters::default());
+        let on_evict = counters.clone();
+        let inner = Cache::builder()
+            .max_capacity(config.capacity.0)
+            .weigher(|_k: &CacheKey, v: &Arc<LoadedResult>| {
+                u32::try_from(v.weight()).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(EntryExpiry {
+                ttl: config.time_to_live.0,
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    incr(&on_evict.evictions);
+                }
+            })
+            .build();
+        ResolveCache {
+            inner,
+            max_entry: config.max_entry_size.0,
+            counters,
+        }
+    }
+
+    /// The entry at `key` if `accept` takes it, else one storage read through `load`
+    /// shared by all concurrent callers. `bypass` skips the lookup (the loaded result
+    /// still refreshes the entry). Returns the result and whether it was a hit.
+    pub async fn get_or_load<F>(
+        &self,
+        key: CacheKey,
+        accept: impl Fn(&LoadedResult) -> bool,
+        bypass: bool,
+        load: F,
+    ) -> Result<(Arc<LoadedResult>, bool)>
+    where
+        F: Future<Output = Result<LoadedResult>>,
+    {
+        if !bypass && let Some(entry) = self.inner.get(&key).await {
+            if accept(&entry) {
+                incr(&self.counters.hits);
+                return Ok((entry, true));
+            }
+            self.inner.invalidate(&key).await;
+        }
+        if bypass {
+            self.inner.invalidate(&key).await;
+        }
+        incr(&self.counters.misses);
+        let max_entry = self.max_entry;
+        let filled = self
+            .inner
+            .try_get_with(key, async move {
+                let loaded = Arc::new(load.await.map_err(FillError::Failed)?);
+                if loaded.weight() > max_entry {
+                    return Err(FillError::TooLarge(loaded));
+                }
+                Ok(loaded)
+            })
+            .await;
+        match filled {
+            Ok(entry) => Ok((entry, false)),
+            Err(shared) => match &*shared {
+                FillError::TooLarge(loaded) => {
+                    incr(&self.counters.bypassed_too_large);
+                    Ok((loaded.clone(), false))
+                }
+                FillError::Failed(e) => Err(e.clone()),
+            },
+        }
+    }
+
+    /// The entry at `key`, if any, without loading.
+    pub async fn peek(&self, key: &CacheKey) -> Option<Arc<LoadedResult>> {
+        self.inner.get(key).await
+    }
+
+    /// Puts a result just written (write-through), unless it is too heavy to cache.
+    pub async fn insert(&self, key: CacheKey, value: Arc<LoadedResult>) {
+        if value.weight() > self.max_entry {
+            incr(&self.counters.bypassed_too_large);
+            self.inner.invalidate(&key).await;
+            return;
+        }
+        self.inner.insert(key, value).await;
+    }
+
+    pub async fn invalidate(&self, key: &CacheKey) {
+        self.inner.invalidate(key).await;
+    }
+
+    /// Runs moka's pending maintenance (evictions), so sizes read after it are settled.
+    pub async fn settle(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+
+    /// The weight of all entries, in bytes.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    pub fn counters(&self) -> CacheSnapshot {
+        self.counters.snapshot()
+    }
+}

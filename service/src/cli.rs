@@ -1,0 +1,404 @@
+//! Command-line arguments and the commands behind them.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use resultstore::config::Config;
+use resultstore_client::{
+    Client, Put, ReadOptions, Reference, Settings, Stored, Target, Want, serializer_pb,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "resultstore",
+    version,
+    about = "A result store and shared cache for task and flow results"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ServerArg {
+    /// The server to talk to.
+    #[arg(
+        long,
+        env = "RESULTSTORE_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (embedded default config when no --config is given).
+    Serve {
+        /// TOML config file.
+        #[arg(long, env = "RESULTSTORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the config's `listen`).
+        #[arg(long, env = "RESULTSTORE_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Store a result; prints the literal or reference as one JSON object.
+    Put {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Block slug (default: the server's default block).
+        #[arg(long)]
+        block: Option<String>,
+        /// Storage key (default: a new uuid4 hex).
+        #[arg(long)]
+        key: Option<String>,
+        /// Serializer type (`json`, `pickle`, `compressed/pickle`, ...) or a JSON config.
+        #[arg(long)]
+        serializer: Option<String>,
+        /// A JSON document for the server to serialize.
+        #[arg(long, conflicts_with_all = ["file", "literal"])]
+        json: Option<String>,
+        /// A file holding serializer bytes, stored as they are.
+        #[arg(long, conflicts_with = "literal")]
+        file: Option<PathBuf>,
+        /// A literal result: true, false or null.
+        #[arg(long)]
+        literal: Option<String>,
+        /// Expire the result after this long (`10m`, `1h`).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Fail instead of overwriting an existing result.
+        #[arg(long)]
+        create_only: bool,
+        /// persist_result. Default true: a person who types `put` wants the result stored
+        /// (the API itself applies Prefect's rules, where unset means "not persisted").
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        persist: bool,
+        /// Task retries (a value above zero implies persistence).
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
+        /// Cache key (implies persistence; the key when --key is absent).
+        #[arg(long)]
+        cache_key: Option<String>,
+    },
+    /// Read a stored record: prints its reference, metadata and serializer bytes.
+    Get {
+        #[command(flatten)]
+        server: ServerArg,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Write the serializer bytes to this file instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Resolve a reference to its value (raw bytes to stdout, or --json).
+    Resolve {
+        #[command(flatten)]
+        server: ServerArg,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Transcode the value to JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the value to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Whether a key holds a result (exit 0 yes, 1 no).
+    Exists {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value = "")]
+        block: String,
+        key: String,
+    },
+    /// Delete a result.
+    Delete {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value = "")]
+        block: String,
+        key: String,
+    },
+    /// List keys under a prefix.
+    Ls {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value = "")]
+        block: String,
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// List the server's blocks.
+    Blocks {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// A reference as `put` printed it (JSON); `-` or nothing reads it from stdin.
+    reference: Option<String>,
+    /// Read by block and key instead of a reference.
+    #[arg(long)]
+    block: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    /// A Prefect result document (Prefect 3 metadata or Prefect 2 reference), read in --block.
+    #[arg(long)]
+    prefect: Option<String>,
+    /// Serializer assumed for bare payloads.
+    #[arg(long)]
+    serializer_hint: Option<String>,
+    /// Read a result whose expiration has passed.
+    #[arg(long)]
+    allow_expired: bool,
+    /// Read storage even when the cache holds the result.
+    #[arg(long)]
+    bypass_cache: bool,
+}
+
+impl TargetArgs {
+    /// The target, and a literal when the reference document is one.
+    fn target(&self) -> anyhow::Result<Result<Target, Stored>> {
+        if let Some(doc) = &self.prefect {
+            return Ok(Ok(Target::Prefect {
+                block: self.block.clone().unwrap_or_default(),
+                document: doc.clone(),
+            }));
+        }
+        if let Some(key) = &self.key {
+            return Ok(Ok(Target::Location {
+                block: self.block.clone().unwrap_or_default(),
+                key: key.clone(),
+            }));
+        }
+        let text = match self.reference.as_deref() {
+            Some("-") | None => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the reference from stdin")?;
+                s
+            }
+            Some(text) => text.to_owned(),
+        };
+        match Stored::from_json(&text)? {
+            Stored::Reference(r) => Ok(Ok(Target::Reference(r))),
+            literal => Ok(Err(literal)),
+        }
+    }
+
+    fn options(&self) -> ReadOptions {
+        ReadOptions {
+            allow_expired: self.allow_expired,
+            bypass_cache: self.bypass_cache,
+            serializer_hint: self.serializer_hint.as_deref().map(serializer_pb),
+        }
+    }
+}
+
+fn output(out: &Option<PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(bytes)?;
+            stdout.flush()?;
+            Ok(())
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Put {
+            server,
+            block,
+            key,
+            serializer,
+            json,
+            file,
+            literal,
+            expires_in,
+            create_only,
+            persist,
+            retries,
+            cache_key,
+        } => {
+            let mut put = match (json, file, literal) {
+                (Some(doc), None, None) => Put::json(doc),
+                (None, Some(path), None) => Put::data(
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                (None, None, Some(l)) => Put::literal(match l.as_str() {
+                    "true" => resultstore_client::Literal::True,
+                    "false" => resultstore_client::Literal::False,
+                    "null" | "none" | "None" => resultstore_client::Literal::Null,
+                    other => bail!("--literal takes true, false or null, not `{other}`"),
+                }),
+                _ => bail!("give the result as one of --json DOC, --file PATH or --literal VALUE"),
+            };
+            let mut settings = Settings::new().retries(retries);
+            if let Some(b) = block {
+                settings = settings.storage(b);
+            }
+            if let Some(s) = serializer {
+                settings = settings.serializer(s);
+            }
+            settings = settings.persist(persist);
+            if let Some(k) = cache_key {
+                settings = settings.cache_key(k);
+            }
+            put = put.task_settings(settings);
+            if let Some(k) = key {
+                put = put.key(k);
+            }
+            if let Some(d) = expires_in {
+                put = put.expires_in(
+                    humantime::parse_duration(&d).with_context(|| format!("--expires-in `{d}`"))?,
+                );
+            }
+            if create_only {
+                put = put.create_only();
+            }
+            let client = Client::connect(server.server).await?;
+            let stored = client.put(put).await?;
+            println!("{}", stored.to_json());
+            Ok(())
+        }
+        Command::Get {
+            server,
+            target,
+            out,
+        } => {
+            let client = Client::connect(server.server).await?;
+            let t = match target.target()? {
+                Ok(t) => t,
+                Err(literal) => bail!(
+                    "{} is a literal: it has no stored record",
+                    literal.to_json()
+                ),
+            };
+            let reply = client.get(t, target.options()).await?;
+            if out.is_some() {
+                output(&out, &reply.data)?;
+            }
+            let mut doc = serde_json::json!({
+                "reference": reply.reference.map(|r| Reference(r).to_json()),
+                "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
+            });
+            if out.is_none() {
+                match String::from_utf8(reply.data) {
+                    Ok(s) => doc["data"] = s.into(),
+                    Err(e) => {
+                        use base64::Engine;
+                        doc["data_base64"] = base64::engine::general_purpose::STANDARD
+                            .encode(e.into_bytes())
+                            .into();
+                    }
+                }
+            }
+            println!("{doc}");
+            Ok(())
+        }
+        Command::Resolve {
+            server,
+            target,
+            json,
+            out,
+        } => {
+            let t = match target.target()? {
+                Ok(t) => t,
+                Err(Stored::Literal(l)) => {
+                    return output(&out, format!("{}\n", l.to_json()).as_bytes());
+                }
+                Err(Stored::Reference(_)) => unreachable!("references are targets"),
+            };
+            let client = Client::connect(server.server).await?;
+            let resolved = client
+                .resolve(
+                    t,
+                    if json { Want::Json } else { Want::Raw },
+                    target.options(),
+                )
+                .await?;
+            if let Some(l) = resolved.literal {
+                return output(&out, format!("{}\n", l.to_json()).as_bytes());
+            }
+            match (resolved.json, resolved.data) {
+                (Some(j), _) => output(&out, format!("{j}\n").as_bytes()),
+                (None, Some(d)) => output(&out, &d),
+                (None, None) => bail!("the server returned no value"),
+            }
+        }
+        Command::Exists { server, block, key } => {
+            let client = Client::connect(server.server).await?;
+            let exists = client.exists(&block, &key).await?;
+            println!("{exists}");
+            if exists {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Delete { server, block, key } => {
+            let client = Client::connect(server.server).await?;
+            client.delete(&block, &key).await?;
+            Ok(())
+        }
+        Command::Ls {
+            server,
+            block,
+            prefix,
+        } => {
+            let client = Client::connect(server.server).await?;
+            for entry in client.list_all(&block, &prefix).await? {
+                println!("{}\t{}", entry.key, entry.size);
+            }
+            Ok(())
+        }
+        Command::Blocks { server } => {
+            let client = Client::connect(server.server).await?;
+            for b in client.list_blocks().await? {
+                println!(
+                    "{}\t{}\t{}{}",
+                    b.slug,
+                    b.format,
+                    b.url,
+                    if b.is_default { "\t(default)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<String>) -> anyhow::Result<()> {
+    resultstore::telemetry::init_logging();
+    let config = Config::load(config.as_deref())?;
+    let addr = listen
+        .or_else(|| config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:50051".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let handle =
+        resultstore::server::start(&config, listener, resultstore::server::termination_signal())
+            .await?;
+    for block in handle.store.blocks().iter() {
+        tracing::info!(block = %block.slug, url = %block.url, format = block.format.as_str(), "block ready");
+    }
+    // One line on stdout, so scripts and tests know the address (also with port 0).
+    println!("resultstore listening on {}", handle.local_addr);
+    std::io::stdout().flush()?;
+    handle.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

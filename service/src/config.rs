@@ -1,0 +1,453 @@
+//! Configuration: a strict TOML file (`--config PATH` or `RESULTSTORE_CONFIG`), a few
+//! environment overrides, and the embedded default used when no file is given.
+//!
+//! ```toml
+//! default_block = "local-file-system/default"   # where results go when no setting names a block
+//! default_serializer = "pickle"                 # as PREFECT_RESULTS_DEFAULT_SERIALIZER
+//! persist_by_default = false                    # as PREFECT_RESULTS_PERSIST_BY_DEFAULT
+//! [cache]
+//! capacity = "256MiB"          # bytes of results held in memory
+//! max_entry_size = "32MiB"     # larger results are served without being cached
+//! time_to_live = "10m"         # how long an entry may serve before storage is read again
+//! [limits]
+//! max_message_size = "16MiB"   # gRPC message limit, both directions
+//! max_result_size = "256MiB"   # largest result read or decompressed in one piece
+//! [blocks."local-file-system/default"]
+//! url = "file://.prefect-results"   # relative paths are relative to the working directory
+//! format = "prefect3"               # or "split" (needs metadata_url)
+//! [blocks."memory/scratch"]
+//! url = "memory://"
+//! ```
+//!
+//! Every table denies unknown fields and names the field it rejects. Sizes are human
+//! (`"256MiB"`, `"1GB"`, or a plain integer of bytes) and durations too (`"10m"`, `"30s"`).
+//! Zero is refused wherever it could be read as "unbounded".
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::keys::{BlockType, parse_slug};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, unless `--listen`/`RESULTSTORE_LISTEN` says otherwise.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The block used when neither the task's nor the flow's settings name one.
+    #[serde(default = "default_block")]
+    pub default_block: String,
+    /// The serializer used when no setting names one: a type (`pickle`, `json`,
+    /// `compressed/pickle`, ...). Overridden by `RESULTSTORE_DEFAULT_SERIALIZER`.
+    #[serde(default = "default_serializer")]
+    pub default_serializer: String,
+    /// Persist results whose settings say nothing and need no persistence, as Prefect's
+    /// `PREFECT_RESULTS_PERSIST_BY_DEFAULT`. Default false.
+    #[serde(default)]
+    pub persist_by_default: bool,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Storage blocks by slug.
+    #[serde(default)]
+    pub blocks: BTreeMap<String, BlockConfig>,
+}
+
+fn default_block() -> String {
+    "local-file-system/default".to_owned()
+}
+fn default_serializer() -> String {
+    "pickle".to_owned()
+}
+
+/// The resolve cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Total weight of cached results, in bytes (the serializer bytes plus the decoded
+    /// value when it differs). Default 256MiB.
+    #[serde(default = "default_capacity")]
+    pub capacity: ByteSize,
+    /// Results above this size are served without being cached. Default 32MiB; at most
+    /// `capacity`.
+    #[serde(default = "default_max_entry")]
+    pub max_entry_size: ByteSize,
+    /// How long a cached result serves before storage is read again, which bounds how
+    /// long an overwrite made through another replica stays unseen. Default 10m.
+    #[serde(default = "default_ttl")]
+    pub time_to_live: HumanDuration,
+}
+
+fn default_capacity() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_max_entry() -> ByteSize {
+    ByteSize(32 << 20)
+}
+fn default_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: default_capacity(),
+            max_entry_size: default_max_entry(),
+            time_to_live: default_ttl(),
+        }
+    }
+}
+
+/// Request and result size limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted or sent (both directions). Default 16MiB.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: ByteSize,
+    /// Largest result read from storage or decompressed in one piece. Default 256MiB.
+    #[serde(default = "default_max_result")]
+    pub max_result_size: ByteSize,
+}
+
+fn default_max_message() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_max_result() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: default_max_message(),
+            max_result_size: default_max_result(),
+        }
+    }
+}
+
+/// The on-storage format a block writes. Every read detects what it meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockFormat {
+    /// One JSON record per key, byte-compatible with Prefect 3.
+    #[default]
+    Prefect3,
+    /// The serializer bytes alone at the key; the metadata document at the same key in
+    /// the block's `metadata_url` (Prefect's `metadata_storage`).
+    Split,
+}
+
+impl BlockFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockFormat::Prefect3 => "prefect3",
+            BlockFormat::Split => "split",
+        }
+    }
+}
+
+/// One storage block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// Object-store URL: `file://PATH` (relative to the working directory unless
+    /// absolute), `memory://`, `s3://bucket/prefix`, `gs://...`, `az://...`.
+    pub url: String,
+    /// The format this block writes. Default `prefect3`.
+    #[serde(default)]
+    pub format: BlockFormat,
+    /// Where metadata documents live (same URL forms). Required for `split`; for
+    /// `prefect3` blocks it lets reads find Prefect's split records.
+    #[serde(default)]
+    pub metadata_url: Option<String>,
+    /// The serializer assumed for bare payloads read from this block when the request
+    /// names none. Default: the server's `default_serializer`.
+    #[serde(default)]
+    pub default_serializer: Option<String>,
+    /// object_store's own option names (`aws_region`, `aws_endpoint`, ...), for cloud blocks.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// The embedded default: `local-file-system/default` rooted at `.prefect-results` in
+    /// the working directory, and `memory/default`.
+    pub fn embedded_default() -> Self {
+        let mut blocks = BTreeMap::new();
+        blocks.insert(
+            "local-file-system/default".to_owned(),
+            BlockConfig {
+                url: "file://.prefect-results".to_owned(),
+                format: BlockFormat::Prefect3,
+                metadata_url: None,
+                default_serializer: None,
+                options: BTreeMap::new(),
+            },
+        );
+        blocks.insert(
+            "memory/default".to_owned(),
+            BlockConfig {
+                url: "memory://".to_owned(),
+                format: BlockFormat::Prefect3,
+                metadata_url: None,
+                default_serializer: None,
+                options: BTreeMap::new(),
+            },
+        );
+        Config {
+            listen: None,
+            default_block: default_block(),
+            default_serializer: default_serializer(),
+            persist_by_default: false,
+            cache: CacheConfig::default(),
+            limits: LimitsConfig::default(),
+            blocks,
+        }
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`, or the embedded default when `path` is `None`, then applies
+    /// `RESULTSTORE_DEFAULT_SERIALIZER`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                Config::from_toml(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Config::embedded_default(),
+        };
+        if let Ok(ser) = std::env::var("RESULTSTORE_DEFAULT_SERIALIZER") {
+            config.default_serializer = ser;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<()> {
+        if self.blocks.is_empty() {
+            return Err(Error::Config(
+                "no blocks are configured; add a [blocks.\"type/name\"] table".into(),
+            ));
+        }
+        let mut canonical = Vec::new();
+        for (slug, block) in &self.blocks {
+            let (canon, ty) = parse_slug(slug).map_err(|e| Error::Config(e.to_string()))?;
+            if canonical.contains(&canon) {
+                return Err(Error::Config(format!(
+                    "block `{slug}` is declared twice (as `{canon}`)"
+                )));
+            }
+            canonical.push(canon);
+            check_url_matches(slug, ty, &block.url)?;
+            if let Some(meta) = &block.metadata_url {
+                check_url_matches(slug, ty, meta)?;
+            }
+            if block.format == BlockFormat::Split && block.metadata_url.is_none() {
+                return Err(Error::Config(format!(
+                    "block `{slug}` has format = \"split\" but no metadata_url: split records keep their metadata \
+                     documents in a second location"
+                )));
+            }
+        }
+        let (default, _) = parse_slug(&self.default_block)
+            .map_err(|e| Error::Config(format!("default_block: {e}")))?;
+        if !canonical.contains(&default) {
+            return Err(Error::Config(format!(
+                "default_block `{}` is not one of the configured blocks ({})",
+                self.default_block,
+                canonical.join(", ")
+            )));
+        }
+        if self.cache.capacity.0 == 0 {
+            return Err(Error::Config("cache.capacity must be above zero".into()));
+        }
+        if self.cache.max_entry_size.0 == 0 || self.cache.max_entry_size.0 > self.cache.capacity.0 {
+            return Err(Error::Config(
+                "cache.max_entry_size must be above zero and at most cache.capacity".into(),
+            ));
+        }
+        if self.cache.time_to_live.0.is_zero() {
+            return Err(Error::Config(
+                "cache.time_to_live must be above zero".into(),
+            ));
+        }
+        if self.limits.max_message_size.0 < 1024 {
+            return Err(Error::Config(
+                "limits.max_message_size must be at least 1KiB".into(),
+            ));
+        }
+        if self.limits.max_result_size.0 == 0 {
+            return Err(Error::Config(
+                "limits.max_result_size must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The URL scheme must agree with the slug's type, so a block named `s3-bucket/x` can
+/// never write to local files by mistake.
+fn check_url_matches(slug: &str, ty: BlockType, url: &str) -> Result<()> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    let ok = match ty {
+        BlockType::LocalFileSystem => scheme == "file",
+        BlockType::Memory => scheme == "memory",
+        BlockType::S3Bucket => matches!(scheme, "s3" | "s3a"),
+        BlockType::GcsBucket => scheme == "gs",
+        BlockType::AzureBlobStorageContainer => matches!(scheme, "az" | "azure" | "abfs" | "abfss"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "block `{slug}`: url `{url}` does not fit the block type `{}` (expected a {} URL)",
+            ty.as_str(),
+            match ty {
+                BlockType::LocalFileSystem => "file://",
+                BlockType::Memory => "memory://",
+                BlockType::S3Bucket => "s3://",
+                BlockType::GcsBucket => "gs://",
+                BlockType::AzureBlobStorageContainer => "az://",
+            }
+        )))
+    }
+}
+
+/// A size in bytes, written as `"256MiB"`, `"1GB"`, `"512KiB"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. \"256MiB\" or \"1GB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as `"10m"`, `"30s"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. \"10m\""
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(ByteSize::parse("256MiB").unwrap().0, 256 << 20);
+        assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
+        assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn the_issue_example_parses_and_unknown_fields_are_named() {
+        let text = r#"
+default_block = "local-file-system/default"
+default_serializer = "pickle"
+[cache]
+capacity = "256MiB"
+[blocks."local-file-system/default"]
+url = "file://.prefect-results"
+format = "prefect3"
+[blocks."memory/scratch"]
+url = "memory://"
+[blocks."s3-bucket/prod"]
+url = "s3://results/prefect"
+format = "split"
+metadata_url = "s3://results/prefect-metadata"
+options = { aws_region = "us-east-1", aws_endpoint = "http://127.0.0.1:9000" }
+"#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.blocks.len(), 3);
+        let err = Config::from_toml(&format!("{text}\n[cache2]\nx = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("cache2"), "{err}");
+        let err = Config::from_toml(&text.replace("capacity", "capacty")).unwrap_err();
+        assert!(err.to_string().contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn mismatched_schemes_zero_sizes_and_missing_defaults_are_refused() {
+        let base = "[blocks.\"local-file-system/default\"]\nurl = \"file://x\"\n";
+        assert!(Config::from_toml(&base.replace("file://", "memory://")).is_err());
+        assert!(Config::from_toml(&format!("[cache]\ncapacity = \"0MiB\"\n{base}")).is_err());
+        assert!(Config::from_toml(&format!("default_block = \"memory/nope\"\n{base}")).is_err());
+        assert!(Config::from_toml(&format!("{base}format = \"split\"\n")).is_err());
+        Config::from_toml(base).unwrap();
+    }
+}

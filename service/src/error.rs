@@ -1,0 +1,131 @@
+//! The one error type of the service's domain.
+//!
+//! Every variant is a *semantic* failure a caller can act on, in the style of
+//! `object_store::Error`. The gRPC layer maps it to a `tonic::Status` once
+//! (`grpc::status_of`); nothing below that layer knows about tonic.
+//!
+//! Variants hold strings rather than source errors so that the error can be cloned: the
+//! cache hands one storage failure to every caller that was waiting on the same fill.
+
+/// A `Result` with the service's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The slug is well formed but names no configured block.
+    #[error("unknown block `{block}`; this server has: {known}")]
+    UnknownBlock { block: String, known: String },
+
+    /// The slug is not `block-type/block-name`.
+    #[error("invalid block slug `{slug}`: {reason}")]
+    InvalidSlug { slug: String, reason: String },
+
+    /// The key would leave its block, or is not a key at all.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+
+    /// A serializer config the service cannot accept for this operation.
+    #[error("invalid serializer: {0}")]
+    InvalidSerializer(String),
+
+    /// Result settings that contradict each other.
+    #[error("invalid result settings: {0}")]
+    InvalidSettings(String),
+
+    /// Any other malformed request field.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// No object at that key.
+    #[error("no result at key `{key}` in block `{block}`")]
+    NotFound { block: String, key: String },
+
+    /// The result's expiration has passed.
+    #[error(
+        "result `{key}` in block `{block}` expired at {expiration}; set allow_expired to read it anyway"
+    )]
+    Expired {
+        block: String,
+        key: String,
+        expiration: String,
+    },
+
+    /// The result was never written to storage and is no longer in memory.
+    #[error(
+        "result `{key}` was not persisted (persist_result=false) and is no longer held in this replica's memory; \
+         persist results that must be read again (persist_result=true, or retries/cache_key with persistence)"
+    )]
+    NotPersisted { key: String },
+
+    /// The value cannot be turned into what the caller asked for.
+    #[error("cannot transcode the result to JSON: {0}")]
+    CannotTranscode(String),
+
+    /// A create-only write met an existing result.
+    #[error(
+        "key `{key}` in block `{block}` already holds a result and the write mode is create-only"
+    )]
+    AlreadyExists { block: String, key: String },
+
+    /// A payload or result above a configured limit.
+    #[error("{what} is {size} bytes, above the limit of {limit} bytes")]
+    TooLarge { what: String, size: u64, limit: u64 },
+
+    /// The stored bytes are not the ones the reference describes.
+    #[error(
+        "stored result `{key}` in block `{block}` does not match its reference: sha256 {actual}, expected {expected} \
+         (altered or overwritten since the reference was issued)"
+    )]
+    IntegrityMismatch {
+        block: String,
+        key: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// The stored record cannot be decoded.
+    #[error("corrupt result `{key}` in block `{block}`: {reason}")]
+    CorruptRecord {
+        block: String,
+        key: String,
+        reason: String,
+    },
+
+    /// The block's storage could not be reached or failed.
+    #[error("storage of block `{block}` is unavailable: {reason}")]
+    StorageUnavailable { block: String, reason: String },
+
+    /// The configuration is invalid (only at start and reload).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Maps an `object_store` error met while working on `block`/`key`.
+    pub fn from_store(block: &str, key: &str, err: object_store::Error) -> Self {
+        match err {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                block: block.to_owned(),
+                key: key.to_owned(),
+            },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => Error::AlreadyExists {
+                block: block.to_owned(),
+                key: key.to_owned(),
+            },
+            other => Error::StorageUnavailable {
+                block: block.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// A record decoding failure in `block`/`key`.
+    pub fn corrupt(block: &str, key: &str, reason: impl Into<String>) -> Self {
+        Error::CorruptRecord {
+            block: block.to_owned(),
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The gRPC boundary: one thin handler per RPC (convert, call [`ResultStore`], convert
+//! the error), and [`status_of`], the one mapping of [`Error`] to `tonic::Status`.
+//!
+//! Handlers are traced with the block, key and size of the request; payload bytes are
+//! never logged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use resultstore_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::{Span, instrument};
+
+use crate::error::Error;
+use crate::reference::{Expectation, LiteralValue, ResultReference};
+use crate::serializer::SerializerConfig;
+use crate::settings::ResultSettings;
+use crate::store::{
+    Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode,
+};
+
+/// Maps a domain error to its gRPC status, once, here.
+pub fn status_of(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::UnknownBlock { .. } | Error::NotFound { .. } => Status::not_found(msg),
+        Error::InvalidSlug { .. }
+        | Error::InvalidKey { .. }
+        | Error::InvalidSerializer(_)
+        | Error::InvalidSettings(_)
+        | Error::InvalidRequest(_) => Status::invalid_argument(msg),
+        Error::Expired { .. } | Error::NotPersisted { .. } | Error::CannotTranscode(_) => {
+            Status::failed_precondition(msg)
+        }
+        Error::AlreadyExists { .. } => Status::already_exists(msg),
+        Error::TooLarge { .. } => Status::resource_exhausted(msg),
+        Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } => Status::data_loss(msg),
+        Error::StorageUnavailable { .. } => Status::unavailable(msg),
+        Error::Config(_) => Status::internal(msg),
+    }
+}
+
+/// The `resultstore.v1.ResultStore` service.
+pub struct ResultStoreService {
+    store: Arc<ResultStore>,
+}
+
+impl ResultStoreService {
+    pub fn new(store: Arc<ResultStore>) -> Self {
+        ResultStoreService { store }
+    }
+}
+
+fn time_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| {
+        let nanos = u32::try_from(ts.nanos)
+            .map_err(|_| Error::InvalidRequest("a timestamp has negative nanos".into()))?;
+        DateTime::from_timestamp(ts.seconds, nanos)
+            .ok_or_else(|| Error::InvalidRequest("a timestamp is out of range".into()))
+    })
+    .transpose()
+}
+
+fn timestamp(t: &DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn serializer_of(s: Option<&pb::Serializer>) -> Result<Option<SerializerConfig>, Error> {
+    match s {
+        None => Ok(None),
+        Some(s) if s.r#type.is_empty() && s.config_json.trim().is_empty() => Ok(None),
+        Some(s) => SerializerConfig::from_request(&s.r#type, &s.config_json).map(Some),
+    }
+}
+
+fn serializer_pb(s: &SerializerConfig) -> pb::Serializer {
+    pb::Serializer {
+        r#type: s.type_name().to_owned(),
+        config_json: s.to_json_string(),
+    }
+}
+
+fn settings_of(s: Option<&pb::ResultSettings>) -> Result<ResultSettings, Error> {
+    let Some(s) = s else {
+        return Ok(ResultSettings::default());
+    };
+    Ok(ResultSettings {
+        persist_result: s.persist_result,
+        result_storage: Some(s.result_storage.clone()).filter(|v| !v.is_empty()),
+        result_serializer: serializer_of(s.result_serializer.as_ref())?,
+        retries: s.retries,
+        cache_key: Some(s.cache_key.clone()).filter(|v| !v.is_empty()),
+    })
+}
+
+fn literal_of(l: i32) -> Result<LiteralValue, Error> {
+    match pb::Literal::try_from(l) {
+        Ok(pb::Literal::True) => Ok(LiteralValue::True),
+        Ok(pb::Literal::False) => Ok(LiteralValue::False),
+        Ok(pb::Literal::Null) => Ok(LiteralValue::Null),
+        _ => Err(Error::InvalidRequest(
+            "the literal is unspecified; use LITERAL_TRUE, LITERAL_FALSE or LITERAL_NULL".into(),
+        )),
+    }
+}
+
+fn literal_pb(l: LiteralValue) -> i32 {
+    match l {
+        LiteralValue::True => pb::Literal::True as i32,
+        LiteralValue::False => pb::Literal::False as i32,
+        LiteralValue::Null => pb::Literal::Null as i32,
+    }
+}
+
+/// The reference as the API shows it.
+pub fn reference_pb(r: &ResultReference) -> pb::Reference {
+    pb::Reference {
+        block: r.block.clone(),
+        key: r.key.clone(),
+        serializer: Some(serializer_pb(&r.serializer)),
+        size: r.size,
+        sha256: r.sha256.clone(),
+        version: r.version.clone().unwrap_or_default(),
+        created: r.created.as_ref().map(timestamp),
+        expiration: r.expiration.as_ref().map(timestamp),
+        persisted: Some(r.persisted),
+        uri: r.uri.clone(),
+        format: r.format.as_str().to_owned(),
+    }
+}
+
+fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
+    let payload = match req.payload {
+        Some(pb::put_request::Payload::Data(d)) => Payload::Data(Bytes::from(d)),
+        Some(pb::put_request::Payload::Json(j)) => Payload::Json(j),
+        Some(pb::put_request::Payload::Literal(l)) => Payload::Literal(literal_of(l)?),
+        None => {
+            return Err(Error::InvalidRequest(
+                "the request has no payload: set `data`, `json` or `literal`".into(),
+            ));
+        }
+    };
+    let mode = match pb::WriteMode::try_from(req.mode) {
+        Ok(pb::WriteMode::Overwrite) => WriteMode::Overwrite,
+        Ok(pb::WriteMode::CreateOnly) => WriteMode::CreateOnly,
+        Err(_) => {
+            return Err(Error::InvalidRequest(format!(
+                "unknown write mode {}",
+                req.mode
+            )));
+        }
+    };
+    Ok(PutInput {
+        payload,
+        task: settings_of(req.task.as_ref())?,
+        flow: req
+            .flow
+            .as_ref()
+            .map(|f| settings_of(Some(f)))
+            .transpose()?,
+        key: Some(req.key).filter(|k| !k.is_empty()),
+        expiration: time_of(req.expiration.as_ref())?,
+        mode,
+    })
+}
+
+/// A read target of Get or Resolve.
+enum Target {
+    Reference(pb::Reference),
+    Location(pb::Location),
+    Prefect(pb::PrefectReference),
+}
+
+fn read_target(target: Option<Target>) -> Result<ReadTarget, Error> {
+    match target {
+        Some(Target::Reference(r)) => Ok(ReadTarget::Reference {
+            expect: Expectation {
+                sha256: Some(r.sha256.to_ascii_lowercase()).filter(|s| !s.is_empty()),
+                version: Some(r.version).filter(|v| !v.is_empty()),
+                persisted: r.persisted.unwrap_or(true),
+            },
+            serializer: serializer_of(r.serializer.as_ref())?,
+            block: r.block,
+            key: r.key,
+        }),
+        Some(Target::Location(l)) => Ok(ReadTarget::Location {
+            block: l.block,
+            key: l.key,
+        }),
+        Some(Target::Prefect(p)) => Ok(ReadTarget::Prefect {
+            block: p.block,
+            document: p.document,
+        }),
+        None => Err(Error::InvalidRequest(
+            "the request names no target: set `reference`, `location` or `prefect`".into(),
+        )),
+    }
+}
+
+fn record_target(span: &Span, t: &ReadTarget) {
+    match t {
+        ReadTarget::Reference { block, key, .. } | ReadTarget::Location { block, key } => {
+            span.record("block", block.as_str());
+            span.record("key", key.as_str());
+        }
+        ReadTarget::Prefect { block, .. } => {
+            span.record("block", block.as_str());
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::result_store_server::ResultStore for ResultStoreService {
+    #[instrument(skip_all, fields(block, key, size))]
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let input = put_input(request.into_inner()).map_err(status_of)?;
+        let outcome = self.store.put(input).await.map_err(status_of)?;
+        let result = match outcome {
+            PutOutcome::Literal(l) => pb::put_response::Result::Literal(literal_pb(l)),
+            PutOutcome::Stored(r) => {
+                let span = Span::current();
+                span.record("block", r.block.as_str());
+                span.record("key", r.key.as_str());
+                span.record("size", r.size);
+                pb::put_response::Result::Reference(reference_pb(&r))
+            }
+        };
+        Ok(Response::new(pb::PutResponse {
+            result: Some(result),
+        }))
+    }
+
+    #[instrument(skip_all, fields(block, key, size))]
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let target = read_target(req.target.map(|t| match t {
+            pb::get_request::Target::Reference(r) => Target::Reference(r),
+            pb::get_request::Target::Location(l) => Target::Location(l),
+            pb::get_request::Target::Prefect(p) => Target::Prefect(p),
+        }))
+        .map_err(status_of)?;
+        record_target(&Span::current(), &target);
+        let opts = ReadOptions {
+            allow_expired: req.allow_expired,
+            bypass_cache: req.bypass_cache,
+            serializer_hint: serializer_of(req.serializer_hint.as_ref()).map_err(status_of)?,
+        };
+        match self.store.read(target, opts).await.map_err(status_of)? {
+            ReadOutcome::Literal(_) => Err(Status::failed_precondition(
+                "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
+            )),
+            ReadOutcome::Loaded { result, .. } => {
+                Span::current().record("size", result.reference.size);
+                Ok(Response::new(pb::GetResponse {
+                    reference: Some(reference_pb(&result.reference)),
+                    data: result.record.data.to_vec(),
+                    metadata_json: String::from_utf8_lossy(&result.record.metadata_json())
+                        .into_owned(),
+                }))
+            }
+        }
+    }
+
+    #[instrument(skip_all, fields(block, key, size))]
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let req = request.into_inner();
+        let want = pb::Want::try_from(req.want)
+            .map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
+        let target = read_target(req.target.map(|t| match t {
+            pb::resolve_request::Target::Reference(r) => Target::Reference(r),
+            pb::resolve_request::Target::Location(l) => Target::Location(l),
+            pb::resolve_request::Target::Prefect(p) => Target::Prefect(p),
+        }))
+        .map_err(status_of)?;
+        record_target(&Span::current(), &target);
+        let opts = ReadOptions {
+            allow_expired: req.allow_expired,
+            bypass_cache: req.bypass_cache,
+            serializer_hint: serializer_of(req.serializer_hint.as_ref()).map_err(status_of)?,
+        };
+        let reply = match self.store.read(target, opts).await.map_err(status_of)? {
+            ReadOutcome::Literal(l) => pb::ResolveResponse {
+                value: Some(pb::resolve_response::Value::Literal(literal_pb(l))),
+                ..Default::default()
+            },
+            ReadOutcome::Loaded { result, cache_hit } => {
+                Span::current().record("size", result.reference.size);
+                let value = match want {
+                    pb::Want::Raw => pb::resolve_response::Value::Data(result.value.bytes.to_vec()),
+                    pb::Want::Json => {
+                        let json = self.store.to_json(&result).map_err(status_of)?;
+                        pb::resolve_response::Value::Json(
+                            String::from_utf8_lossy(&json).into_owned(),
+                        )
+                    }
+                };
+                pb::ResolveResponse {
+                    reference: Some(reference_pb(&result.reference)),
+                    value: Some(value),
+                    value_serializer: result.value.serializer.clone(),
+                    cache_hit,
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(block, key))]
+    async fn exists(
+        &self,
+        request: Request<pb::ExistsRequest>,
+    ) -> Result<Response<pb::ExistsResponse>, Status> {
+        let loc = request.into_inner().location.unwrap_or_default();
+        Span::current()
+            .record("block", loc.block.as_str())
+            .record("key", loc.key.as_str());
+        let exists = self
+            .store
+            .exists(&loc.block, &loc.key)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ExistsResponse { exists }))
+    }
+
+    #[instrument(skip_all, fields(block, key))]
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let loc = request.into_inner().location.unwrap_or_default();
+        Span::current()
+            .record("block", loc.block.as_str())
+            .record("key", loc.key.as_str());
+        self.store
+            .delete(&loc.block, &loc.key)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    #[instrument(skip_all, fields(block, prefix))]
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let req = request.into_inner();
+        Span::current()
+            .record("block", req.block.as_str())
+            .record("prefix", req.prefix.as_str());
+        let page = self
+            .store
+            .list(
+                &req.block,
+                &req.prefix,
+                req.page_size as usize,
+                &req.page_token,
+            )
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ListResponse {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|m| pb::ListEntry {
+                    key: m.location.to_string(),
+                    size: m.size,
+                    last_modified: Some(timestamp(&m.last_modified)),
+                    version: m.e_tag.or(m.version).unwrap_or_default(),
+                })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_blocks(
+        &self,
+        _request: Request<pb::ListBlocksRequest>,
+    ) -> Result<Response<pb::ListBlocksResponse>, Status> {
+        let registry = self.store.blocks();
+        let blocks = registry
+            .iter()
+            .map(|b| pb::BlockInfo {
+                slug: b.slug.clone(),
+                block_type: b.block_type.as_str().to_owned(),
+                format: b.format.as_str().to_owned(),
+                url: b.url.clone(),
+                is_default: b.slug == registry.default_slug(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListBlocksResponse { blocks }))
+    }
+}

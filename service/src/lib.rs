@@ -1,0 +1,38 @@
+//! resultstore: a gRPC service that persists task and flow results into named storage
+//! blocks, hands back references (or literals), and resolves references for any client
+//! from a byte-bounded in-memory cache. It reads and writes Prefect's own result files.
+//!
+//! # Map
+//! A request's whole path, top to bottom:
+//! - [`server`]: binds, serves `resultstore.v1` with health and reflection, shuts down
+//!   gracefully.
+//! - [`grpc`]: one thin handler per RPC: convert the request, call [`store`], map the
+//!   error to a `Status` (the only place that knows tonic).
+//! - [`store`]: the operations (put, get/resolve, exists, delete, list).
+//! - [`settings`]: persist/storage/serializer inheritance, as Prefect's rules.
+//! - [`cache`]: the moka cache of loaded results, with singleflight fills.
+//! - [`record`]: on-storage formats (`prefect3`, `split`, Prefect 2 blobs, bare payloads).
+//! - [`serializer`]: serializer configs, compression, Python-exact JSON, the safe pickle
+//!   reader and writer.
+//! - [`blocks`]: slug → object store, and the counting store wrapper.
+//! - [`keys`]: slug and key validation; [`config`]: the strict config file;
+//!   [`reference`]: the reference type; [`error`]: the one error enum;
+//!   [`telemetry`]: counters and logging.
+
+pub mod blocks;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod keys;
+pub mod record;
+pub mod reference;
+pub mod serializer;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use store::ResultStore;

@@ -1,0 +1,263 @@
+//! On-storage formats: what a key holds, read and written.
+//!
+//! - `prefect3`: one compact JSON record, byte-compatible with Prefect 3.9.1's
+//!   `ResultRecord.serialize()`: `{"metadata":{"storage_key","expiration","serializer",
+//!   "prefect_version","storage_block_id"},"result":"<serializer bytes>"}`. A record read
+//!   and encoded again gives the identical bytes (key order and escapes are kept).
+//! - `split`: the serializer bytes alone at the key, and the metadata document alone at
+//!   the same key in the block's metadata location (Prefect's `metadata_storage`).
+//! - `prefect2` (read only): Prefect 2's `{"serializer","data","prefect_version"}` blob.
+//! - `bare` (read only): serializer bytes with no record around them (Prefect 3 flow
+//!   results); the serializer comes from the request, else the block's default.
+//!
+//! Detection: a JSON object with `metadata` and `result` is `prefect3`; one with
+//! `serializer` and `data` is `prefect2`; anything else is `bare`. Bytes that *start*
+//! like a record but do not parse are a corrupt record, not a bare payload, so a
+//! truncated record is reported as `DATA_LOSS` rather than misread.
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::serializer::SerializerConfig;
+
+/// The Prefect version whose format this service writes into `prefect_version`.
+pub const PREFECT_VERSION: &str = "3.9.1";
+
+/// Which format a record was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    Prefect3,
+    Split,
+    Prefect2,
+    Bare,
+}
+
+impl RecordFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordFormat::Prefect3 => "prefect3",
+            RecordFormat::Split => "split",
+            RecordFormat::Prefect2 => "prefect2",
+            RecordFormat::Bare => "bare",
+        }
+    }
+}
+
+/// One stored result: its metadata and its serializer bytes.
+#[derive(Debug, Clone)]
+pub struct ResultRecord {
+    pub format: RecordFormat,
+    /// The metadata as a Prefect 3 `ResultRecordMetadata` document (as read, key order kept).
+    pub metadata: Map<String, Value>,
+    pub serializer: SerializerConfig,
+    pub expiration: Option<DateTime<Utc>>,
+    /// The serializer bytes.
+    pub data: Bytes,
+    /// A `prefect3` record whose `result` was a JSON value rather than a string (Prefect
+    /// reads that as the value itself).
+    nested_result: bool,
+}
+
+/// Formats a time as Prefect writes it: `2026-11-22T05:22:37.267013Z`.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .or_else(|_| DateTime::parse_from_str(&format!("{s}+00:00"), "%Y-%m-%dT%H:%M:%S%.f%:z"))
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| format!("expiration `{s}` is not a time: {e}")),
+        Some(other) => Err(format!("expiration `{other}` is not a time")),
+    }
+}
+
+fn serializer_of(v: Option<&Value>) -> Result<SerializerConfig, String> {
+    let v = v.ok_or("the metadata has no serializer")?;
+    SerializerConfig::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+impl ResultRecord {
+    /// A new record as this service writes it.
+    pub fn new(
+        format: RecordFormat,
+        key: &str,
+        serializer: SerializerConfig,
+        expiration: Option<DateTime<Utc>>,
+        data: Bytes,
+    ) -> Self {
+        let mut metadata = Map::new();
+        metadata.insert("storage_key".into(), key.into());
+        metadata.insert(
+            "expiration".into(),
+            expiration
+                .as_ref()
+                .map(format_time)
+                .map_or(Value::Null, Value::String),
+        );
+        metadata.insert("serializer".into(), serializer.to_value());
+        metadata.insert("prefect_version".into(), PREFECT_VERSION.into());
+        metadata.insert("storage_block_id".into(), Value::Null);
+        ResultRecord {
+            format,
+            metadata,
+            serializer,
+            expiration,
+            data,
+            nested_result: false,
+        }
+    }
+
+    /// Decodes what a key holds. `hint` is the serializer assumed for bare payloads.
+    pub fn decode(bytes: Bytes, hint: &SerializerConfig, key: &str) -> Result<Self, String> {
+        let start = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(bytes.len());
+        if bytes.get(start) == Some(&b'{') {
+            match serde_json::from_slice::<Map<String, Value>>(&bytes) {
+                Ok(mut obj) => {
+                    if obj.contains_key("metadata") && obj.contains_key("result") {
+                        return Self::decode_prefect3(obj);
+                    }
+                    if obj.contains_key("serializer") && obj.contains_key("data") {
+                        return Self::decode_prefect2(&mut obj, key);
+                    }
+                }
+                Err(e) => {
+                    let head = &bytes[start..bytes.len().min(start + 16)];
+                    if head.starts_with(b"{\"metadata\"") || head.starts_with(b"{\"serializer\"") {
+                        return Err(format!(
+                            "the record does not parse as JSON ({e}); it may be truncated"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Self::bare(bytes, hint.clone(), key, None))
+    }
+
+    fn decode_prefect3(mut obj: Map<String, Value>) -> Result<Self, String> {
+        let Some(Value::Object(metadata)) = obj.remove("metadata") else {
+            return Err("`metadata` is not an object".into());
+        };
+        let serializer = serializer_of(metadata.get("serializer"))?;
+        let expiration = parse_time(metadata.get("expiration"))?;
+        let (data, nested_result) = match obj.remove("result") {
+            Some(Value::String(s)) => (Bytes::from(s.into_bytes()), false),
+            Some(other) => (
+                Bytes::from(serde_json::to_vec(&other).map_err(|e| e.to_string())?),
+                true,
+            ),
+            None => return Err("the record has no result".into()),
+        };
+        Ok(ResultRecord {
+            format: RecordFormat::Prefect3,
+            metadata,
+            serializer,
+            expiration,
+            data,
+            nested_result,
+        })
+    }
+
+    fn decode_prefect2(obj: &mut Map<String, Value>, key: &str) -> Result<Self, String> {
+        let serializer = serializer_of(obj.get("serializer"))?;
+        let expiration = parse_time(obj.get("expiration"))?;
+        let Some(Value::String(data)) = obj.remove("data") else {
+            return Err("the Prefect 2 blob's `data` is not a string".into());
+        };
+        let mut rec = Self::bare(Bytes::from(data.into_bytes()), serializer, key, expiration);
+        rec.format = RecordFormat::Prefect2;
+        if let Some(v) = obj.get("prefect_version") {
+            rec.metadata.insert("prefect_version".into(), v.clone());
+        }
+        Ok(rec)
+    }
+
+    fn bare(
+        data: Bytes,
+        serializer: SerializerConfig,
+        key: &str,
+        expiration: Option<DateTime<Utc>>,
+    ) -> Self {
+        let mut rec = ResultRecord::new(RecordFormat::Bare, key, serializer, expiration, data);
+        rec.metadata.insert("prefect_version".into(), Value::Null);
+        rec
+    }
+
+    /// A split record: the metadata document and the payload read beside it.
+    pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, String> {
+        let metadata: Map<String, Value> = serde_json::from_slice(metadata)
+            .map_err(|e| format!("the metadata document does not parse: {e}"))?;
+        let serializer = serializer_of(metadata.get("serializer"))?;
+        let expiration = parse_time(metadata.get("expiration"))?;
+        Ok(ResultRecord {
+            format: RecordFormat::Split,
+            metadata,
+            serializer,
+            expiration,
+            data,
+            nested_result: false,
+        })
+    }
+
+    /// The metadata document as JSON (what `split` writes beside the payload).
+    pub fn metadata_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.metadata).unwrap_or_default()
+    }
+
+    /// The `prefect3` record bytes. `None` when the serializer bytes are not UTF-8, which
+    /// a JSON string cannot hold (such results need a `split` block).
+    pub fn encode_prefect3(&self) -> Option<Vec<u8>> {
+        let result = if self.nested_result {
+            serde_json::from_slice::<Value>(&self.data).ok()?
+        } else {
+            Value::String(std::str::from_utf8(&self.data).ok()?.to_owned())
+        };
+        let mut out = Vec::with_capacity(self.data.len() + 512);
+        out.extend_from_slice(b"{\"metadata\":");
+        serde_json::to_writer(&mut out, &self.metadata).ok()?;
+        out.extend_from_slice(b",\"result\":");
+        serde_json::to_writer(&mut out, &result).ok()?;
+        out.push(b'}');
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_records_look_like_prefects() {
+        let rec = ResultRecord::new(
+            RecordFormat::Prefect3,
+            "k",
+            SerializerConfig::from_type("pickle").unwrap(),
+            None,
+            Bytes::from_static(b"gAVLKi4=\n"),
+        );
+        assert_eq!(
+            String::from_utf8(rec.encode_prefect3().unwrap()).unwrap(),
+            r#"{"metadata":{"storage_key":"k","expiration":null,"serializer":{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null},"prefect_version":"3.9.1","storage_block_id":null},"result":"gAVLKi4=\n"}"#
+        );
+    }
+
+    #[test]
+    fn truncated_records_are_corrupt_not_bare() {
+        let hint = SerializerConfig::from_type("json").unwrap();
+        let err = ResultRecord::decode(
+            Bytes::from_static(br#"{"metadata":{"storage_key":"x","#),
+            &hint,
+            "x",
+        )
+        .unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        let bare = ResultRecord::decode(Bytes::from_static(br#"{"meta": 5}"#), &hint, "x").unwrap();
+        assert_eq!(bare.format, RecordFormat::Bare);
+    }
+}

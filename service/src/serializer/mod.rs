@@ -1,0 +1,569 @@
+//! Serializer configs, compression, and the layers between a result's *serializer bytes*
+//! and its *value bytes*.
+//!
+//! A serializer config is the JSON object Prefect writes (`{"type": "pickle",
+//! "picklelib": "cloudpickle", "picklelib_version": null}`). It is kept as that object,
+//! key order and all, and returned unchanged: the service only *reads* the fields it
+//! needs (`type`, `jsonlib`, `compressionlib`, the nested `serializer`). A type it does
+//! not know is stored and returned opaquely; only serializing and transcoding refuse it.
+//!
+//! Layers, as Prefect's serializers produce them:
+//! - `json`: the serializer bytes are the JSON text;
+//! - `pickle`: base64 (`base64.encodebytes`, 76-column lines) of the pickle;
+//! - `compressed*`: base64 of the compressed serializer bytes of the inner serializer.
+
+pub mod json;
+pub mod pickle;
+pub mod plain;
+
+use std::io::{Read, Write};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use plain::PlainValue;
+
+/// Prefect 3.9.1's defaults for the JSON serializer's options.
+fn json_defaults() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), "json".into());
+    m.insert("jsonlib".into(), "json".into());
+    m.insert(
+        "object_encoder".into(),
+        "prefect.serializers.prefect_json_object_encoder".into(),
+    );
+    m.insert(
+        "object_decoder".into(),
+        "prefect.serializers.prefect_json_object_decoder".into(),
+    );
+    m.insert("dumps_kwargs".into(), Value::Object(Map::new()));
+    m.insert("loads_kwargs".into(), Value::Object(Map::new()));
+    m
+}
+
+fn pickle_defaults() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), "pickle".into());
+    m.insert("picklelib".into(), "cloudpickle".into());
+    m.insert("picklelib_version".into(), Value::Null);
+    m
+}
+
+fn compressed_defaults(ty: &str, inner: Map<String, Value>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), ty.into());
+    m.insert("serializer".into(), Value::Object(inner));
+    m.insert("compressionlib".into(), "lzma".into());
+    m
+}
+
+/// A serializer config: Prefect's JSON object, kept verbatim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerializerConfig(Map<String, Value>);
+
+/// What the service understands of a config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SerializerKind {
+    Json {
+        jsonlib: String,
+    },
+    Pickle,
+    Compressed {
+        inner: Box<SerializerConfig>,
+        lib: Compression,
+    },
+    Unknown(String),
+}
+
+/// A `compressionlib`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compression {
+    /// XZ, as Python's `lzma.compress` (the default).
+    Lzma,
+    Bz2,
+    Zlib,
+    Gzip,
+    Unknown(String),
+}
+
+impl Compression {
+    fn parse(s: &str) -> Self {
+        match s {
+            "lzma" => Compression::Lzma,
+            "bz2" => Compression::Bz2,
+            "zlib" => Compression::Zlib,
+            "gzip" => Compression::Gzip,
+            other => Compression::Unknown(other.to_owned()),
+        }
+    }
+}
+
+impl SerializerConfig {
+    /// A config from a type name, with every option Prefect 3.9.1 writes for it.
+    /// Unknown types get a config holding only their type.
+    pub fn from_type(ty: &str) -> Result<Self> {
+        let ty = ty.trim();
+        if ty.is_empty() {
+            return Err(Error::InvalidSerializer(
+                "the serializer type is empty".into(),
+            ));
+        }
+        Ok(SerializerConfig(match ty {
+            "json" => json_defaults(),
+            "pickle" => pickle_defaults(),
+            "compressed/json" => compressed_defaults(ty, json_defaults()),
+            "compressed/pickle" => compressed_defaults(ty, pickle_defaults()),
+            "compressed" => {
+                return Err(Error::InvalidSerializer(
+                    "type `compressed` needs an inner serializer: give a config such as \
+                     {\"type\": \"compressed\", \"serializer\": \"json\", \"compressionlib\": \"bz2\"}"
+                        .into(),
+                ));
+            }
+            other => {
+                let mut m = Map::new();
+                m.insert("type".into(), other.into());
+                m
+            }
+        }))
+    }
+
+    /// A config from JSON: an object with a `type`, or a string naming a type.
+    pub fn from_value(v: Value) -> Result<Self> {
+        match v {
+            Value::String(ty) => Self::from_type(&ty),
+            Value::Object(m) => {
+                match m.get("type") {
+                    Some(Value::String(t)) if !t.trim().is_empty() => {}
+                    _ => {
+                        return Err(Error::InvalidSerializer(
+                            "a serializer config must be a JSON object with a string `type`".into(),
+                        ));
+                    }
+                }
+                let config = SerializerConfig(m);
+                config.check()?;
+                Ok(config)
+            }
+            other => Err(Error::InvalidSerializer(format!(
+                "a serializer config must be a JSON object or a type name, not `{other}`"
+            ))),
+        }
+    }
+
+    /// A config from a request: `config_json` when given (its type must agree with `ty`
+    /// when both are given), else the type's defaults.
+    pub fn from_request(ty: &str, config_json: &str) -> Result<Self> {
+        if config_json.trim().is_empty() {
+            return Self::from_type(ty);
+        }
+        let v: Value = serde_json::from_str(config_json)
+            .map_err(|e| Error::InvalidSerializer(format!("config_json is not JSON: {e}")))?;
+        let config = Self::from_value(v)?;
+        if !ty.is_empty() && ty != config.type_name() {
+            return Err(Error::InvalidSerializer(format!(
+                "type `{ty}` disagrees with config_json's type `{}`",
+                config.type_name()
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Structural checks of known types (a nested serializer must itself be valid).
+    fn check(&self) -> Result<()> {
+        if let SerializerKind::Compressed { inner, .. } = self.kind()? {
+            inner.check()?;
+        }
+        Ok(())
+    }
+
+    pub fn type_name(&self) -> &str {
+        self.0.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    pub fn to_value(&self) -> Value {
+        Value::Object(self.0.clone())
+    }
+
+    pub fn to_json_string(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+
+    /// What the service understands of this config.
+    pub fn kind(&self) -> Result<SerializerKind> {
+        let ty = self.type_name();
+        Ok(match ty {
+            "json" => SerializerKind::Json {
+                jsonlib: self
+                    .0
+                    .get("jsonlib")
+                    .and_then(Value::as_str)
+                    .unwrap_or("json")
+                    .to_owned(),
+            },
+            "pickle" => SerializerKind::Pickle,
+            "compressed" | "compressed/json" | "compressed/pickle" => {
+                let inner = match self.0.get("serializer") {
+                    Some(v) => SerializerConfig::from_value(v.clone())?,
+                    None if ty == "compressed/json" => SerializerConfig(json_defaults()),
+                    None if ty == "compressed/pickle" => SerializerConfig(pickle_defaults()),
+                    None => {
+                        return Err(Error::InvalidSerializer(
+                            "a `compressed` serializer config needs a nested `serializer`".into(),
+                        ));
+                    }
+                };
+                let lib = Compression::parse(
+                    self.0
+                        .get("compressionlib")
+                        .and_then(Value::as_str)
+                        .unwrap_or("lzma"),
+                );
+                SerializerKind::Compressed {
+                    inner: Box::new(inner),
+                    lib,
+                }
+            }
+            other => SerializerKind::Unknown(other.to_owned()),
+        })
+    }
+}
+
+/// The value bytes of a result and the serializer that reads them.
+#[derive(Debug, Clone)]
+pub struct DecodedValue {
+    /// Raw pickle, JSON text, or the serializer bytes for unknown serializers.
+    pub bytes: Bytes,
+    /// `json`, `pickle`, or the unknown type (or `compressed` with an unknown library).
+    pub serializer: String,
+}
+
+/// Why serializer bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Corrupt(String),
+    TooLarge { size: u64, limit: u64 },
+}
+
+/// Removes every layer the service can remove: base64, compression.
+pub fn decode_value(
+    config: &SerializerConfig,
+    data: &Bytes,
+    limit: u64,
+) -> Result<DecodedValue, DecodeError> {
+    let kind = config
+        .kind()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    match kind {
+        SerializerKind::Json { .. } => Ok(DecodedValue {
+            bytes: data.clone(),
+            serializer: "json".into(),
+        }),
+        SerializerKind::Pickle => Ok(DecodedValue {
+            bytes: Bytes::from(b64_decode(data).map_err(DecodeError::Corrupt)?),
+            serializer: "pickle".into(),
+        }),
+        SerializerKind::Compressed { inner, lib } => {
+            if let Compression::Unknown(name) = &lib {
+                return Ok(DecodedValue {
+                    bytes: data.clone(),
+                    serializer: format!("compressed ({name})"),
+                });
+            }
+            let compressed = b64_decode(data).map_err(DecodeError::Corrupt)?;
+            let inner_bytes = decompress(&lib, &compressed, limit)?;
+            decode_value(&inner, &Bytes::from(inner_bytes), limit)
+        }
+        SerializerKind::Unknown(ty) => Ok(DecodedValue {
+            bytes: data.clone(),
+            serializer: ty,
+        }),
+    }
+}
+
+/// Serializes a plain value with `config`, as the named Prefect serializer would.
+pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec<u8>> {
+    match config.kind()? {
+        SerializerKind::Json { jsonlib } => {
+            if let Some(Value::Object(kw)) = config.as_map().get("dumps_kwargs")
+                && !kw.is_empty()
+            {
+                return Err(Error::InvalidSerializer(
+                    "the server serializes JSON with Python's json.dumps defaults and cannot apply dumps_kwargs; \
+                     serialize on the client and send `data`"
+                        .into(),
+                ));
+            }
+            let style = match jsonlib.as_str() {
+                "json" => json::PythonJsonStyle::Stdlib,
+                "orjson" => json::PythonJsonStyle::Orjson,
+                other => {
+                    return Err(Error::InvalidSerializer(format!(
+                        "jsonlib `{other}` is not one the server can write (json, orjson)"
+                    )));
+                }
+            };
+            json::write_python(value, style).map_err(Error::InvalidRequest)
+        }
+        SerializerKind::Pickle => {
+            let p = pickle::write(value).map_err(Error::InvalidRequest)?;
+            Ok(b64_encodebytes(&p))
+        }
+        SerializerKind::Compressed { inner, lib } => {
+            let inner_bytes = encode_plain(&inner, value)?;
+            let compressed = compress(&lib, &inner_bytes)?;
+            Ok(b64_encodebytes(&compressed))
+        }
+        SerializerKind::Unknown(ty) => Err(Error::InvalidSerializer(format!(
+            "the server cannot serialize with `{ty}`; serialize on the client and send `data`"
+        ))),
+    }
+}
+
+/// Checks that client-supplied serializer bytes can be what `config` produces, so a
+/// record that could never be read is refused before it overwrites anything.
+pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
+    let bad = |m: String| {
+        Err(Error::InvalidRequest(format!(
+            "`data` is not {} serializer output: {m}",
+            config.type_name()
+        )))
+    };
+    match config.kind()? {
+        SerializerKind::Json { .. } => {
+            if let Err(e) = std::str::from_utf8(data) {
+                return bad(format!("JSON text must be UTF-8 ({e})"));
+            }
+        }
+        SerializerKind::Pickle | SerializerKind::Compressed { .. } => {
+            if let Err(e) = b64_decode(data) {
+                return bad(e);
+            }
+        }
+        SerializerKind::Unknown(_) => {}
+    }
+    Ok(())
+}
+
+/// `base64.encodebytes`: standard alphabet, a newline after every 76 characters and at the end.
+pub fn b64_encodebytes(data: &[u8]) -> Vec<u8> {
+    let text = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(text.len() + text.len() / 76 + 1);
+    for line in text.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// `base64.decodebytes`: standard alphabet, whitespace ignored.
+pub fn b64_decode(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let clean: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(&clean)
+        .map_err(|e| format!("invalid base64 ({e})"))
+}
+
+fn compress(lib: &Compression, data: &[u8]) -> Result<Vec<u8>> {
+    let io = |e: std::io::Error| Error::InvalidRequest(format!("compression failed: {e}"));
+    match lib {
+        // Python's lzma.compress: XZ container, CRC64, preset 6.
+        Compression::Lzma => {
+            let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            enc.write_all(data).map_err(io)?;
+            enc.finish().map_err(io)
+        }
+        // bz2.compress: level 9.
+        Compression::Bz2 => {
+            let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+            enc.write_all(data).map_err(io)?;
+            enc.finish().map_err(io)
+        }
+        // zlib.compress: level 6 (Z_DEFAULT_COMPRESSION).
+        Compression::Zlib => {
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+            enc.write_all(data).map_err(io)?;
+            enc.finish().map_err(io)
+        }
+        // gzip.compress: level 9.
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(data).map_err(io)?;
+            enc.finish().map_err(io)
+        }
+        Compression::Unknown(name) => Err(Error::InvalidSerializer(format!(
+            "compressionlib `{name}` is not one the server can write (lzma, bz2, zlib, gzip)"
+        ))),
+    }
+}
+
+/// Decompresses, reading at most `limit` bytes of output (a decompression bomb stops there).
+fn decompress(lib: &Compression, data: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
+    let reader: Box<dyn Read + '_> = match lib {
+        Compression::Lzma => {
+            // FORMAT_AUTO, as lzma.decompress: XZ or legacy .lzma, concatenated streams.
+            let stream =
+                liblzma::stream::Stream::new_auto_decoder(u64::MAX, liblzma::stream::CONCATENATED)
+                    .map_err(|e| DecodeError::Corrupt(format!("lzma: {e}")))?;
+            Box::new(liblzma::read::XzDecoder::new_stream(data, stream))
+        }
+        Compression::Bz2 => Box::new(bzip2::read::MultiBzDecoder::new(data)),
+        Compression::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Compression::Unknown(name) => {
+            return Err(DecodeError::Corrupt(format!(
+                "unknown compressionlib `{name}`"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Corrupt(format!("cannot decompress: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(DecodeError::TooLarge {
+            size: out.len() as u64,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// Why a value could not be turned into JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TranscodeError {
+    /// The value is not plain data, or the serializer is not one JSON can come from.
+    Unsupported(String),
+    /// The value bytes are broken.
+    Corrupt(String),
+}
+
+/// Turns value bytes into strict JSON: JSON results as they are (rewritten only when
+/// they hold Python's `NaN`/`Infinity`), plain-data pickles transcoded.
+pub fn to_json(value: &DecodedValue, max_nodes: usize) -> Result<Bytes, TranscodeError> {
+    match value.serializer.as_str() {
+        "json" => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&value.bytes).is_ok() {
+                return Ok(value.bytes.clone());
+            }
+            let v = json::parse(&value.bytes).map_err(|e| {
+                TranscodeError::Corrupt(format!("the JSON result does not parse: {e}"))
+            })?;
+            json::write_strict(&v)
+                .map(Bytes::from)
+                .map_err(TranscodeError::Unsupported)
+        }
+        "pickle" => {
+            let v = pickle::read(&value.bytes, max_nodes).map_err(|e| match e {
+                pickle::PickleError::NotPlainData(m) => TranscodeError::Unsupported(format!(
+                    "{m}; only pickles of builtin plain data (dict, list, tuple, set, str, bytes, int, float, bool, None) \
+                     can be transcoded, and no pickle is ever executed"
+                )),
+                pickle::PickleError::Malformed(m) => TranscodeError::Corrupt(format!("malformed pickle: {m}")),
+            })?;
+            json::write_strict(&v)
+                .map(Bytes::from)
+                .map_err(TranscodeError::Unsupported)
+        }
+        other => Err(TranscodeError::Unsupported(format!(
+            "results serialized with `{other}` can be read raw only"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: &str) -> SerializerConfig {
+        SerializerConfig::from_value(serde_json::from_str(v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn type_names_expand_to_prefects_defaults_and_objects_stay_verbatim() {
+        assert_eq!(
+            SerializerConfig::from_type("pickle")
+                .unwrap()
+                .to_json_string(),
+            r#"{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null}"#
+        );
+        let custom =
+            r#"{"type":"compressed","serializer":"json","compressionlib":"bz2","extra":[1]}"#;
+        assert_eq!(cfg(custom).to_json_string(), custom);
+        assert!(SerializerConfig::from_type("compressed").is_err());
+        assert!(SerializerConfig::from_value(serde_json::json!({"type": 3})).is_err());
+        assert_eq!(
+            SerializerConfig::from_type("my.custom")
+                .unwrap()
+                .kind()
+                .unwrap(),
+            SerializerKind::Unknown("my.custom".into())
+        );
+    }
+
+    #[test]
+    fn decodes_prefect_samples() {
+        // v3.9.1/resultstore-api/compressed-pickle -> [1, 2, 3]
+        let c = SerializerConfig::from_type("compressed/pickle").unwrap();
+        let data = Bytes::from_static(b"/Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAgZ0FXVkN3QUFBQUFBQUFCZGxDaExBVXNDU3dObExn\nPT0KAAAAAKrKE6xp9A6yAAE5Ic8oa2IftvN9AQAAAAAEWVo=\n");
+        let v = decode_value(&c, &data, 1 << 20).unwrap();
+        assert_eq!(v.serializer, "pickle");
+        assert_eq!(&to_json(&v, 1000).unwrap()[..], b"[1, 2, 3]");
+        // v3.9.1/resultstore-api/compressed-json-bz2 -> "hi"
+        let c = cfg(r#"{"type":"compressed","serializer":{"type":"json"},"compressionlib":"bz2"}"#);
+        let v = decode_value(
+            &c,
+            &Bytes::from_static(b"QlpoOTFBWSZTWYXmzN4AAACRABAAAGAgACGYGYTMLuSKcKEhC82ZvA==\n"),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(&v.bytes[..], b"\"hi\"");
+    }
+
+    #[test]
+    fn every_compression_round_trips_and_bombs_stop_at_the_limit() {
+        let value = json::parse(br#"{"a": [1, 2.5, "x", null, true]}"#).unwrap();
+        for lib in ["lzma", "bz2", "zlib", "gzip"] {
+            for inner in ["json", "pickle"] {
+                let c = cfg(&format!(
+                    r#"{{"type":"compressed","serializer":"{inner}","compressionlib":"{lib}"}}"#
+                ));
+                let data = Bytes::from(encode_plain(&c, &value).unwrap());
+                let v = decode_value(&c, &data, 1 << 20).unwrap();
+                assert_eq!(
+                    &to_json(&v, 1000).unwrap()[..],
+                    br#"{"a": [1, 2.5, "x", null, true]}"#,
+                    "{lib}/{inner}"
+                );
+            }
+        }
+        let zeros = PlainValue::Str("0".repeat(1 << 20));
+        let c = SerializerConfig::from_type("compressed/json").unwrap();
+        let data = Bytes::from(encode_plain(&c, &zeros).unwrap());
+        assert!(data.len() < 10_000);
+        assert!(matches!(
+            decode_value(&c, &data, 1000),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn json_with_nan_becomes_strict() {
+        let v = DecodedValue {
+            bytes: Bytes::from_static(b"{\"nan\": NaN, \"x\": 1}"),
+            serializer: "json".into(),
+        };
+        assert_eq!(&to_json(&v, 100).unwrap()[..], b"{\"nan\": null, \"x\": 1}");
+    }
+}

@@ -1,0 +1,733 @@
+//! Plain-data pickles, written and read without a Python runtime and without ever
+//! running anything.
+//!
+//! [`write`] emits protocol 5 opcodes for a [`PlainValue`]; Python's `pickle.loads` (and
+//! `cloudpickle.loads`) read it back to the equal `dict`/`list`/`str`/`int`/...
+//!
+//! [`read`] is a pickle *reader*, not an unpickler: it understands only the opcodes that
+//! build builtin plain data (protocols 2 to 5) and refuses every opcode that could name a
+//! class or a function (`GLOBAL`, `STACK_GLOBAL`, `REDUCE`, `BUILD`, `NEWOBJ`, `INST`,
+//! `OBJ`, `EXT*`, persistent ids, out-of-band buffers) with [`PickleError::NotPlainData`].
+//! Shared references (`MEMOIZE`/`GET`) are honoured, and the output is bounded in size
+//! and depth so a small hostile pickle cannot expand without limit.
+
+use super::plain::{PlainValue, decimal_to_le_twos_complement, le_twos_complement_to_decimal};
+
+/// Deepest nesting produced by [`read`].
+pub const MAX_DEPTH: usize = 128;
+
+/// Why a pickle could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PickleError {
+    /// The pickle is well formed but refers to something that is not plain data.
+    NotPlainData(String),
+    /// The bytes are not a well-formed pickle (truncated, bad stack, bad opcode).
+    Malformed(String),
+}
+
+impl std::fmt::Display for PickleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PickleError::NotPlainData(m) => write!(f, "the pickle is not plain data: {m}"),
+            PickleError::Malformed(m) => write!(f, "malformed pickle: {m}"),
+        }
+    }
+}
+
+/// Writes `v` as a protocol 5 pickle.
+pub fn write(v: &PlainValue) -> Result<Vec<u8>, String> {
+    let mut out = vec![0x80, 5];
+    write_value(v, &mut out, 0)?;
+    out.push(b'.');
+    Ok(out)
+}
+
+fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err("value nested deeper than 128 levels".into());
+    }
+    match v {
+        PlainValue::None => out.push(b'N'),
+        PlainValue::Bool(true) => out.push(0x88),
+        PlainValue::Bool(false) => out.push(0x89),
+        PlainValue::Int(n) => write_int(*n, out),
+        PlainValue::BigInt(s) => {
+            let bytes = decimal_to_le_twos_complement(s)
+                .ok_or_else(|| format!("`{s}` is not an integer"))?;
+            write_long(&bytes, out);
+        }
+        PlainValue::Float(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        PlainValue::Str(s) => {
+            let b = s.as_bytes();
+            if b.len() < 256 {
+                out.push(0x8c);
+                out.push(b.len() as u8);
+            } else {
+                out.push(b'X');
+                out.extend_from_slice(
+                    &u32::try_from(b.len())
+                        .map_err(|_| "string too long")?
+                        .to_le_bytes(),
+                );
+            }
+            out.extend_from_slice(b);
+        }
+        PlainValue::Bytes(b) => {
+            if b.len() < 256 {
+                out.push(b'C');
+                out.push(b.len() as u8);
+            } else {
+                out.push(b'B');
+                out.extend_from_slice(
+                    &u32::try_from(b.len())
+                        .map_err(|_| "bytes too long")?
+                        .to_le_bytes(),
+                );
+            }
+            out.extend_from_slice(b);
+        }
+        PlainValue::List(items) => {
+            out.push(b']');
+            write_batched(items, b'e', out, depth)?;
+        }
+        PlainValue::Tuple(items) => {
+            if items.is_empty() {
+                out.push(b')');
+            } else {
+                out.push(b'(');
+                for item in items {
+                    write_value(item, out, depth + 1)?;
+                }
+                out.push(b't');
+            }
+        }
+        PlainValue::Dict(items) => {
+            out.push(b'}');
+            for chunk in items.chunks(1000) {
+                out.push(b'(');
+                for (k, v) in chunk {
+                    write_value(k, out, depth + 1)?;
+                    write_value(v, out, depth + 1)?;
+                }
+                out.push(b'u');
+            }
+        }
+        PlainValue::Set(items) => {
+            out.push(0x8f);
+            write_batched(items, 0x90, out, depth)?;
+        }
+        PlainValue::FrozenSet(items) => {
+            out.push(b'(');
+            for item in items {
+                write_value(item, out, depth + 1)?;
+            }
+            out.push(0x91);
+        }
+    }
+    Ok(())
+}
+
+/// `MARK items... OP` in batches of 1000, as Python's pickler does.
+fn write_batched(
+    items: &[PlainValue],
+    op: u8,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), String> {
+    for chunk in items.chunks(1000) {
+        out.push(b'(');
+        for item in chunk {
+            write_value(item, out, depth + 1)?;
+        }
+        out.push(op);
+    }
+    Ok(())
+}
+
+fn write_int(n: i64, out: &mut Vec<u8>) {
+    if (0..=0xff).contains(&n) {
+        out.push(b'K');
+        out.push(n as u8);
+    } else if (0..=0xffff).contains(&n) {
+        out.push(b'M');
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+    } else if i32::try_from(n).is_ok() {
+        out.push(b'J');
+        out.extend_from_slice(&(n as i32).to_le_bytes());
+    } else if let Some(bytes) = decimal_to_le_twos_complement(&n.to_string()) {
+        write_long(&bytes, out);
+    }
+}
+
+fn write_long(bytes: &[u8], out: &mut Vec<u8>) {
+    if bytes.len() < 256 {
+        out.push(0x8a);
+        out.push(bytes.len() as u8);
+    } else {
+        out.push(0x8b);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// What the reader's stack and memo point at: containers are mutated in place, so a
+/// memoized list that is filled after `MEMOIZE` is seen filled by every later `GET`.
+enum Node {
+    Leaf(PlainValue),
+    List(Vec<usize>),
+    Tuple(Vec<usize>),
+    Dict(Vec<(usize, usize)>),
+    Set(Vec<usize>),
+    FrozenSet(Vec<usize>),
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    nodes: Vec<Node>,
+    stack: Vec<usize>,
+    marks: Vec<usize>,
+    memo: std::collections::HashMap<u64, usize>,
+}
+
+/// Reads a plain-data pickle. `max_nodes` bounds the size of the produced value.
+pub fn read(data: &[u8], max_nodes: usize) -> Result<PlainValue, PickleError> {
+    let mut r = Reader {
+        data,
+        pos: 0,
+        nodes: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: Default::default(),
+    };
+    let root = r.run()?;
+    let mut budget = max_nodes;
+    let mut visiting = vec![false; r.nodes.len()];
+    r.materialize(root, 0, &mut budget, &mut visiting)
+}
+
+fn malformed(m: impl Into<String>) -> PickleError {
+    PickleError::Malformed(m.into())
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| malformed("truncated"))?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, PickleError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, PickleError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, PickleError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn len(&mut self, n: u64) -> Result<usize, PickleError> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.data.len())
+            .ok_or_else(|| malformed("length beyond the data"))
+    }
+    fn push(&mut self, node: Node) {
+        self.nodes.push(node);
+        self.stack.push(self.nodes.len() - 1);
+    }
+    fn pop(&mut self) -> Result<usize, PickleError> {
+        if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
+            return Err(malformed("pop across a mark"));
+        }
+        self.stack.pop().ok_or_else(|| malformed("stack underflow"))
+    }
+    fn top(&self) -> Result<usize, PickleError> {
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| malformed("stack underflow"))
+    }
+    fn pop_mark(&mut self) -> Result<Vec<usize>, PickleError> {
+        let m = self.marks.pop().ok_or_else(|| malformed("no mark"))?;
+        if m > self.stack.len() {
+            return Err(malformed("mark beyond the stack"));
+        }
+        Ok(self.stack.split_off(m))
+    }
+    fn string(&mut self, n: usize) -> Result<(), PickleError> {
+        let b = self.take(n)?;
+        let s = std::str::from_utf8(b)
+            .map_err(|_| malformed("string is not UTF-8"))?
+            .to_owned();
+        self.push(Node::Leaf(PlainValue::Str(s)));
+        Ok(())
+    }
+    fn bytes(&mut self, n: usize) -> Result<(), PickleError> {
+        let b = self.take(n)?.to_vec();
+        self.push(Node::Leaf(PlainValue::Bytes(b)));
+        Ok(())
+    }
+    fn long(&mut self, n: usize) -> Result<(), PickleError> {
+        let b = self.take(n)?;
+        let v = if b.len() <= 8 {
+            let mut a = if b.last().is_some_and(|x| x & 0x80 != 0) {
+                [0xffu8; 8]
+            } else {
+                [0u8; 8]
+            };
+            a[..b.len()].copy_from_slice(b);
+            PlainValue::Int(i64::from_le_bytes(a))
+        } else {
+            PlainValue::BigInt(le_twos_complement_to_decimal(b))
+        };
+        self.push(Node::Leaf(v));
+        Ok(())
+    }
+    fn append_to(&mut self, target: usize, items: Vec<usize>) -> Result<(), PickleError> {
+        match &mut self.nodes[target] {
+            Node::List(v) | Node::Set(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            _ => Err(malformed("append to something that is not a list or set")),
+        }
+    }
+    fn set_items(&mut self, target: usize, items: Vec<usize>) -> Result<(), PickleError> {
+        if items.len() % 2 != 0 {
+            return Err(malformed("odd number of dict items"));
+        }
+        match &mut self.nodes[target] {
+            Node::Dict(d) => {
+                d.extend(items.chunks(2).map(|kv| (kv[0], kv[1])));
+                Ok(())
+            }
+            _ => Err(malformed("setitem on something that is not a dict")),
+        }
+    }
+    fn memo_put(&mut self, idx: u64) -> Result<(), PickleError> {
+        let top = self.top()?;
+        self.memo.insert(idx, top);
+        Ok(())
+    }
+    fn memo_get(&mut self, idx: u64) -> Result<(), PickleError> {
+        let node = *self
+            .memo
+            .get(&idx)
+            .ok_or_else(|| malformed("memo key not found"))?;
+        self.stack.push(node);
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<usize, PickleError> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(malformed(format!("unsupported pickle protocol {proto}")));
+                    }
+                }
+                0x95 => {
+                    self.u64()?; // FRAME: a length hint only
+                }
+                b'.' => {
+                    let root = self
+                        .stack
+                        .pop()
+                        .ok_or_else(|| malformed("empty stack at STOP"))?;
+                    return Ok(root);
+                }
+                b'N' => self.push(Node::Leaf(PlainValue::None)),
+                0x88 => self.push(Node::Leaf(PlainValue::Bool(true))),
+                0x89 => self.push(Node::Leaf(PlainValue::Bool(false))),
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
+                }
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    self.long(n)?;
+                }
+                0x8b => {
+                    let n = self.u32()? as u64;
+                    let n = self.len(n)?;
+                    self.long(n)?;
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    self.push(Node::Leaf(PlainValue::Float(f64::from_be_bytes(a))));
+                }
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    self.string(n)?;
+                }
+                b'X' => {
+                    let n = self.u32()? as u64;
+                    let n = self.len(n)?;
+                    self.string(n)?;
+                }
+                0x8d => {
+                    let n = self.u64()?;
+                    let n = self.len(n)?;
+                    self.string(n)?;
+                }
+                b'C' => {
+                    let n = self.u8()? as usize;
+                    self.bytes(n)?;
+                }
+                b'B' => {
+                    let n = self.u32()? as u64;
+                    let n = self.len(n)?;
+                    self.bytes(n)?;
+                }
+                0x8e | 0x96 => {
+                    // BINBYTES8, BYTEARRAY8 (a bytearray reads as bytes)
+                    let n = self.u64()?;
+                    let n = self.len(n)?;
+                    self.bytes(n)?;
+                }
+                b']' => self.push(Node::List(Vec::new())),
+                b'}' => self.push(Node::Dict(Vec::new())),
+                b')' => self.push(Node::Tuple(Vec::new())),
+                0x8f => self.push(Node::Set(Vec::new())),
+                b'(' => self.marks.push(self.stack.len()),
+                b'a' => {
+                    let item = self.pop()?;
+                    let target = self.top()?;
+                    self.append_to(target, vec![item])?;
+                }
+                b'e' | 0x90 => {
+                    // APPENDS, ADDITEMS
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    self.append_to(target, items)?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let target = self.top()?;
+                    self.set_items(target, vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    self.set_items(target, items)?;
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Tuple(items));
+                }
+                0x85 => {
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a]));
+                }
+                0x86 => {
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a, b]));
+                }
+                0x87 => {
+                    let c = self.pop()?;
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a, b, c]));
+                }
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::List(items));
+                }
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Dict(Vec::new()));
+                    let target = self.top()?;
+                    self.set_items(target, items)?;
+                }
+                0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::FrozenSet(items));
+                }
+                0x94 => {
+                    let idx = self.memo.len() as u64;
+                    self.memo_put(idx)?;
+                }
+                b'q' => {
+                    let idx = self.u8()? as u64;
+                    self.memo_put(idx)?;
+                }
+                b'r' => {
+                    let idx = self.u32()? as u64;
+                    self.memo_put(idx)?;
+                }
+                b'h' => {
+                    let idx = self.u8()? as u64;
+                    self.memo_get(idx)?;
+                }
+                b'j' => {
+                    let idx = self.u32()? as u64;
+                    self.memo_get(idx)?;
+                }
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let top = self.top()?;
+                    self.stack.push(top);
+                }
+                b'c' | 0x93 => return Err(PickleError::NotPlainData(self.describe_global(op))),
+                b'R' => {
+                    return Err(PickleError::NotPlainData(
+                        "it calls a function (REDUCE)".into(),
+                    ));
+                }
+                b'b' => {
+                    return Err(PickleError::NotPlainData(
+                        "it sets object state (BUILD)".into(),
+                    ));
+                }
+                0x81 | 0x92 => {
+                    return Err(PickleError::NotPlainData(
+                        "it builds an object of a class (NEWOBJ)".into(),
+                    ));
+                }
+                b'i' | b'o' => {
+                    return Err(PickleError::NotPlainData(
+                        "it builds an instance of a class (INST/OBJ)".into(),
+                    ));
+                }
+                0x82..=0x84 => {
+                    return Err(PickleError::NotPlainData(
+                        "it refers to a registered extension (EXT)".into(),
+                    ));
+                }
+                b'P' | b'Q' => {
+                    return Err(PickleError::NotPlainData("it holds a persistent id".into()));
+                }
+                0x97 | 0x98 => {
+                    return Err(PickleError::NotPlainData(
+                        "it uses out-of-band buffers".into(),
+                    ));
+                }
+                other => {
+                    return Err(malformed(format!(
+                        "opcode 0x{other:02x} at byte {} is not read (only protocol 2-5 plain-data opcodes are)",
+                        self.pos - 1
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Names the global a `GLOBAL`/`STACK_GLOBAL` refers to, for the error message.
+    fn describe_global(&mut self, op: u8) -> String {
+        if op == b'c' {
+            let rest = &self.data[self.pos..];
+            let mut lines = rest.splitn(3, |&b| b == b'\n');
+            let module = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+            let name = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+            return format!("it refers to `{module}.{name}`");
+        }
+        let name_of = |r: &Self, i: usize| match r.stack.get(i).map(|&n| &r.nodes[n]) {
+            Some(Node::Leaf(PlainValue::Str(s))) => s.clone(),
+            _ => "?".into(),
+        };
+        let n = self.stack.len();
+        if n >= 2 {
+            format!(
+                "it refers to `{}.{}`",
+                name_of(self, n - 2),
+                name_of(self, n - 1)
+            )
+        } else {
+            "it refers to a class or function (STACK_GLOBAL)".into()
+        }
+    }
+
+    fn materialize(
+        &self,
+        id: usize,
+        depth: usize,
+        budget: &mut usize,
+        visiting: &mut Vec<bool>,
+    ) -> Result<PlainValue, PickleError> {
+        if depth > MAX_DEPTH {
+            return Err(PickleError::NotPlainData(
+                "nested deeper than 128 levels".into(),
+            ));
+        }
+        if *budget == 0 {
+            return Err(PickleError::NotPlainData(
+                "the value expands beyond the size limit".into(),
+            ));
+        }
+        *budget -= 1;
+        if visiting[id] {
+            return Err(PickleError::NotPlainData(
+                "it contains itself (a recursive structure)".into(),
+            ));
+        }
+        visiting[id] = true;
+        let all = |ids: &[usize], budget: &mut usize, visiting: &mut Vec<bool>| {
+            ids.iter()
+                .map(|&c| self.materialize(c, depth + 1, budget, visiting))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let v = match &self.nodes[id] {
+            Node::Leaf(v) => {
+                if let PlainValue::Str(s) | PlainValue::BigInt(s) = v {
+                    *budget = budget.saturating_sub(s.len() / 64);
+                }
+                v.clone()
+            }
+            Node::List(ids) => PlainValue::List(all(ids, budget, visiting)?),
+            Node::Tuple(ids) => PlainValue::Tuple(all(ids, budget, visiting)?),
+            Node::Set(ids) => PlainValue::Set(all(ids, budget, visiting)?),
+            Node::FrozenSet(ids) => PlainValue::FrozenSet(all(ids, budget, visiting)?),
+            Node::Dict(pairs) => {
+                let mut out = Vec::with_capacity(pairs.len());
+                for &(k, v) in pairs {
+                    let k = self.materialize(k, depth + 1, budget, visiting)?;
+                    let v = self.materialize(v, depth + 1, budget, visiting)?;
+                    out.push((k, v));
+                }
+                PlainValue::Dict(out)
+            }
+        };
+        visiting[id] = false;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn b64(s: &str) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.replace('\n', ""))
+            .unwrap()
+    }
+
+    #[test]
+    fn reads_cloudpickle_samples() {
+        // v3.9.1/resultstore-api/pickle-int: cloudpickle of 42.
+        assert_eq!(read(&b64("gAVLKi4=\n"), 1000).unwrap(), PlainValue::Int(42));
+        // v2.20.25 compressed-pickle inner payload: [1, 2, 3].
+        assert_eq!(
+            read(&b64("gAWVCwAAAAAAAABdlChLAUsCSwNlLg=="), 1000).unwrap(),
+            PlainValue::List(vec![
+                PlainValue::Int(1),
+                PlainValue::Int(2),
+                PlainValue::Int(3)
+            ])
+        );
+    }
+
+    #[test]
+    fn refuses_globals_and_reduce() {
+        // pickle.dumps(uuid.UUID(int=1), 2) starts with GLOBAL-ish opcodes; a hand-made
+        // `os.system('x')` pickle: c os\nsystem\n (S'x' tR.
+        let evil = b"cos\nsystem\n(X\x01\x00\x00\x00xtR.";
+        let err = read(evil, 1000).unwrap_err();
+        assert!(
+            matches!(&err, PickleError::NotPlainData(m) if m.contains("os.system")),
+            "{err}"
+        );
+        let stack_global = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94.";
+        assert!(matches!(
+            read(stack_global, 1000),
+            Err(PickleError::NotPlainData(_))
+        ));
+    }
+
+    #[test]
+    fn shared_references_see_later_mutation() {
+        // pickle.dumps([a, a]) with a = [1]: the inner list is memoized before it is filled.
+        let p = b"\x80\x05]\x94(]\x94K\x01ah\x01e.";
+        let v = read(p, 1000).unwrap();
+        let inner = PlainValue::List(vec![PlainValue::Int(1)]);
+        assert_eq!(v, PlainValue::List(vec![inner.clone(), inner]));
+    }
+
+    #[test]
+    fn bounded_against_expansion_recursion_and_truncation() {
+        // l = []; l.append(l)
+        let recursive = b"\x80\x05]\x94h\x00a.";
+        assert!(read(recursive, 1000).is_err());
+        // Each level doubles: 30 levels of [x, x] would be 2^30 nodes.
+        let mut p = vec![0x80, 5, b'K', 1, 0x94];
+        for i in 0..30u8 {
+            p.extend_from_slice(&[b'h', i, b'h', i, 0x86, 0x94]);
+        }
+        p.push(b'.');
+        assert!(
+            matches!(read(&p, 100_000), Err(PickleError::NotPlainData(m)) if m.contains("size limit"))
+        );
+        assert!(matches!(
+            read(b"\x80\x05\x8c\x05ab", 10),
+            Err(PickleError::Malformed(_))
+        ));
+        assert!(matches!(read(b"", 10), Err(PickleError::Malformed(_))));
+    }
+
+    #[test]
+    fn written_pickles_read_back() {
+        let v = PlainValue::Dict(vec![
+            (PlainValue::Str("a".into()), PlainValue::Int(1)),
+            (
+                PlainValue::Str("big".into()),
+                PlainValue::BigInt("-1180591620717411303424".into()),
+            ),
+            (
+                PlainValue::Str("l".into()),
+                PlainValue::List(vec![
+                    PlainValue::Float(2.5),
+                    PlainValue::None,
+                    PlainValue::Bool(true),
+                    PlainValue::Int(70000),
+                    PlainValue::Int(-5),
+                    PlainValue::Int(1 << 40),
+                ]),
+            ),
+            (
+                PlainValue::Str("s".into()),
+                PlainValue::Str("hé".repeat(200)),
+            ),
+            (
+                PlainValue::Str("t".into()),
+                PlainValue::Tuple(vec![PlainValue::Int(1)]),
+            ),
+        ]);
+        assert_eq!(read(&write(&v).unwrap(), 10_000).unwrap(), v);
+    }
+}

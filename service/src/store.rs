@@ -1,0 +1,718 @@
+//! The operations: put, get, resolve, exists, delete, list, list blocks.
+//!
+//! This is the whole path of every RPC below the thin gRPC handlers: settings are
+//! applied, keys validated, records encoded or decoded, storage called, the cache
+//! consulted and filled. Nothing here knows about gRPC.
+
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+
+use crate::blocks::{Block, BlockRegistry};
+use crate::cache::{CacheKey, LoadedResult, ResolveCache};
+use crate::config::{BlockFormat, Config};
+use crate::error::{Error, Result};
+use crate::keys::validate_key;
+use crate::record::{RecordFormat, ResultRecord};
+use crate::reference::{Expectation, LiteralValue, ResultReference};
+use crate::serializer::plain::PlainValue;
+use crate::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
+use crate::settings::{self, ResultSettings};
+
+/// What a Put carries.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Serializer bytes as the serializer produced them.
+    Data(Bytes),
+    /// A JSON document for the server to serialize.
+    Json(String),
+    Literal(LiteralValue),
+}
+
+/// Whether a Put may replace an existing result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    #[default]
+    Overwrite,
+    CreateOnly,
+}
+
+/// One Put.
+#[derive(Debug, Clone)]
+pub struct PutInput {
+    pub payload: Payload,
+    pub task: ResultSettings,
+    pub flow: Option<ResultSettings>,
+    pub key: Option<String>,
+    pub expiration: Option<DateTime<Utc>>,
+    pub mode: WriteMode,
+}
+
+/// What a Put gives back.
+#[derive(Debug, Clone)]
+pub enum PutOutcome {
+    Literal(LiteralValue),
+    Stored(ResultReference),
+}
+
+/// What a read asks for.
+#[derive(Debug, Clone)]
+pub enum ReadTarget {
+    /// A reference this service issued (or one built from its fields).
+    Reference {
+        block: String,
+        key: String,
+        expect: Expectation,
+        serializer: Option<SerializerConfig>,
+    },
+    Location {
+        block: String,
+        key: String,
+    },
+    /// A Prefect 3 metadata document or a Prefect 2 result document, read in `block`.
+    Prefect {
+        block: String,
+        document: String,
+    },
+}
+
+/// Options of a read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    pub allow_expired: bool,
+    pub bypass_cache: bool,
+    /// Serializer assumed for bare payloads.
+    pub serializer_hint: Option<SerializerConfig>,
+}
+
+/// What a read found.
+#[derive(Debug, Clone)]
+pub enum ReadOutcome {
+    /// A Prefect 2 literal document.
+    Literal(LiteralValue),
+    Loaded {
+        result: Arc<LoadedResult>,
+        cache_hit: bool,
+    },
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub entries: Vec<object_store::ObjectMeta>,
+    pub next_page_token: Option<String>,
+}
+
+/// Defaults for pages of [`ResultStore::list`].
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+/// The service's domain: blocks, cache and limits.
+pub struct ResultStore {
+    blocks: BlockRegistry,
+    cache: ResolveCache,
+    defaults: settings::Defaults,
+    max_result_size: u64,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl ResultStore {
+    /// Builds the blocks and the cache of `config`.
+    pub fn new(config: &Config) -> Result<Self> {
+        Ok(ResultStore {
+            blocks: BlockRegistry::from_config(config)?,
+            cache: ResolveCache::new(&config.cache),
+            defaults: settings::Defaults {
+                serializer: SerializerConfig::from_type(&config.default_serializer)
+                    .map_err(|e| Error::Config(format!("default_serializer: {e}")))?,
+                persist_by_default: config.persist_by_default,
+            },
+            max_result_size: config.limits.max_result_size.0,
+        })
+    }
+
+    pub fn blocks(&self) -> &BlockRegistry {
+        &self.blocks
+    }
+
+    pub fn cache(&self) -> &ResolveCache {
+        &self.cache
+    }
+
+    /// Stores one result, or returns it as a literal.
+    pub async fn put(&self, input: PutInput) -> Result<PutOutcome> {
+        let explicit_key = input.key.as_deref().is_some_and(|k| !k.is_empty());
+        let eff = settings::resolve(
+            &input.task,
+            input.flow.as_ref(),
+            &self.defaults,
+            explicit_key,
+        )?;
+        let key = input
+            .key
+            .filter(|k| !k.is_empty())
+            .or_else(|| eff.cache_key.clone());
+
+        // Literals stay in the reply unless a key asks for them to be findable in storage.
+        let value: Option<PlainValue> = match &input.payload {
+            Payload::Data(_) => None,
+            Payload::Json(text) => Some(
+                json::parse(text.as_bytes())
+                    .map_err(|e| Error::InvalidRequest(format!("`json` is not JSON: {e}")))?,
+            ),
+            Payload::Literal(l) => Some(match l {
+                LiteralValue::True => PlainValue::Bool(true),
+                LiteralValue::False => PlainValue::Bool(false),
+                LiteralValue::Null => PlainValue::None,
+            }),
+        };
+        let literal = match &value {
+            Some(PlainValue::Bool(true)) => Some(LiteralValue::True),
+            Some(PlainValue::Bool(false)) => Some(LiteralValue::False),
+            Some(PlainValue::None) => Some(LiteralValue::Null),
+            _ => None,
+        };
+        if let Some(literal) = literal
+            && key.is_none()
+        {
+            return Ok(PutOutcome::Literal(literal));
+        }
+
+        let data = match (&input.payload, &value) {
+            (Payload::Data(data), _) => {
+                serializer::check_data(&eff.serializer, data)?;
+                data.clone()
+            }
+            (_, Some(v)) => Bytes::from(serializer::encode_plain(&eff.serializer, v)?),
+            (_, None) => unreachable!("json and literal payloads always carry a value"),
+        };
+        if data.len() as u64 > self.max_result_size {
+            return Err(Error::TooLarge {
+                what: "the serialized result".into(),
+                size: data.len() as u64,
+                limit: self.max_result_size,
+            });
+        }
+        let block = self.blocks.get(&eff.storage)?;
+        let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        validate_key(&key)?;
+        // Decode before writing: a payload that could never be read back is refused
+        // before it can replace anything.
+        let value = serializer::decode_value(&eff.serializer, &data, self.max_result_size)
+            .map_err(|e| match e {
+                DecodeError::Corrupt(m) => {
+                    Error::InvalidRequest(format!("`data` cannot be read back: {m}"))
+                }
+                DecodeError::TooLarge { size, limit } => Error::TooLarge {
+                    what: "the decompressed result".into(),
+                    size,
+                    limit,
+                },
+            })?;
+        let record_format = if eff.persist && block.format == BlockFormat::Split {
+            RecordFormat::Split
+        } else {
+            RecordFormat::Prefect3
+        };
+        let record = ResultRecord::new(
+            record_format,
+            &key,
+            eff.serializer.clone(),
+            input.expiration,
+            data,
+        );
+        let mut reference = ResultReference {
+            block: block.slug.clone(),
+            key: key.clone(),
+            serializer: eff.serializer,
+            size: record.data.len() as u64,
+            sha256: sha256_hex(&record.data),
+            version: None,
+            created: Some(Utc::now()),
+            expiration: input.expiration,
+            persisted: eff.persist,
+            uri: String::new(),
+            format: record_format,
+        };
+        if eff.persist {
+            reference.version = self.write_record(&block, &key, &record, input.mode).await?;
+            reference.uri = block.uri(&key);
+        }
+        let cache_key = CacheKey {
+            block: block.slug.as_str().into(),
+            key,
+        };
+        self.cache
+            .insert(
+                cache_key,
+                Arc::new(LoadedResult {
+                    record,
+                    value,
+                    reference: reference.clone(),
+                }),
+            )
+            .await;
+        Ok(PutOutcome::Stored(reference))
+    }
+
+    /// Writes a record in the block's format; returns the store's version of it.
+    async fn write_record(
+        &self,
+        block: &Block,
+        key: &str,
+        record: &ResultRecord,
+        mode: WriteMode,
+    ) -> Result<Option<String>> {
+        let path = Path::from(key);
+        let opts = PutOptions {
+            mode: match mode {
+                WriteMode::Overwrite => PutMode::Overwrite,
+                WriteMode::CreateOnly => PutMode::Create,
+            },
+            ..Default::default()
+        };
+        let map = |e| Error::from_store(&block.slug, key, e);
+        match (block.format, &block.metadata_store) {
+            (BlockFormat::Split, Some(meta)) => {
+                // Payload first, then metadata, as Prefect writes split records.
+                let put = block
+                    .store
+                    .put_opts(&path, PutPayload::from_bytes(record.data.clone()), opts)
+                    .await
+                    .map_err(map)?;
+                meta.put(&path, PutPayload::from(record.metadata_json()))
+                    .await
+                    .map_err(map)?;
+                Ok(put.e_tag.or(put.version))
+            }
+            _ => {
+                let bytes = record.encode_prefect3().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "the serializer bytes are not UTF-8, which a prefect3 record cannot hold; \
+                         store them in a block with format = \"split\""
+                            .into(),
+                    )
+                })?;
+                let put = block
+                    .store
+                    .put_opts(&path, PutPayload::from(bytes), opts)
+                    .await
+                    .map_err(map)?;
+                Ok(put.e_tag.or(put.version))
+            }
+        }
+    }
+
+    /// Reads one result (cache first), checks it against what the caller expects, and
+    /// enforces its expiration.
+    pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
+        let (block_slug, key, expect, mut hint, doc_expiration) = match target {
+            ReadTarget::Reference {
+                block,
+                key,
+                expect,
+                serializer,
+            } => (block, key, expect, serializer, None),
+            ReadTarget::Location { block, key } => (
+                block,
+                key,
+                Expectation {
+                    persisted: true,
+                    ..Default::default()
+                },
+                None,
+                None,
+            ),
+            ReadTarget::Prefect { block, document } => match parse_prefect_document(&document)? {
+                PrefectDocument::Literal(l) => return Ok(ReadOutcome::Literal(l)),
+                PrefectDocument::Reference {
+                    storage_key,
+                    serializer,
+                    expiration,
+                } => {
+                    let b = self.blocks.get(&block)?;
+                    let key = b.key_from_storage_key(&storage_key)?;
+                    (
+                        block,
+                        key,
+                        Expectation {
+                            persisted: true,
+                            ..Default::default()
+                        },
+                        serializer,
+                        expiration,
+                    )
+                }
+            },
+        };
+        if opts.serializer_hint.is_some() {
+            hint = opts.serializer_hint.clone();
+        }
+        let block = self.blocks.get(&block_slug)?;
+        validate_key(&key)?;
+        let cache_key = CacheKey {
+            block: block.slug.as_str().into(),
+            key: key.clone(),
+        };
+
+        let (result, cache_hit) = if !expect.persisted {
+            // Memory is the only home of a result that was not persisted.
+            match self.cache.peek(&cache_key).await {
+                Some(entry)
+                    if expect
+                        .sha256
+                        .as_deref()
+                        .is_none_or(|s| s == entry.reference.sha256) =>
+                {
+                    (entry, true)
+                }
+                _ => return Err(Error::NotPersisted { key }),
+            }
+        } else {
+            let accept = |e: &LoadedResult| {
+                e.reference.persisted
+                    && expect
+                        .version
+                        .as_ref()
+                        .is_none_or(|v| e.reference.version.as_ref() == Some(v))
+                    && expect
+                        .sha256
+                        .as_ref()
+                        .is_none_or(|s| *s == e.reference.sha256)
+                    && (e.record.format != RecordFormat::Bare
+                        || hint.as_ref().is_none_or(|h| *h == e.record.serializer))
+            };
+            let load = self.load(block.clone(), key.clone(), hint.clone());
+            self.cache
+                .get_or_load(cache_key, accept, opts.bypass_cache, load)
+                .await?
+        };
+
+        if let Some(expected) = &expect.sha256
+            && *expected != result.reference.sha256
+        {
+            return Err(Error::IntegrityMismatch {
+                block: block.slug.clone(),
+                key,
+                expected: expected.clone(),
+                actual: result.reference.sha256.clone(),
+            });
+        }
+        let expiration = result.record.expiration.or(doc_expiration);
+        if !opts.allow_expired
+            && let Some(exp) = expiration
+            && exp <= Utc::now()
+        {
+            return Err(Error::Expired {
+                block: block.slug.clone(),
+                key,
+                expiration: exp.to_rfc3339(),
+            });
+        }
+        Ok(ReadOutcome::Loaded { result, cache_hit })
+    }
+
+    /// One storage read of `key`, detecting its format.
+    async fn load(
+        &self,
+        block: Arc<Block>,
+        key: String,
+        hint: Option<SerializerConfig>,
+    ) -> Result<LoadedResult> {
+        let hint = hint.unwrap_or_else(|| block.default_serializer.clone());
+        let path = Path::from(key.as_str());
+        let split_first = block.format == BlockFormat::Split;
+        let mut metadata = None;
+        if split_first && let Some(meta) = &block.metadata_store {
+            metadata = self
+                .get_optional(&block, meta.as_ref(), &path, &key)
+                .await?;
+        }
+        let (data, meta) = self
+            .get_bytes(&block, block.store.as_ref(), &path, &key)
+            .await?;
+        let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
+        let record = match metadata {
+            Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
+            None => {
+                let record = ResultRecord::decode(data, &hint, &key).map_err(corrupt)?;
+                match (&record.format, &block.metadata_store, split_first) {
+                    (RecordFormat::Bare, Some(meta), false) => {
+                        match self
+                            .get_optional(&block, meta.as_ref(), &path, &key)
+                            .await?
+                        {
+                            Some(doc) => {
+                                ResultRecord::decode_split(&doc, record.data).map_err(corrupt)?
+                            }
+                            None => record,
+                        }
+                    }
+                    _ => record,
+                }
+            }
+        };
+        let value =
+            serializer::decode_value(&record.serializer, &record.data, self.max_result_size)
+                .map_err(|e| match e {
+                    DecodeError::Corrupt(m) => Error::corrupt(&block.slug, &key, m),
+                    DecodeError::TooLarge { size, limit } => Error::TooLarge {
+                        what: "the decompressed result".into(),
+                        size,
+                        limit,
+                    },
+                })?;
+        let reference = ResultReference {
+            block: block.slug.clone(),
+            key: key.clone(),
+            serializer: record.serializer.clone(),
+            size: record.data.len() as u64,
+            sha256: sha256_hex(&record.data),
+            version: meta.e_tag.clone().or(meta.version.clone()),
+            created: Some(meta.last_modified),
+            expiration: record.expiration,
+            persisted: true,
+            uri: block.uri(&key),
+            format: record.format,
+        };
+        Ok(LoadedResult {
+            record,
+            value,
+            reference,
+        })
+    }
+
+    /// Reads a whole object, refusing objects above `max_result_size` before reading them.
+    async fn get_bytes(
+        &self,
+        block: &Block,
+        store: &dyn ObjectStore,
+        path: &Path,
+        key: &str,
+    ) -> Result<(Bytes, object_store::ObjectMeta)> {
+        let got = store
+            .get(path)
+            .await
+            .map_err(|e| Error::from_store(&block.slug, key, e))?;
+        if got.meta.size > self.max_result_size {
+            return Err(Error::TooLarge {
+                what: format!("stored result `{key}`"),
+                size: got.meta.size,
+                limit: self.max_result_size,
+            });
+        }
+        let meta = got.meta.clone();
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| Error::from_store(&block.slug, key, e))?;
+        Ok((bytes, meta))
+    }
+
+    async fn get_optional(
+        &self,
+        block: &Block,
+        store: &dyn ObjectStore,
+        path: &Path,
+        key: &str,
+    ) -> Result<Option<Bytes>> {
+        match self.get_bytes(block, store, path, key).await {
+            Ok((b, _)) => Ok(Some(b)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value of a loaded result as JSON.
+    pub fn to_json(&self, result: &LoadedResult) -> Result<Bytes> {
+        let max_nodes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
+        serializer::to_json(&result.value, max_nodes).map_err(|e| match e {
+            TranscodeError::Unsupported(m) => Error::CannotTranscode(m),
+            TranscodeError::Corrupt(m) => {
+                Error::corrupt(&result.reference.block, &result.reference.key, m)
+            }
+        })
+    }
+
+    /// Whether `key` holds a stored result.
+    pub async fn exists(&self, block: &str, key: &str) -> Result<bool> {
+        let block = self.blocks.get(block)?;
+        validate_key(key)?;
+        match block.store.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::from_store(&block.slug, key, e)),
+        }
+    }
+
+    /// Deletes a stored result (and its metadata document); `NotFound` when there is none.
+    pub async fn delete(&self, block: &str, key: &str) -> Result<()> {
+        let block = self.blocks.get(block)?;
+        validate_key(key)?;
+        let path = Path::from(key);
+        let map = |e| Error::from_store(&block.slug, key, e);
+        block.store.head(&path).await.map_err(map)?;
+        self.cache
+            .invalidate(&CacheKey {
+                block: block.slug.as_str().into(),
+                key: key.to_owned(),
+            })
+            .await;
+        block.store.delete(&path).await.map_err(map)?;
+        if let Some(meta) = &block.metadata_store {
+            match meta.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys starting with `prefix` (any string, not only whole segments), in
+    /// lexicographic order, `page_size` at a time after `page_token`.
+    pub async fn list(
+        &self,
+        block: &str,
+        prefix: &str,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<ListPage> {
+        let block = self.blocks.get(block)?;
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..")
+        {
+            return Err(Error::InvalidKey {
+                key: prefix.to_owned(),
+                reason: "not a valid key prefix".into(),
+            });
+        }
+        if !page_token.is_empty() {
+            validate_key(page_token)?;
+        }
+        // object_store lists whole segments: list the directory part, filter the rest.
+        let dir = prefix
+            .rfind('/')
+            .map(|i| &prefix[..i])
+            .filter(|d| !d.is_empty());
+        let dir_path = dir.map(Path::from);
+        let stream = if page_token.is_empty() {
+            block.store.list(dir_path.as_ref())
+        } else {
+            block
+                .store
+                .list_with_offset(dir_path.as_ref(), &Path::from(page_token))
+        };
+        // Stores do not promise an order: keep the `page_size + 1` smallest keys seen.
+        let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
+        let mut stream = stream;
+        while let Some(meta) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::from_store(&block.slug, prefix, e))?
+        {
+            let key = meta.location.as_ref();
+            if !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
+                continue;
+            }
+            heap.push(OrdMeta(meta));
+            if heap.len() > page_size + 1 {
+                heap.pop();
+            }
+        }
+        let mut entries: Vec<_> = heap.into_sorted_vec().into_iter().map(|m| m.0).collect();
+        let next_page_token = if entries.len() > page_size {
+            entries.truncate(page_size);
+            entries.last().map(|m| m.location.to_string())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            entries,
+            next_page_token,
+        })
+    }
+}
+
+/// Orders listed objects by key.
+struct OrdMeta(object_store::ObjectMeta);
+
+impl PartialEq for OrdMeta {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.location == other.0.location
+    }
+}
+impl Eq for OrdMeta {}
+impl PartialOrd for OrdMeta {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdMeta {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.location.as_ref().cmp(other.0.location.as_ref())
+    }
+}
+
+/// A reference as Prefect's API stores it.
+enum PrefectDocument {
+    Literal(LiteralValue),
+    Reference {
+        storage_key: String,
+        serializer: Option<SerializerConfig>,
+        expiration: Option<DateTime<Utc>>,
+    },
+}
+
+/// Reads a Prefect 3 `ResultRecordMetadata` document or a Prefect 2 result document.
+fn parse_prefect_document(text: &str) -> Result<PrefectDocument> {
+    let bad = |m: &str| Error::InvalidRequest(format!("the Prefect document {m}"));
+    let doc: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| bad(&format!("is not a JSON object ({e})")))?;
+    if doc.get("type").and_then(|t| t.as_str()) == Some("literal") {
+        return match doc.get("value") {
+            Some(serde_json::Value::Bool(true)) => Ok(PrefectDocument::Literal(LiteralValue::True)),
+            Some(serde_json::Value::Bool(false)) => {
+                Ok(PrefectDocument::Literal(LiteralValue::False))
+            }
+            Some(serde_json::Value::Null) | None => {
+                Ok(PrefectDocument::Literal(LiteralValue::Null))
+            }
+            Some(_) => Err(bad("is a literal whose value is not true, false or null")),
+        };
+    }
+    let storage_key = doc
+        .get("storage_key")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| bad("has no `storage_key`"))?
+        .to_owned();
+    let serializer = match (doc.get("serializer"), doc.get("serializer_type")) {
+        (Some(v), _) => Some(SerializerConfig::from_value(v.clone())?),
+        (None, Some(serde_json::Value::String(t))) => Some(SerializerConfig::from_type(t)?),
+        _ => None,
+    };
+    let expiration = match doc.get("expiration") {
+        Some(serde_json::Value::String(s)) => Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|e| bad(&format!("has an expiration that is not a time ({e})")))?
+                .with_timezone(&Utc),
+        ),
+        _ => None,
+    };
+    Ok(PrefectDocument::Reference {
+        storage_key,
+        serializer,
+        expiration,
+    })
+}
