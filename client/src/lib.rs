@@ -99,14 +99,8 @@ impl Client {
     }
 
     /// Connects with both gRPC message limits set to `max_message_size`.
-    pub async fn connect_with_limit(
-        url: impl Into<String>,
-        max_message_size: usize,
-    ) -> Result<Self> {
-        let channel = Endpoint::from_shared(url.into())?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
+    pub async fn connect_with_limit(url: impl Into<String>, max_message_size: usize) -> Result<Self> {
+        let channel = Endpoint::from_shared(url.into())?.connect_timeout(Duration::from_secs(10)).connect().await?;
         Ok(Client {
             inner: ResultStoreClient::new(channel)
                 .max_decoding_message_size(max_message_size)
@@ -125,23 +119,15 @@ impl Client {
         match reply.result {
             Some(pb::put_response::Result::Literal(l)) => Ok(Stored::Literal(Literal::from_pb(l)?)),
             Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(r))),
-            None => Err(ClientError::Document(
-                "the server's reply holds no result".into(),
-            )),
+            None => Err(ClientError::Document("the server's reply holds no result".into())),
         }
     }
 
     /// Reads a stored record (serializer bytes and metadata).
-    pub async fn get(
-        &self,
-        target: impl Into<Target>,
-        opts: ReadOptions,
-    ) -> Result<pb::GetResponse> {
+    pub async fn get(&self, target: impl Into<Target>, opts: ReadOptions) -> Result<pb::GetResponse> {
         let target = match target.into() {
             Target::Reference(r) => pb::get_request::Target::Reference(r.0),
-            Target::Location { block, key } => {
-                pb::get_request::Target::Location(pb::Location { block, key })
-            }
+            Target::Location { block, key } => pb::get_request::Target::Location(pb::Location { block, key }),
             Target::Prefect { block, document } => {
                 pb::get_request::Target::Prefect(pb::PrefectReference { block, document })
             }
@@ -156,17 +142,10 @@ impl Client {
     }
 
     /// Resolves a target to its value.
-    pub async fn resolve(
-        &self,
-        target: impl Into<Target>,
-        want: Want,
-        opts: ReadOptions,
-    ) -> Result<Resolved> {
+    pub async fn resolve(&self, target: impl Into<Target>, want: Want, opts: ReadOptions) -> Result<Resolved> {
         let target = match target.into() {
             Target::Reference(r) => pb::resolve_request::Target::Reference(r.0),
-            Target::Location { block, key } => {
-                pb::resolve_request::Target::Location(pb::Location { block, key })
-            }
+            Target::Location { block, key } => pb::resolve_request::Target::Location(pb::Location { block, key }),
             Target::Prefect { block, document } => {
                 pb::resolve_request::Target::Prefect(pb::PrefectReference { block, document })
             }
@@ -193,49 +172,27 @@ impl Client {
         match reply.value {
             Some(pb::resolve_response::Value::Data(d)) => out.data = Some(d),
             Some(pb::resolve_response::Value::Json(j)) => out.json = Some(j),
-            Some(pb::resolve_response::Value::Literal(l)) => {
-                out.literal = Some(Literal::from_pb(l)?)
-            }
+            Some(pb::resolve_response::Value::Literal(l)) => out.literal = Some(Literal::from_pb(l)?),
             None => {}
         }
         Ok(out)
     }
 
     pub async fn exists(&self, block: &str, key: &str) -> Result<bool> {
-        let req = pb::ExistsRequest {
-            location: Some(pb::Location {
-                block: block.into(),
-                key: key.into(),
-            }),
-        };
+        let req = pb::ExistsRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
         Ok(self.raw().exists(req).await?.into_inner().exists)
     }
 
     pub async fn delete(&self, block: &str, key: &str) -> Result<()> {
-        let req = pb::DeleteRequest {
-            location: Some(pb::Location {
-                block: block.into(),
-                key: key.into(),
-            }),
-        };
+        let req = pb::DeleteRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
         self.raw().delete(req).await?;
         Ok(())
     }
 
     /// One page of keys under `prefix`.
-    pub async fn list(
-        &self,
-        block: &str,
-        prefix: &str,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<pb::ListResponse> {
-        let req = pb::ListRequest {
-            block: block.into(),
-            prefix: prefix.into(),
-            page_size,
-            page_token: page_token.into(),
-        };
+    pub async fn list(&self, block: &str, prefix: &str, page_size: u32, page_token: &str) -> Result<pb::ListResponse> {
+        let req =
+            pb::ListRequest { block: block.into(), prefix: prefix.into(), page_size, page_token: page_token.into() };
         Ok(self.raw().list(req).await?.into_inner())
     }
 
@@ -254,12 +211,7 @@ impl Client {
     }
 
     pub async fn list_blocks(&self) -> Result<Vec<pb::BlockInfo>> {
-        Ok(self
-            .raw()
-            .list_blocks(pb::ListBlocksRequest {})
-            .await?
-            .into_inner()
-            .blocks)
+        Ok(self.raw().list_blocks(pb::ListBlocksRequest {}).await?.into_inner().blocks)
     }
 }
 
@@ -374,17 +326,14 @@ impl Stored {
 
     /// Parses what [`Stored::to_json`] wrote.
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| ClientError::Document(e.to_string()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| ClientError::Document(e.to_string()))?;
         match v.get("type").and_then(Value::as_str) {
             Some("literal") => Ok(Stored::Literal(match v.get("value") {
                 Some(Value::Bool(true)) => Literal::True,
                 Some(Value::Bool(false)) => Literal::False,
                 Some(Value::Null) | None => Literal::Null,
                 Some(other) => {
-                    return Err(ClientError::Document(format!(
-                        "literal value {other} is not true/false/null"
-                    )));
+                    return Err(ClientError::Document(format!("literal value {other} is not true/false/null")));
                 }
             })),
             _ => Reference::from_json_value(v).map(Stored::Reference),
@@ -439,12 +388,8 @@ fn ts_to_string(ts: &prost_types::Timestamp) -> Option<String> {
 }
 
 fn ts_from_str(s: &str) -> Result<prost_types::Timestamp> {
-    let t = DateTime::parse_from_rfc3339(s)
-        .map_err(|e| ClientError::Document(format!("`{s}` is not a time: {e}")))?;
-    Ok(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    })
+    let t = DateTime::parse_from_rfc3339(s).map_err(|e| ClientError::Document(format!("`{s}` is not a time: {e}")))?;
+    Ok(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
 }
 
 impl Reference {
@@ -470,9 +415,7 @@ impl Reference {
     pub fn to_json(&self) -> Value {
         let r = &self.0;
         let serializer = r.serializer.as_ref().and_then(|s| {
-            serde_json::from_str::<Value>(&s.config_json)
-                .ok()
-                .or_else(|| Some(Value::String(s.r#type.clone())))
+            serde_json::from_str::<Value>(&s.config_json).ok().or_else(|| Some(Value::String(s.r#type.clone())))
         });
         let doc = ReferenceJson {
             kind: "reference".into(),
@@ -493,31 +436,19 @@ impl Reference {
 
     /// Parses what [`Reference::to_json`] wrote.
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| ClientError::Document(e.to_string()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| ClientError::Document(e.to_string()))?;
         Self::from_json_value(v)
     }
 
     fn from_json_value(v: Value) -> Result<Self> {
-        let doc: ReferenceJson =
-            serde_json::from_value(v).map_err(|e| ClientError::Document(e.to_string()))?;
+        let doc: ReferenceJson = serde_json::from_value(v).map_err(|e| ClientError::Document(e.to_string()))?;
         if doc.kind != "reference" {
-            return Err(ClientError::Document(format!(
-                "type is `{}`, not `reference`",
-                doc.kind
-            )));
+            return Err(ClientError::Document(format!("type is `{}`, not `reference`", doc.kind)));
         }
         let serializer = doc.serializer.map(|s| match s {
-            Value::String(t) => pb::Serializer {
-                r#type: t,
-                config_json: String::new(),
-            },
+            Value::String(t) => pb::Serializer { r#type: t, config_json: String::new() },
             other => pb::Serializer {
-                r#type: other
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                r#type: other.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
                 config_json: other.to_string(),
             },
         });
@@ -571,15 +502,9 @@ impl Settings {
 /// A type name, or a JSON object config (anything starting with `{`).
 pub fn serializer_pb(s: &str) -> pb::Serializer {
     if s.trim_start().starts_with('{') {
-        pb::Serializer {
-            r#type: String::new(),
-            config_json: s.to_owned(),
-        }
+        pb::Serializer { r#type: String::new(), config_json: s.to_owned() }
     } else {
-        pb::Serializer {
-            r#type: s.to_owned(),
-            config_json: String::new(),
-        }
+        pb::Serializer { r#type: s.to_owned(), config_json: String::new() }
     }
 }
 
@@ -591,12 +516,7 @@ pub struct Put {
 
 impl Put {
     fn with(payload: pb::put_request::Payload) -> Self {
-        Put {
-            request: pb::PutRequest {
-                payload: Some(payload),
-                ..Default::default()
-            },
-        }
+        Put { request: pb::PutRequest { payload: Some(payload), ..Default::default() } }
     }
     /// A JSON document, serialized by the server with the chosen serializer.
     pub fn json(doc: impl Into<String>) -> Self {
@@ -647,10 +567,8 @@ impl Put {
         self
     }
     pub fn expires_at(mut self, t: DateTime<Utc>) -> Self {
-        self.request.expiration = Some(prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: t.timestamp_subsec_nanos() as i32,
-        });
+        self.request.expiration =
+            Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 });
         self
     }
     pub fn expires_in(self, d: Duration) -> Self {
@@ -683,10 +601,7 @@ mod tests {
             size: 3,
             sha256: "ab".into(),
             version: "v1".into(),
-            created: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 5_000,
-            }),
+            created: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5_000 }),
             expiration: None,
             persisted: Some(true),
             uri: "memory:///k".into(),

@@ -8,8 +8,7 @@ pub mod v1 {
     tonic::include_proto!("resultstore.v1");
 
     /// Encoded `FileDescriptorSet` of the API, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("resultstore_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("resultstore_descriptor");
 }
 
 pub use prost_types::Timestamp;

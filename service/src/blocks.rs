@@ -16,8 +16,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult,
 };
 
 use crate::config::{BlockConfig, BlockFormat, Config};
@@ -69,10 +69,7 @@ impl Block {
         }
         Err(Error::InvalidKey {
             key: storage_key.to_owned(),
-            reason: format!(
-                "the absolute storage_key points outside block `{}` ({})",
-                self.slug, self.url
-            ),
+            reason: format!("the absolute storage_key points outside block `{}` ({})", self.slug, self.url),
         })
     }
 }
@@ -95,8 +92,7 @@ impl BlockRegistry {
             let block = build_block(&slug, block_type, bc, &server_default)?;
             blocks.insert(slug, Arc::new(block));
         }
-        let (default, _) =
-            parse_slug(&config.default_block).map_err(|e| Error::Config(e.to_string()))?;
+        let (default, _) = parse_slug(&config.default_block).map_err(|e| Error::Config(e.to_string()))?;
         Ok(BlockRegistry { blocks, default })
     }
 
@@ -106,13 +102,10 @@ impl BlockRegistry {
             return Ok(self.default_block());
         }
         let (canonical, _) = parse_slug(slug)?;
-        self.blocks
-            .get(&canonical)
-            .cloned()
-            .ok_or_else(|| Error::UnknownBlock {
-                block: slug.to_owned(),
-                known: self.blocks.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+        self.blocks.get(&canonical).cloned().ok_or_else(|| Error::UnknownBlock {
+            block: slug.to_owned(),
+            known: self.blocks.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     pub fn default_block(&self) -> Arc<Block> {
@@ -142,8 +135,7 @@ fn build_block(
         None => None,
     };
     let default_serializer = match &bc.default_serializer {
-        Some(ty) => SerializerConfig::from_type(ty)
-            .map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?,
+        Some(ty) => SerializerConfig::from_type(ty).map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?,
         None => server_default.clone(),
     };
     Ok(Block {
@@ -172,21 +164,14 @@ fn open_store(
             let path = if path.is_absolute() {
                 path
             } else {
-                std::env::current_dir()
-                    .map_err(|e| Error::Config(e.to_string()))?
-                    .join(path)
+                std::env::current_dir().map_err(|e| Error::Config(e.to_string()))?.join(path)
             };
-            std::fs::create_dir_all(&path).map_err(|e| {
-                Error::Config(format!(
-                    "block `{slug}`: cannot create {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let path = path
-                .canonicalize()
-                .map_err(|e| Error::Config(format!("block `{slug}`: {}: {e}", path.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| Error::Config(format!("block `{slug}`: cannot create {}: {e}", path.display())))?;
+            let path =
+                path.canonicalize().map_err(|e| Error::Config(format!("block `{slug}`: {}: {e}", path.display())))?;
+            let store =
+                LocalFileSystem::new_with_prefix(&path).map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?;
             (Arc::new(store), Some(path))
         }
         BlockType::Memory => (Arc::new(InMemory::new()), None),
@@ -198,13 +183,7 @@ fn open_store(
             )));
         }
     };
-    Ok((
-        Arc::new(CountingStore {
-            inner,
-            counters: counters.clone(),
-        }),
-        root,
-    ))
+    Ok((Arc::new(CountingStore { inner, counters: counters.clone() }), root))
 }
 
 /// An `ObjectStore` that counts every operation, by kind, into its block's counters.
@@ -252,16 +231,8 @@ impl ObjectStore for CountingStore {
         self.outcome(self.inner.put_multipart_opts(location, opts).await)
     }
 
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        incr(if options.head {
-            &self.counters.head
-        } else {
-            &self.counters.get
-        });
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        incr(if options.head { &self.counters.head } else { &self.counters.get });
         self.outcome(self.inner.get_opts(location, options).await)
     }
 
@@ -293,12 +264,7 @@ impl ObjectStore for CountingStore {
         self.outcome(self.inner.list_with_delimiter(prefix).await)
     }
 
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         incr(&self.counters.copy);
         self.outcome(self.inner.copy_opts(from, to, options).await)
     }

@@ -58,11 +58,8 @@ impl LoadedResult {
     /// Bytes this entry holds, as counted against the cache's capacity.
     pub fn weight(&self) -> u64 {
         let data = self.record.data.len() as u64;
-        let value = if self.value.bytes.as_ptr() == self.record.data.as_ptr() {
-            0
-        } else {
-            self.value.bytes.len() as u64
-        };
+        let value =
+            if self.value.bytes.as_ptr() == self.record.data.as_ptr() { 0 } else { self.value.bytes.len() as u64 };
         data + value + ENTRY_OVERHEAD
     }
 }
@@ -80,22 +77,14 @@ struct EntryExpiry {
 
 impl EntryExpiry {
     fn lifetime(&self, v: &Arc<LoadedResult>) -> Option<Duration> {
-        let until_expiration = v.record.expiration.map(|exp| {
-            (exp - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-        });
+        let until_expiration =
+            v.record.expiration.map(|exp| (exp - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
         Some(until_expiration.map_or(self.ttl, |d| d.min(self.ttl)))
     }
 }
 
 impl Expiry<CacheKey, Arc<LoadedResult>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &CacheKey,
-        v: &Arc<LoadedResult>,
-        _at: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _k: &CacheKey, v: &Arc<LoadedResult>, _at: Instant) -> Option<Duration> {
         self.lifetime(v)
     }
     fn expire_after_update(
@@ -122,24 +111,16 @@ impl ResolveCache {
         let on_evict = counters.clone();
         let inner = Cache::builder()
             .max_capacity(config.capacity.0)
-            .weigher(|_k: &CacheKey, v: &Arc<LoadedResult>| {
-                u32::try_from(v.weight()).unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &CacheKey, v: &Arc<LoadedResult>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(EntryExpiry {
-                ttl: config.time_to_live.0,
-            })
+            .expire_after(EntryExpiry { ttl: config.time_to_live.0 })
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
                     incr(&on_evict.evictions);
                 }
             })
             .build();
-        ResolveCache {
-            inner,
-            max_entry: config.max_entry_size.0,
-            counters,
-        }
+        ResolveCache { inner, max_entry: config.max_entry_size.0, counters }
     }
 
     /// The entry at `key` if `accept` takes it, else one storage read through `load`

@@ -6,16 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use resultstore::config::Config;
-use resultstore_client::{
-    Client, Put, ReadOptions, Reference, Settings, Stored, Target, Want, serializer_pb,
-};
+use resultstore_client::{Client, Put, ReadOptions, Reference, Settings, Stored, Target, Want, serializer_pb};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "resultstore",
-    version,
-    about = "A result store and shared cache for task and flow results"
-)]
+#[command(name = "resultstore", version, about = "A result store and shared cache for task and flow results")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,12 +18,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct ServerArg {
     /// The server to talk to.
-    #[arg(
-        long,
-        env = "RESULTSTORE_URL",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "RESULTSTORE_URL", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
 }
 
@@ -165,23 +154,15 @@ impl TargetArgs {
     /// The target, and a literal when the reference document is one.
     fn target(&self) -> anyhow::Result<Result<Target, Stored>> {
         if let Some(doc) = &self.prefect {
-            return Ok(Ok(Target::Prefect {
-                block: self.block.clone().unwrap_or_default(),
-                document: doc.clone(),
-            }));
+            return Ok(Ok(Target::Prefect { block: self.block.clone().unwrap_or_default(), document: doc.clone() }));
         }
         if let Some(key) = &self.key {
-            return Ok(Ok(Target::Location {
-                block: self.block.clone().unwrap_or_default(),
-                key: key.clone(),
-            }));
+            return Ok(Ok(Target::Location { block: self.block.clone().unwrap_or_default(), key: key.clone() }));
         }
         let text = match self.reference.as_deref() {
             Some("-") | None => {
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading the reference from stdin")?;
+                std::io::stdin().read_to_string(&mut s).context("reading the reference from stdin")?;
                 s
             }
             Some(text) => text.to_owned(),
@@ -203,9 +184,7 @@ impl TargetArgs {
 
 fn output(out: &Option<PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     match out {
-        Some(path) => {
-            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-        }
+        Some(path) => std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display())),
         None => {
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(bytes)?;
@@ -234,9 +213,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut put = match (json, file, literal) {
                 (Some(doc), None, None) => Put::json(doc),
-                (None, Some(path), None) => Put::data(
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-                ),
+                (None, Some(path), None) => {
+                    Put::data(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+                }
                 (None, None, Some(l)) => Put::literal(match l.as_str() {
                     "true" => resultstore_client::Literal::True,
                     "false" => resultstore_client::Literal::False,
@@ -261,9 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 put = put.key(k);
             }
             if let Some(d) = expires_in {
-                put = put.expires_in(
-                    humantime::parse_duration(&d).with_context(|| format!("--expires-in `{d}`"))?,
-                );
+                put = put.expires_in(humantime::parse_duration(&d).with_context(|| format!("--expires-in `{d}`"))?);
             }
             if create_only {
                 put = put.create_only();
@@ -273,18 +250,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", stored.to_json());
             Ok(())
         }
-        Command::Get {
-            server,
-            target,
-            out,
-        } => {
+        Command::Get { server, target, out } => {
             let client = Client::connect(server.server).await?;
             let t = match target.target()? {
                 Ok(t) => t,
-                Err(literal) => bail!(
-                    "{} is a literal: it has no stored record",
-                    literal.to_json()
-                ),
+                Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
             };
             let reply = client.get(t, target.options()).await?;
             if out.is_some() {
@@ -299,21 +269,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(s) => doc["data"] = s.into(),
                     Err(e) => {
                         use base64::Engine;
-                        doc["data_base64"] = base64::engine::general_purpose::STANDARD
-                            .encode(e.into_bytes())
-                            .into();
+                        doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(e.into_bytes()).into();
                     }
                 }
             }
             println!("{doc}");
             Ok(())
         }
-        Command::Resolve {
-            server,
-            target,
-            json,
-            out,
-        } => {
+        Command::Resolve { server, target, json, out } => {
             let t = match target.target()? {
                 Ok(t) => t,
                 Err(Stored::Literal(l)) => {
@@ -322,13 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(Stored::Reference(_)) => unreachable!("references are targets"),
             };
             let client = Client::connect(server.server).await?;
-            let resolved = client
-                .resolve(
-                    t,
-                    if json { Want::Json } else { Want::Raw },
-                    target.options(),
-                )
-                .await?;
+            let resolved = client.resolve(t, if json { Want::Json } else { Want::Raw }, target.options()).await?;
             if let Some(l) = resolved.literal {
                 return output(&out, format!("{}\n", l.to_json()).as_bytes());
             }
@@ -342,22 +299,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = Client::connect(server.server).await?;
             let exists = client.exists(&block, &key).await?;
             println!("{exists}");
-            if exists {
-                Ok(())
-            } else {
-                std::process::exit(1)
-            }
+            if exists { Ok(()) } else { std::process::exit(1) }
         }
         Command::Delete { server, block, key } => {
             let client = Client::connect(server.server).await?;
             client.delete(&block, &key).await?;
             Ok(())
         }
-        Command::Ls {
-            server,
-            block,
-            prefix,
-        } => {
+        Command::Ls { server, block, prefix } => {
             let client = Client::connect(server.server).await?;
             for entry in client.list_all(&block, &prefix).await? {
                 println!("{}\t{}", entry.key, entry.size);
@@ -367,13 +316,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blocks { server } => {
             let client = Client::connect(server.server).await?;
             for b in client.list_blocks().await? {
-                println!(
-                    "{}\t{}\t{}{}",
-                    b.slug,
-                    b.format,
-                    b.url,
-                    if b.is_default { "\t(default)" } else { "" }
-                );
+                println!("{}\t{}\t{}{}", b.slug, b.format, b.url, if b.is_default { "\t(default)" } else { "" });
             }
             Ok(())
         }
@@ -383,15 +326,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> anyhow::Result<()> {
     resultstore::telemetry::init_logging();
     let config = Config::load(config.as_deref())?;
-    let addr = listen
-        .or_else(|| config.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:50051".to_owned());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let handle =
-        resultstore::server::start(&config, listener, resultstore::server::termination_signal())
-            .await?;
+    let addr = listen.or_else(|| config.listen.clone()).unwrap_or_else(|| "127.0.0.1:50051".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let handle = resultstore::server::start(&config, listener, resultstore::server::termination_signal()).await?;
     for block in handle.store.blocks().iter() {
         tracing::info!(block = %block.slug, url = %block.url, format = block.format.as_str(), "block ready");
     }

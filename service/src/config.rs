@@ -97,11 +97,7 @@ fn default_ttl() -> HumanDuration {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            capacity: default_capacity(),
-            max_entry_size: default_max_entry(),
-            time_to_live: default_ttl(),
-        }
+        CacheConfig { capacity: default_capacity(), max_entry_size: default_max_entry(), time_to_live: default_ttl() }
     }
 }
 
@@ -126,10 +122,7 @@ fn default_max_result() -> ByteSize {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_message_size: default_max_message(),
-            max_result_size: default_max_result(),
-        }
+        LimitsConfig { max_message_size: default_max_message(), max_result_size: default_max_result() }
     }
 }
 
@@ -227,8 +220,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-                Config::from_toml(&text)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+                Config::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
             }
             None => Config::embedded_default(),
         };
@@ -242,17 +234,13 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         if self.blocks.is_empty() {
-            return Err(Error::Config(
-                "no blocks are configured; add a [blocks.\"type/name\"] table".into(),
-            ));
+            return Err(Error::Config("no blocks are configured; add a [blocks.\"type/name\"] table".into()));
         }
         let mut canonical = Vec::new();
         for (slug, block) in &self.blocks {
             let (canon, ty) = parse_slug(slug).map_err(|e| Error::Config(e.to_string()))?;
             if canonical.contains(&canon) {
-                return Err(Error::Config(format!(
-                    "block `{slug}` is declared twice (as `{canon}`)"
-                )));
+                return Err(Error::Config(format!("block `{slug}` is declared twice (as `{canon}`)")));
             }
             canonical.push(canon);
             check_url_matches(slug, ty, &block.url)?;
@@ -266,8 +254,7 @@ impl Config {
                 )));
             }
         }
-        let (default, _) = parse_slug(&self.default_block)
-            .map_err(|e| Error::Config(format!("default_block: {e}")))?;
+        let (default, _) = parse_slug(&self.default_block).map_err(|e| Error::Config(format!("default_block: {e}")))?;
         if !canonical.contains(&default) {
             return Err(Error::Config(format!(
                 "default_block `{}` is not one of the configured blocks ({})",
@@ -279,24 +266,16 @@ impl Config {
             return Err(Error::Config("cache.capacity must be above zero".into()));
         }
         if self.cache.max_entry_size.0 == 0 || self.cache.max_entry_size.0 > self.cache.capacity.0 {
-            return Err(Error::Config(
-                "cache.max_entry_size must be above zero and at most cache.capacity".into(),
-            ));
+            return Err(Error::Config("cache.max_entry_size must be above zero and at most cache.capacity".into()));
         }
         if self.cache.time_to_live.0.is_zero() {
-            return Err(Error::Config(
-                "cache.time_to_live must be above zero".into(),
-            ));
+            return Err(Error::Config("cache.time_to_live must be above zero".into()));
         }
         if self.limits.max_message_size.0 < 1024 {
-            return Err(Error::Config(
-                "limits.max_message_size must be at least 1KiB".into(),
-            ));
+            return Err(Error::Config("limits.max_message_size must be at least 1KiB".into()));
         }
         if self.limits.max_result_size.0 == 0 {
-            return Err(Error::Config(
-                "limits.max_result_size must be above zero".into(),
-            ));
+            return Err(Error::Config("limits.max_result_size must be above zero".into()));
         }
         Ok(())
     }
@@ -339,9 +318,7 @@ impl ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; write e.g. \"256MiB\" or \"1GB\""))?;
+        let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size; write e.g. \"256MiB\" or \"1GB\""))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -353,14 +330,10 @@ impl ByteSize {
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
             other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"
-                ));
+                return Err(format!("unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"));
             }
         };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
     }
 }
 
@@ -394,11 +367,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a duration ({e}); write e.g. \"10m\""
-                ))
-            })
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"10m\"")))
     }
 }
 

@@ -41,14 +41,8 @@ pub enum Error {
     NotFound { block: String, key: String },
 
     /// The result's expiration has passed.
-    #[error(
-        "result `{key}` in block `{block}` expired at {expiration}; set allow_expired to read it anyway"
-    )]
-    Expired {
-        block: String,
-        key: String,
-        expiration: String,
-    },
+    #[error("result `{key}` in block `{block}` expired at {expiration}; set allow_expired to read it anyway")]
+    Expired { block: String, key: String, expiration: String },
 
     /// The result was never written to storage and is no longer in memory.
     #[error(
@@ -62,9 +56,7 @@ pub enum Error {
     CannotTranscode(String),
 
     /// A create-only write met an existing result.
-    #[error(
-        "key `{key}` in block `{block}` already holds a result and the write mode is create-only"
-    )]
+    #[error("key `{key}` in block `{block}` already holds a result and the write mode is create-only")]
     AlreadyExists { block: String, key: String },
 
     /// A payload or result above a configured limit.
@@ -76,20 +68,11 @@ pub enum Error {
         "stored result `{key}` in block `{block}` does not match its reference: sha256 {actual}, expected {expected} \
          (altered or overwritten since the reference was issued)"
     )]
-    IntegrityMismatch {
-        block: String,
-        key: String,
-        expected: String,
-        actual: String,
-    },
+    IntegrityMismatch { block: String, key: String, expected: String, actual: String },
 
     /// The stored record cannot be decoded.
     #[error("corrupt result `{key}` in block `{block}`: {reason}")]
-    CorruptRecord {
-        block: String,
-        key: String,
-        reason: String,
-    },
+    CorruptRecord { block: String, key: String, reason: String },
 
     /// The block's storage could not be reached or failed.
     #[error("storage of block `{block}` is unavailable: {reason}")]
@@ -104,28 +87,16 @@ impl Error {
     /// Maps an `object_store` error met while working on `block`/`key`.
     pub fn from_store(block: &str, key: &str, err: object_store::Error) -> Self {
         match err {
-            object_store::Error::NotFound { .. } => Error::NotFound {
-                block: block.to_owned(),
-                key: key.to_owned(),
-            },
-            object_store::Error::AlreadyExists { .. }
-            | object_store::Error::Precondition { .. } => Error::AlreadyExists {
-                block: block.to_owned(),
-                key: key.to_owned(),
-            },
-            other => Error::StorageUnavailable {
-                block: block.to_owned(),
-                reason: other.to_string(),
-            },
+            object_store::Error::NotFound { .. } => Error::NotFound { block: block.to_owned(), key: key.to_owned() },
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+                Error::AlreadyExists { block: block.to_owned(), key: key.to_owned() }
+            }
+            other => Error::StorageUnavailable { block: block.to_owned(), reason: other.to_string() },
         }
     }
 
     /// A record decoding failure in `block`/`key`.
     pub fn corrupt(block: &str, key: &str, reason: impl Into<String>) -> Self {
-        Error::CorruptRecord {
-            block: block.to_owned(),
-            key: key.to_owned(),
-            reason: reason.into(),
-        }
+        Error::CorruptRecord { block: block.to_owned(), key: key.to_owned(), reason: reason.into() }
     }
 }

@@ -16,9 +16,7 @@ use crate::error::Error;
 use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::SerializerConfig;
 use crate::settings::ResultSettings;
-use crate::store::{
-    Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode,
-};
+use crate::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode};
 
 /// Maps a domain error to its gRPC status, once, here.
 pub fn status_of(e: Error) -> Status {
@@ -54,8 +52,8 @@ impl ResultStoreService {
 
 fn time_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
     ts.map(|ts| {
-        let nanos = u32::try_from(ts.nanos)
-            .map_err(|_| Error::InvalidRequest("a timestamp has negative nanos".into()))?;
+        let nanos =
+            u32::try_from(ts.nanos).map_err(|_| Error::InvalidRequest("a timestamp has negative nanos".into()))?;
         DateTime::from_timestamp(ts.seconds, nanos)
             .ok_or_else(|| Error::InvalidRequest("a timestamp is out of range".into()))
     })
@@ -63,10 +61,7 @@ fn time_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>,
 }
 
 fn timestamp(t: &DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 fn serializer_of(s: Option<&pb::Serializer>) -> Result<Option<SerializerConfig>, Error> {
@@ -78,10 +73,7 @@ fn serializer_of(s: Option<&pb::Serializer>) -> Result<Option<SerializerConfig>,
 }
 
 fn serializer_pb(s: &SerializerConfig) -> pb::Serializer {
-    pb::Serializer {
-        r#type: s.type_name().to_owned(),
-        config_json: s.to_json_string(),
-    }
+    pb::Serializer { r#type: s.type_name().to_owned(), config_json: s.to_json_string() }
 }
 
 fn settings_of(s: Option<&pb::ResultSettings>) -> Result<ResultSettings, Error> {
@@ -139,29 +131,20 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
         Some(pb::put_request::Payload::Json(j)) => Payload::Json(j),
         Some(pb::put_request::Payload::Literal(l)) => Payload::Literal(literal_of(l)?),
         None => {
-            return Err(Error::InvalidRequest(
-                "the request has no payload: set `data`, `json` or `literal`".into(),
-            ));
+            return Err(Error::InvalidRequest("the request has no payload: set `data`, `json` or `literal`".into()));
         }
     };
     let mode = match pb::WriteMode::try_from(req.mode) {
         Ok(pb::WriteMode::Overwrite) => WriteMode::Overwrite,
         Ok(pb::WriteMode::CreateOnly) => WriteMode::CreateOnly,
         Err(_) => {
-            return Err(Error::InvalidRequest(format!(
-                "unknown write mode {}",
-                req.mode
-            )));
+            return Err(Error::InvalidRequest(format!("unknown write mode {}", req.mode)));
         }
     };
     Ok(PutInput {
         payload,
         task: settings_of(req.task.as_ref())?,
-        flow: req
-            .flow
-            .as_ref()
-            .map(|f| settings_of(Some(f)))
-            .transpose()?,
+        flow: req.flow.as_ref().map(|f| settings_of(Some(f))).transpose()?,
         key: Some(req.key).filter(|k| !k.is_empty()),
         expiration: time_of(req.expiration.as_ref())?,
         mode,
@@ -187,17 +170,11 @@ fn read_target(target: Option<Target>) -> Result<ReadTarget, Error> {
             block: r.block,
             key: r.key,
         }),
-        Some(Target::Location(l)) => Ok(ReadTarget::Location {
-            block: l.block,
-            key: l.key,
-        }),
-        Some(Target::Prefect(p)) => Ok(ReadTarget::Prefect {
-            block: p.block,
-            document: p.document,
-        }),
-        None => Err(Error::InvalidRequest(
-            "the request names no target: set `reference`, `location` or `prefect`".into(),
-        )),
+        Some(Target::Location(l)) => Ok(ReadTarget::Location { block: l.block, key: l.key }),
+        Some(Target::Prefect(p)) => Ok(ReadTarget::Prefect { block: p.block, document: p.document }),
+        None => {
+            Err(Error::InvalidRequest("the request names no target: set `reference`, `location` or `prefect`".into()))
+        }
     }
 }
 
@@ -216,10 +193,7 @@ fn record_target(span: &Span, t: &ReadTarget) {
 #[tonic::async_trait]
 impl pb::result_store_server::ResultStore for ResultStoreService {
     #[instrument(skip_all, fields(block, key, size))]
-    async fn put(
-        &self,
-        request: Request<pb::PutRequest>,
-    ) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let input = put_input(request.into_inner()).map_err(status_of)?;
         let outcome = self.store.put(input).await.map_err(status_of)?;
         let result = match outcome {
@@ -232,16 +206,11 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 pb::put_response::Result::Reference(reference_pb(&r))
             }
         };
-        Ok(Response::new(pb::PutResponse {
-            result: Some(result),
-        }))
+        Ok(Response::new(pb::PutResponse { result: Some(result) }))
     }
 
     #[instrument(skip_all, fields(block, key, size))]
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
         let target = read_target(req.target.map(|t| match t {
             pb::get_request::Target::Reference(r) => Target::Reference(r),
@@ -264,21 +233,17 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 Ok(Response::new(pb::GetResponse {
                     reference: Some(reference_pb(&result.reference)),
                     data: result.record.data.to_vec(),
-                    metadata_json: String::from_utf8_lossy(&result.record.metadata_json())
-                        .into_owned(),
+                    metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
                 }))
             }
         }
     }
 
     #[instrument(skip_all, fields(block, key, size))]
-    async fn resolve(
-        &self,
-        request: Request<pb::ResolveRequest>,
-    ) -> Result<Response<pb::ResolveResponse>, Status> {
+    async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
         let req = request.into_inner();
-        let want = pb::Want::try_from(req.want)
-            .map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
+        let want =
+            pb::Want::try_from(req.want).map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
         let target = read_target(req.target.map(|t| match t {
             pb::resolve_request::Target::Reference(r) => Target::Reference(r),
             pb::resolve_request::Target::Location(l) => Target::Location(l),
@@ -302,9 +267,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                     pb::Want::Raw => pb::resolve_response::Value::Data(result.value.bytes.to_vec()),
                     pb::Want::Json => {
                         let json = self.store.to_json(&result).map_err(status_of)?;
-                        pb::resolve_response::Value::Json(
-                            String::from_utf8_lossy(&json).into_owned(),
-                        )
+                        pb::resolve_response::Value::Json(String::from_utf8_lossy(&json).into_owned())
                     }
                 };
                 pb::ResolveResponse {
@@ -319,55 +282,28 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     }
 
     #[instrument(skip_all, fields(block, key))]
-    async fn exists(
-        &self,
-        request: Request<pb::ExistsRequest>,
-    ) -> Result<Response<pb::ExistsResponse>, Status> {
+    async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
         let loc = request.into_inner().location.unwrap_or_default();
-        Span::current()
-            .record("block", loc.block.as_str())
-            .record("key", loc.key.as_str());
-        let exists = self
-            .store
-            .exists(&loc.block, &loc.key)
-            .await
-            .map_err(status_of)?;
+        Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
+        let exists = self.store.exists(&loc.block, &loc.key).await.map_err(status_of)?;
         Ok(Response::new(pb::ExistsResponse { exists }))
     }
 
     #[instrument(skip_all, fields(block, key))]
-    async fn delete(
-        &self,
-        request: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let loc = request.into_inner().location.unwrap_or_default();
-        Span::current()
-            .record("block", loc.block.as_str())
-            .record("key", loc.key.as_str());
-        self.store
-            .delete(&loc.block, &loc.key)
-            .await
-            .map_err(status_of)?;
+        Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
+        self.store.delete(&loc.block, &loc.key).await.map_err(status_of)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
     #[instrument(skip_all, fields(block, prefix))]
-    async fn list(
-        &self,
-        request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let req = request.into_inner();
-        Span::current()
-            .record("block", req.block.as_str())
-            .record("prefix", req.prefix.as_str());
+        Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
         let page = self
             .store
-            .list(
-                &req.block,
-                &req.prefix,
-                req.page_size as usize,
-                &req.page_token,
-            )
+            .list(&req.block, &req.prefix, req.page_size as usize, &req.page_token)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::ListResponse {

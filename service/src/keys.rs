@@ -48,10 +48,7 @@ impl BlockType {
 
 /// Checks a slug and returns its canonical form (aliases replaced) and type.
 pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
-    let bad = |reason: &str| Error::InvalidSlug {
-        slug: slug.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| Error::InvalidSlug { slug: slug.to_owned(), reason: reason.to_owned() };
     let (ty, name) = slug
         .split_once('/')
         .ok_or_else(|| bad("expected `block-type/block-name`, e.g. `local-file-system/default`"))?;
@@ -62,11 +59,7 @@ pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
     if name.is_empty() || name.len() > MAX_BLOCK_NAME_LEN {
         return Err(bad("the block name must be 1 to 128 characters"));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
         return Err(bad(
             "the block name may hold only ASCII letters, digits, `-`, `_` and `.`, and must not start with `.`",
         ));
@@ -77,12 +70,7 @@ pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
 /// Checks a result key: non-empty, at most [`MAX_KEY_LEN`] bytes, relative, no empty,
 /// `.` or `..` segment, no backslash and no control character.
 pub fn validate_key(key: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Error::InvalidKey {
-            key: truncate_for_message(key),
-            reason: reason.to_owned(),
-        })
-    };
+    let bad = |reason: &str| Err(Error::InvalidKey { key: truncate_for_message(key), reason: reason.to_owned() });
     if key.is_empty() {
         return bad("the key is empty");
     }
@@ -129,47 +117,19 @@ mod tests {
     #[test]
     fn slugs_canonicalise_aliases() {
         assert_eq!(parse_slug("s3/prod").unwrap().0, "s3-bucket/prod");
-        assert_eq!(
-            parse_slug("local-file-system/default").unwrap().1,
-            BlockType::LocalFileSystem
-        );
-        for bad in [
-            "",
-            "nope",
-            "ftp/x",
-            "memory/",
-            "memory/.hidden",
-            "memory/a b",
-            "memory/a/b",
-        ] {
+        assert_eq!(parse_slug("local-file-system/default").unwrap().1, BlockType::LocalFileSystem);
+        for bad in ["", "nope", "ftp/x", "memory/", "memory/.hidden", "memory/a b", "memory/a/b"] {
             assert!(parse_slug(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn keys_stay_inside_their_block() {
-        for ok in [
-            "abc",
-            "custom/run-1/3.json",
-            "fbb7556e3c4711e526284c89a74030f9",
-            "a.b/c..d",
-        ] {
+        for ok in ["abc", "custom/run-1/3.json", "fbb7556e3c4711e526284c89a74030f9", "a.b/c..d"] {
             validate_key(ok).unwrap();
         }
         let long = "k".repeat(1025);
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../b",
-            "a//b",
-            "a/",
-            "./a",
-            "a\\b",
-            "a\nb",
-            "a\0b",
-            &long,
-        ] {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b", "a\nb", "a\0b", &long] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -91,32 +91,16 @@ impl ResultRecord {
     ) -> Self {
         let mut metadata = Map::new();
         metadata.insert("storage_key".into(), key.into());
-        metadata.insert(
-            "expiration".into(),
-            expiration
-                .as_ref()
-                .map(format_time)
-                .map_or(Value::Null, Value::String),
-        );
+        metadata.insert("expiration".into(), expiration.as_ref().map(format_time).map_or(Value::Null, Value::String));
         metadata.insert("serializer".into(), serializer.to_value());
         metadata.insert("prefect_version".into(), PREFECT_VERSION.into());
         metadata.insert("storage_block_id".into(), Value::Null);
-        ResultRecord {
-            format,
-            metadata,
-            serializer,
-            expiration,
-            data,
-            nested_result: false,
-        }
+        ResultRecord { format, metadata, serializer, expiration, data, nested_result: false }
     }
 
     /// Decodes what a key holds. `hint` is the serializer assumed for bare payloads.
     pub fn decode(bytes: Bytes, hint: &SerializerConfig, key: &str) -> Result<Self, String> {
-        let start = bytes
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(bytes.len());
+        let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
         if bytes.get(start) == Some(&b'{') {
             match serde_json::from_slice::<Map<String, Value>>(&bytes) {
                 Ok(mut obj) => {
@@ -130,9 +114,7 @@ impl ResultRecord {
                 Err(e) => {
                     let head = &bytes[start..bytes.len().min(start + 16)];
                     if head.starts_with(b"{\"metadata\"") || head.starts_with(b"{\"serializer\"") {
-                        return Err(format!(
-                            "the record does not parse as JSON ({e}); it may be truncated"
-                        ));
+                        return Err(format!("the record does not parse as JSON ({e}); it may be truncated"));
                     }
                 }
             }
@@ -148,20 +130,10 @@ impl ResultRecord {
         let expiration = parse_time(metadata.get("expiration"))?;
         let (data, nested_result) = match obj.remove("result") {
             Some(Value::String(s)) => (Bytes::from(s.into_bytes()), false),
-            Some(other) => (
-                Bytes::from(serde_json::to_vec(&other).map_err(|e| e.to_string())?),
-                true,
-            ),
+            Some(other) => (Bytes::from(serde_json::to_vec(&other).map_err(|e| e.to_string())?), true),
             None => return Err("the record has no result".into()),
         };
-        Ok(ResultRecord {
-            format: RecordFormat::Prefect3,
-            metadata,
-            serializer,
-            expiration,
-            data,
-            nested_result,
-        })
+        Ok(ResultRecord { format: RecordFormat::Prefect3, metadata, serializer, expiration, data, nested_result })
     }
 
     fn decode_prefect2(obj: &mut Map<String, Value>, key: &str) -> Result<Self, String> {
@@ -178,12 +150,7 @@ impl ResultRecord {
         Ok(rec)
     }
 
-    fn bare(
-        data: Bytes,
-        serializer: SerializerConfig,
-        key: &str,
-        expiration: Option<DateTime<Utc>>,
-    ) -> Self {
+    fn bare(data: Bytes, serializer: SerializerConfig, key: &str, expiration: Option<DateTime<Utc>>) -> Self {
         let mut rec = ResultRecord::new(RecordFormat::Bare, key, serializer, expiration, data);
         rec.metadata.insert("prefect_version".into(), Value::Null);
         rec
@@ -191,18 +158,11 @@ impl ResultRecord {
 
     /// A split record: the metadata document and the payload read beside it.
     pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, String> {
-        let metadata: Map<String, Value> = serde_json::from_slice(metadata)
-            .map_err(|e| format!("the metadata document does not parse: {e}"))?;
+        let metadata: Map<String, Value> =
+            serde_json::from_slice(metadata).map_err(|e| format!("the metadata document does not parse: {e}"))?;
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
-        Ok(ResultRecord {
-            format: RecordFormat::Split,
-            metadata,
-            serializer,
-            expiration,
-            data,
-            nested_result: false,
-        })
+        Ok(ResultRecord { format: RecordFormat::Split, metadata, serializer, expiration, data, nested_result: false })
     }
 
     /// The metadata document as JSON (what `split` writes beside the payload).
@@ -250,12 +210,8 @@ mod tests {
     #[test]
     fn truncated_records_are_corrupt_not_bare() {
         let hint = SerializerConfig::from_type("json").unwrap();
-        let err = ResultRecord::decode(
-            Bytes::from_static(br#"{"metadata":{"storage_key":"x","#),
-            &hint,
-            "x",
-        )
-        .unwrap_err();
+        let err =
+            ResultRecord::decode(Bytes::from_static(br#"{"metadata":{"storage_key":"x","#), &hint, "x").unwrap_err();
         assert!(err.contains("truncated"), "{err}");
         let bare = ResultRecord::decode(Bytes::from_static(br#"{"meta": 5}"#), &hint, "x").unwrap();
         assert_eq!(bare.format, RecordFormat::Bare);

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use resultstore_proto::v1::FILE_DESCRIPTOR_SET;
 use resultstore_proto::v1::result_store_server::ResultStoreServer;
 use tokio::net::TcpListener;
@@ -55,15 +56,11 @@ pub async fn start(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServerHandle> {
     let store = Arc::new(ResultStore::new(config)?);
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let local_addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
     let max_message = usize::try_from(config.limits.max_message_size.0).unwrap_or(usize::MAX);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ResultStoreServer<ResultStoreService>>()
-        .await;
+    health_reporter.set_serving::<ResultStoreServer<ResultStoreService>>().await;
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -85,9 +82,7 @@ pub async fn start(
             _ = rx => {}
         }
         // Tell load balancers first, then drain.
-        health_reporter
-            .set_not_serving::<ResultStoreServer<ResultStoreService>>()
-            .await;
+        health_reporter.set_not_serving::<ResultStoreServer<ResultStoreService>>().await;
         tracing::info!("shutting down: draining in-flight calls");
     };
     let router = tonic::transport::Server::builder()
@@ -95,15 +90,14 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
-    let join = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
-    );
-    Ok(ServerHandle {
-        local_addr,
-        store,
-        shutdown: Some(tx),
-        join,
-    })
+    // tonic sets TCP_NODELAY only on listeners it binds itself; without it, replies that
+    // span several segments wait ~40 ms on Nagle and delayed ACKs.
+    let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
+        let _ = stream.set_nodelay(true);
+        stream
+    });
+    let join = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+    Ok(ServerHandle { local_addr, store, shutdown: Some(tx), join })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -4,7 +4,8 @@
 //! - storage: the task's `result_storage`, else the flow's, else the server's default block;
 //! - serializer: the task's `result_serializer`, else the flow's, else the server default;
 //! - persist: the task's explicit `persist_result`, else the flow's explicit value, else
-//!   true when a feature of the task needs it (retries > 0 or a cache key), else the
+//!   true when a feature of the task needs it (retries > 0, a cache key, or an explicit
+//!   storage key: Prefect 3 persists a task with a `result_storage_key`), else the
 //!   server's `persist_by_default` (false unless configured, as in Prefect).
 //!   Only explicit values are inherited: a flow's retries do not make its tasks persist.
 //! - `persist_result = false` always wins. A cache key (or an explicit storage key) with
@@ -47,12 +48,8 @@ pub fn resolve(
     defaults: &Defaults,
     explicit_key: bool,
 ) -> Result<EffectiveSettings> {
-    let needs_persistence =
-        task.retries > 0 || task.cache_key.is_some() || defaults.persist_by_default;
-    let persist = task
-        .persist_result
-        .or_else(|| flow.and_then(|f| f.persist_result))
-        .unwrap_or(needs_persistence);
+    let needs_persistence = task.retries > 0 || task.cache_key.is_some() || explicit_key || defaults.persist_by_default;
+    let persist = task.persist_result.or_else(|| flow.and_then(|f| f.persist_result)).unwrap_or(needs_persistence);
     if !persist && task.cache_key.is_some() {
         return Err(Error::InvalidSettings(
             "a cache key needs a persisted result, but persist_result is false; drop the cache key or persist the result"
@@ -61,26 +58,17 @@ pub fn resolve(
     }
     if !persist && explicit_key {
         return Err(Error::InvalidSettings(
-            "a storage key was given for a result that is not persisted (persist_result is false)"
-                .into(),
+            "a storage key was given for a result that is not persisted (persist_result is false)".into(),
         ));
     }
-    let storage = task
-        .result_storage
-        .clone()
-        .or_else(|| flow.and_then(|f| f.result_storage.clone()))
-        .unwrap_or_default();
+    let storage =
+        task.result_storage.clone().or_else(|| flow.and_then(|f| f.result_storage.clone())).unwrap_or_default();
     let serializer = task
         .result_serializer
         .clone()
         .or_else(|| flow.and_then(|f| f.result_serializer.clone()))
         .unwrap_or_else(|| defaults.serializer.clone());
-    Ok(EffectiveSettings {
-        persist,
-        storage,
-        serializer,
-        cache_key: task.cache_key.clone(),
-    })
+    Ok(EffectiveSettings { persist, storage, serializer, cache_key: task.cache_key.clone() })
 }
 
 #[cfg(test)]
@@ -88,10 +76,7 @@ mod tests {
     use super::*;
 
     fn pickle() -> Defaults {
-        Defaults {
-            serializer: SerializerConfig::from_type("pickle").unwrap(),
-            persist_by_default: false,
-        }
+        Defaults { serializer: SerializerConfig::from_type("pickle").unwrap(), persist_by_default: false }
     }
 
     #[test]
@@ -108,82 +93,39 @@ mod tests {
 
     #[test]
     fn seed_case_2_explicit_false_beats_retries_and_refuses_cache_keys() {
-        let task = ResultSettings {
-            persist_result: Some(false),
-            retries: 3,
-            ..Default::default()
-        };
+        let task = ResultSettings { persist_result: Some(false), retries: 3, ..Default::default() };
         assert!(!resolve(&task, None, &pickle(), false).unwrap().persist);
-        let flow = ResultSettings {
-            persist_result: Some(true),
-            ..Default::default()
-        };
-        assert!(
-            !resolve(&task, Some(&flow), &pickle(), false)
-                .unwrap()
-                .persist
-        );
-        let keyed = ResultSettings {
-            cache_key: Some("k".into()),
-            ..task
-        };
-        assert!(matches!(
-            resolve(&keyed, None, &pickle(), false),
-            Err(Error::InvalidSettings(_))
-        ));
+        let flow = ResultSettings { persist_result: Some(true), ..Default::default() };
+        assert!(!resolve(&task, Some(&flow), &pickle(), false).unwrap().persist);
+        let keyed = ResultSettings { cache_key: Some("k".into()), ..task };
+        assert!(matches!(resolve(&keyed, None, &pickle(), false), Err(Error::InvalidSettings(_))));
     }
 
     #[test]
     fn seed_case_3_flow_retries_persist_the_flow_only() {
-        let flow = ResultSettings {
-            retries: 2,
-            ..Default::default()
-        };
+        let flow = ResultSettings { retries: 2, ..Default::default() };
         let as_flow = resolve(&flow, None, &pickle(), false).unwrap();
         assert!(as_flow.persist);
         assert_eq!(as_flow.storage, "");
         assert_eq!(as_flow.serializer, pickle().serializer);
-        let plain_task =
-            resolve(&ResultSettings::default(), Some(&flow), &pickle(), false).unwrap();
+        let plain_task = resolve(&ResultSettings::default(), Some(&flow), &pickle(), false).unwrap();
         assert!(!plain_task.persist);
     }
 
     #[test]
     fn only_explicit_values_are_inherited() {
         let json = SerializerConfig::from_type("json").unwrap();
-        let flow = ResultSettings {
-            persist_result: Some(false),
-            result_serializer: Some(json.clone()),
-            ..Default::default()
-        };
-        let task = ResultSettings {
-            retries: 1,
-            ..Default::default()
-        };
+        let flow =
+            ResultSettings { persist_result: Some(false), result_serializer: Some(json.clone()), ..Default::default() };
+        let task = ResultSettings { retries: 1, ..Default::default() };
         let eff = resolve(&task, Some(&flow), &pickle(), false).unwrap();
-        assert!(
-            !eff.persist,
-            "the flow's explicit false is inherited before the task's inferred true"
-        );
+        assert!(!eff.persist, "the flow's explicit false is inherited before the task's inferred true");
         assert_eq!(eff.serializer, json);
-        let cached = ResultSettings {
-            cache_key: Some("k".into()),
-            ..Default::default()
-        };
+        let cached = ResultSettings { cache_key: Some("k".into()), ..Default::default() };
         assert!(resolve(&cached, None, &pickle(), false).unwrap().persist);
-        let by_default = Defaults {
-            persist_by_default: true,
-            ..pickle()
-        };
-        assert!(
-            resolve(&ResultSettings::default(), None, &by_default, false)
-                .unwrap()
-                .persist
-        );
-        let off = ResultSettings {
-            persist_result: Some(false),
-            ..Default::default()
-        };
+        let by_default = Defaults { persist_by_default: true, ..pickle() };
+        assert!(resolve(&ResultSettings::default(), None, &by_default, false).unwrap().persist);
+        let off = ResultSettings { persist_result: Some(false), ..Default::default() };
         assert!(!resolve(&off, None, &by_default, false).unwrap().persist);
     }
 }

@@ -151,23 +151,14 @@ impl ResultStore {
     /// Stores one result, or returns it as a literal.
     pub async fn put(&self, input: PutInput) -> Result<PutOutcome> {
         let explicit_key = input.key.as_deref().is_some_and(|k| !k.is_empty());
-        let eff = settings::resolve(
-            &input.task,
-            input.flow.as_ref(),
-            &self.defaults,
-            explicit_key,
-        )?;
-        let key = input
-            .key
-            .filter(|k| !k.is_empty())
-            .or_else(|| eff.cache_key.clone());
+        let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, explicit_key)?;
+        let key = input.key.filter(|k| !k.is_empty()).or_else(|| eff.cache_key.clone());
 
         // Literals stay in the reply unless a key asks for them to be findable in storage.
         let value: Option<PlainValue> = match &input.payload {
             Payload::Data(_) => None,
             Payload::Json(text) => Some(
-                json::parse(text.as_bytes())
-                    .map_err(|e| Error::InvalidRequest(format!("`json` is not JSON: {e}")))?,
+                json::parse(text.as_bytes()).map_err(|e| Error::InvalidRequest(format!("`json` is not JSON: {e}")))?,
             ),
             Payload::Literal(l) => Some(match l {
                 LiteralValue::True => PlainValue::Bool(true),
@@ -207,29 +198,18 @@ impl ResultStore {
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
         // before it can replace anything.
-        let value = serializer::decode_value(&eff.serializer, &data, self.max_result_size)
-            .map_err(|e| match e {
-                DecodeError::Corrupt(m) => {
-                    Error::InvalidRequest(format!("`data` cannot be read back: {m}"))
-                }
-                DecodeError::TooLarge { size, limit } => Error::TooLarge {
-                    what: "the decompressed result".into(),
-                    size,
-                    limit,
-                },
-            })?;
+        let value = serializer::decode_value(&eff.serializer, &data, self.max_result_size).map_err(|e| match e {
+            DecodeError::Corrupt(m) => Error::InvalidRequest(format!("`data` cannot be read back: {m}")),
+            DecodeError::TooLarge { size, limit } => {
+                Error::TooLarge { what: "the decompressed result".into(), size, limit }
+            }
+        })?;
         let record_format = if eff.persist && block.format == BlockFormat::Split {
             RecordFormat::Split
         } else {
             RecordFormat::Prefect3
         };
-        let record = ResultRecord::new(
-            record_format,
-            &key,
-            eff.serializer.clone(),
-            input.expiration,
-            data,
-        );
+        let record = ResultRecord::new(record_format, &key, eff.serializer.clone(), input.expiration, data);
         let mut reference = ResultReference {
             block: block.slug.clone(),
             key: key.clone(),
@@ -247,20 +227,8 @@ impl ResultStore {
             reference.version = self.write_record(&block, &key, &record, input.mode).await?;
             reference.uri = block.uri(&key);
         }
-        let cache_key = CacheKey {
-            block: block.slug.as_str().into(),
-            key,
-        };
-        self.cache
-            .insert(
-                cache_key,
-                Arc::new(LoadedResult {
-                    record,
-                    value,
-                    reference: reference.clone(),
-                }),
-            )
-            .await;
+        let cache_key = CacheKey { block: block.slug.as_str().into(), key };
+        self.cache.insert(cache_key, Arc::new(LoadedResult { record, value, reference: reference.clone() })).await;
         Ok(PutOutcome::Stored(reference))
     }
 
@@ -289,9 +257,7 @@ impl ResultStore {
                     .put_opts(&path, PutPayload::from_bytes(record.data.clone()), opts)
                     .await
                     .map_err(map)?;
-                meta.put(&path, PutPayload::from(record.metadata_json()))
-                    .await
-                    .map_err(map)?;
+                meta.put(&path, PutPayload::from(record.metadata_json())).await.map_err(map)?;
                 Ok(put.e_tag.or(put.version))
             }
             _ => {
@@ -302,11 +268,7 @@ impl ResultStore {
                             .into(),
                     )
                 })?;
-                let put = block
-                    .store
-                    .put_opts(&path, PutPayload::from(bytes), opts)
-                    .await
-                    .map_err(map)?;
+                let put = block.store.put_opts(&path, PutPayload::from(bytes), opts).await.map_err(map)?;
                 Ok(put.e_tag.or(put.version))
             }
         }
@@ -316,41 +278,16 @@ impl ResultStore {
     /// enforces its expiration.
     pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
         let (block_slug, key, expect, mut hint, doc_expiration) = match target {
-            ReadTarget::Reference {
-                block,
-                key,
-                expect,
-                serializer,
-            } => (block, key, expect, serializer, None),
-            ReadTarget::Location { block, key } => (
-                block,
-                key,
-                Expectation {
-                    persisted: true,
-                    ..Default::default()
-                },
-                None,
-                None,
-            ),
+            ReadTarget::Reference { block, key, expect, serializer } => (block, key, expect, serializer, None),
+            ReadTarget::Location { block, key } => {
+                (block, key, Expectation { persisted: true, ..Default::default() }, None, None)
+            }
             ReadTarget::Prefect { block, document } => match parse_prefect_document(&document)? {
                 PrefectDocument::Literal(l) => return Ok(ReadOutcome::Literal(l)),
-                PrefectDocument::Reference {
-                    storage_key,
-                    serializer,
-                    expiration,
-                } => {
+                PrefectDocument::Reference { storage_key, serializer, expiration } => {
                     let b = self.blocks.get(&block)?;
                     let key = b.key_from_storage_key(&storage_key)?;
-                    (
-                        block,
-                        key,
-                        Expectation {
-                            persisted: true,
-                            ..Default::default()
-                        },
-                        serializer,
-                        expiration,
-                    )
+                    (block, key, Expectation { persisted: true, ..Default::default() }, serializer, expiration)
                 }
             },
         };
@@ -359,42 +296,24 @@ impl ResultStore {
         }
         let block = self.blocks.get(&block_slug)?;
         validate_key(&key)?;
-        let cache_key = CacheKey {
-            block: block.slug.as_str().into(),
-            key: key.clone(),
-        };
+        let cache_key = CacheKey { block: block.slug.as_str().into(), key: key.clone() };
 
         let (result, cache_hit) = if !expect.persisted {
             // Memory is the only home of a result that was not persisted.
             match self.cache.peek(&cache_key).await {
-                Some(entry)
-                    if expect
-                        .sha256
-                        .as_deref()
-                        .is_none_or(|s| s == entry.reference.sha256) =>
-                {
-                    (entry, true)
-                }
+                Some(entry) if expect.sha256.as_deref().is_none_or(|s| s == entry.reference.sha256) => (entry, true),
                 _ => return Err(Error::NotPersisted { key }),
             }
         } else {
             let accept = |e: &LoadedResult| {
                 e.reference.persisted
-                    && expect
-                        .version
-                        .as_ref()
-                        .is_none_or(|v| e.reference.version.as_ref() == Some(v))
-                    && expect
-                        .sha256
-                        .as_ref()
-                        .is_none_or(|s| *s == e.reference.sha256)
+                    && expect.version.as_ref().is_none_or(|v| e.reference.version.as_ref() == Some(v))
+                    && expect.sha256.as_ref().is_none_or(|s| *s == e.reference.sha256)
                     && (e.record.format != RecordFormat::Bare
                         || hint.as_ref().is_none_or(|h| *h == e.record.serializer))
             };
             let load = self.load(block.clone(), key.clone(), hint.clone());
-            self.cache
-                .get_or_load(cache_key, accept, opts.bypass_cache, load)
-                .await?
+            self.cache.get_or_load(cache_key, accept, opts.bypass_cache, load).await?
         };
 
         if let Some(expected) = &expect.sha256
@@ -412,34 +331,21 @@ impl ResultStore {
             && let Some(exp) = expiration
             && exp <= Utc::now()
         {
-            return Err(Error::Expired {
-                block: block.slug.clone(),
-                key,
-                expiration: exp.to_rfc3339(),
-            });
+            return Err(Error::Expired { block: block.slug.clone(), key, expiration: exp.to_rfc3339() });
         }
         Ok(ReadOutcome::Loaded { result, cache_hit })
     }
 
     /// One storage read of `key`, detecting its format.
-    async fn load(
-        &self,
-        block: Arc<Block>,
-        key: String,
-        hint: Option<SerializerConfig>,
-    ) -> Result<LoadedResult> {
+    async fn load(&self, block: Arc<Block>, key: String, hint: Option<SerializerConfig>) -> Result<LoadedResult> {
         let hint = hint.unwrap_or_else(|| block.default_serializer.clone());
         let path = Path::from(key.as_str());
         let split_first = block.format == BlockFormat::Split;
         let mut metadata = None;
         if split_first && let Some(meta) = &block.metadata_store {
-            metadata = self
-                .get_optional(&block, meta.as_ref(), &path, &key)
-                .await?;
+            metadata = self.get_optional(&block, meta.as_ref(), &path, &key).await?;
         }
-        let (data, meta) = self
-            .get_bytes(&block, block.store.as_ref(), &path, &key)
-            .await?;
+        let (data, meta) = self.get_bytes(&block, block.store.as_ref(), &path, &key).await?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
@@ -447,13 +353,8 @@ impl ResultStore {
                 let record = ResultRecord::decode(data, &hint, &key).map_err(corrupt)?;
                 match (&record.format, &block.metadata_store, split_first) {
                     (RecordFormat::Bare, Some(meta), false) => {
-                        match self
-                            .get_optional(&block, meta.as_ref(), &path, &key)
-                            .await?
-                        {
-                            Some(doc) => {
-                                ResultRecord::decode_split(&doc, record.data).map_err(corrupt)?
-                            }
+                        match self.get_optional(&block, meta.as_ref(), &path, &key).await? {
+                            Some(doc) => ResultRecord::decode_split(&doc, record.data).map_err(corrupt)?,
                             None => record,
                         }
                     }
@@ -462,15 +363,12 @@ impl ResultStore {
             }
         };
         let value =
-            serializer::decode_value(&record.serializer, &record.data, self.max_result_size)
-                .map_err(|e| match e {
-                    DecodeError::Corrupt(m) => Error::corrupt(&block.slug, &key, m),
-                    DecodeError::TooLarge { size, limit } => Error::TooLarge {
-                        what: "the decompressed result".into(),
-                        size,
-                        limit,
-                    },
-                })?;
+            serializer::decode_value(&record.serializer, &record.data, self.max_result_size).map_err(|e| match e {
+                DecodeError::Corrupt(m) => Error::corrupt(&block.slug, &key, m),
+                DecodeError::TooLarge { size, limit } => {
+                    Error::TooLarge { what: "the decompressed result".into(), size, limit }
+                }
+            })?;
         let reference = ResultReference {
             block: block.slug.clone(),
             key: key.clone(),
@@ -484,11 +382,7 @@ impl ResultStore {
             uri: block.uri(&key),
             format: record.format,
         };
-        Ok(LoadedResult {
-            record,
-            value,
-            reference,
-        })
+        Ok(LoadedResult { record, value, reference })
     }
 
     /// Reads a whole object, refusing objects above `max_result_size` before reading them.
@@ -499,10 +393,7 @@ impl ResultStore {
         path: &Path,
         key: &str,
     ) -> Result<(Bytes, object_store::ObjectMeta)> {
-        let got = store
-            .get(path)
-            .await
-            .map_err(|e| Error::from_store(&block.slug, key, e))?;
+        let got = store.get(path).await.map_err(|e| Error::from_store(&block.slug, key, e))?;
         if got.meta.size > self.max_result_size {
             return Err(Error::TooLarge {
                 what: format!("stored result `{key}`"),
@@ -511,10 +402,7 @@ impl ResultStore {
             });
         }
         let meta = got.meta.clone();
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| Error::from_store(&block.slug, key, e))?;
+        let bytes = got.bytes().await.map_err(|e| Error::from_store(&block.slug, key, e))?;
         Ok((bytes, meta))
     }
 
@@ -537,9 +425,7 @@ impl ResultStore {
         let max_nodes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
         serializer::to_json(&result.value, max_nodes).map_err(|e| match e {
             TranscodeError::Unsupported(m) => Error::CannotTranscode(m),
-            TranscodeError::Corrupt(m) => {
-                Error::corrupt(&result.reference.block, &result.reference.key, m)
-            }
+            TranscodeError::Corrupt(m) => Error::corrupt(&result.reference.block, &result.reference.key, m),
         })
     }
 
@@ -561,12 +447,7 @@ impl ResultStore {
         let path = Path::from(key);
         let map = |e| Error::from_store(&block.slug, key, e);
         block.store.head(&path).await.map_err(map)?;
-        self.cache
-            .invalidate(&CacheKey {
-                block: block.slug.as_str().into(),
-                key: key.to_owned(),
-            })
-            .await;
+        self.cache.invalidate(&CacheKey { block: block.slug.as_str().into(), key: key.to_owned() }).await;
         block.store.delete(&path).await.map_err(map)?;
         if let Some(meta) = &block.metadata_store {
             match meta.delete(&path).await {
@@ -579,49 +460,30 @@ impl ResultStore {
 
     /// Keys starting with `prefix` (any string, not only whole segments), in
     /// lexicographic order, `page_size` at a time after `page_token`.
-    pub async fn list(
-        &self,
-        block: &str,
-        prefix: &str,
-        page_size: usize,
-        page_token: &str,
-    ) -> Result<ListPage> {
+    pub async fn list(&self, block: &str, prefix: &str, page_size: usize, page_token: &str) -> Result<ListPage> {
         let block = self.blocks.get(block)?;
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..")
-        {
-            return Err(Error::InvalidKey {
-                key: prefix.to_owned(),
-                reason: "not a valid key prefix".into(),
-            });
+        if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..") {
+            return Err(Error::InvalidKey { key: prefix.to_owned(), reason: "not a valid key prefix".into() });
         }
         if !page_token.is_empty() {
             validate_key(page_token)?;
         }
         // object_store lists whole segments: list the directory part, filter the rest.
-        let dir = prefix
-            .rfind('/')
-            .map(|i| &prefix[..i])
-            .filter(|d| !d.is_empty());
+        let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
         let dir_path = dir.map(Path::from);
         let stream = if page_token.is_empty() {
             block.store.list(dir_path.as_ref())
         } else {
-            block
-                .store
-                .list_with_offset(dir_path.as_ref(), &Path::from(page_token))
+            block.store.list_with_offset(dir_path.as_ref(), &Path::from(page_token))
         };
         // Stores do not promise an order: keep the `page_size + 1` smallest keys seen.
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
         let mut stream = stream;
-        while let Some(meta) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::from_store(&block.slug, prefix, e))?
-        {
+        while let Some(meta) = stream.try_next().await.map_err(|e| Error::from_store(&block.slug, prefix, e))? {
             let key = meta.location.as_ref();
             if !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
                 continue;
@@ -638,10 +500,7 @@ impl ResultStore {
         } else {
             None
         };
-        Ok(ListPage {
-            entries,
-            next_page_token,
-        })
+        Ok(ListPage { entries, next_page_token })
     }
 }
 
@@ -668,11 +527,7 @@ impl Ord for OrdMeta {
 /// A reference as Prefect's API stores it.
 enum PrefectDocument {
     Literal(LiteralValue),
-    Reference {
-        storage_key: String,
-        serializer: Option<SerializerConfig>,
-        expiration: Option<DateTime<Utc>>,
-    },
+    Reference { storage_key: String, serializer: Option<SerializerConfig>, expiration: Option<DateTime<Utc>> },
 }
 
 /// Reads a Prefect 3 `ResultRecordMetadata` document or a Prefect 2 result document.
@@ -683,20 +538,13 @@ fn parse_prefect_document(text: &str) -> Result<PrefectDocument> {
     if doc.get("type").and_then(|t| t.as_str()) == Some("literal") {
         return match doc.get("value") {
             Some(serde_json::Value::Bool(true)) => Ok(PrefectDocument::Literal(LiteralValue::True)),
-            Some(serde_json::Value::Bool(false)) => {
-                Ok(PrefectDocument::Literal(LiteralValue::False))
-            }
-            Some(serde_json::Value::Null) | None => {
-                Ok(PrefectDocument::Literal(LiteralValue::Null))
-            }
+            Some(serde_json::Value::Bool(false)) => Ok(PrefectDocument::Literal(LiteralValue::False)),
+            Some(serde_json::Value::Null) | None => Ok(PrefectDocument::Literal(LiteralValue::Null)),
             Some(_) => Err(bad("is a literal whose value is not true, false or null")),
         };
     }
-    let storage_key = doc
-        .get("storage_key")
-        .and_then(|k| k.as_str())
-        .ok_or_else(|| bad("has no `storage_key`"))?
-        .to_owned();
+    let storage_key =
+        doc.get("storage_key").and_then(|k| k.as_str()).ok_or_else(|| bad("has no `storage_key`"))?.to_owned();
     let serializer = match (doc.get("serializer"), doc.get("serializer_type")) {
         (Some(v), _) => Some(SerializerConfig::from_value(v.clone())?),
         (None, Some(serde_json::Value::String(t))) => Some(SerializerConfig::from_type(t)?),
@@ -710,9 +558,5 @@ fn parse_prefect_document(text: &str) -> Result<PrefectDocument> {
         ),
         _ => None,
     };
-    Ok(PrefectDocument::Reference {
-        storage_key,
-        serializer,
-        expiration,
-    })
+    Ok(PrefectDocument::Reference { storage_key, serializer, expiration })
 }

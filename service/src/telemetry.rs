@@ -84,9 +84,7 @@ pub(crate) fn incr(c: &AtomicU64) {
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if std::env::var("RESULTSTORE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

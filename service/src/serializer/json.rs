@@ -164,12 +164,9 @@ impl Parser<'_> {
                 return Err(self.err("expected exponent digits"));
             }
         }
-        let text =
-            std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad number"))?;
+        let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad number"))?;
         if is_float {
-            text.parse::<f64>()
-                .map(PlainValue::Float)
-                .map_err(|_| self.err("bad number"))
+            text.parse::<f64>().map(PlainValue::Float).map_err(|_| self.err("bad number"))
         } else {
             Ok(match text.parse::<i64>() {
                 Ok(n) => PlainValue::Int(n),
@@ -178,10 +175,7 @@ impl Parser<'_> {
         }
     }
     fn hex4(&mut self) -> Result<u32, String> {
-        let h = self
-            .s
-            .get(self.i..self.i + 4)
-            .ok_or_else(|| self.err("truncated \\u escape"))?;
+        let h = self.s.get(self.i..self.i + 4).ok_or_else(|| self.err("truncated \\u escape"))?;
         let h = std::str::from_utf8(h).map_err(|_| self.err("bad \\u escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i += 4;
@@ -213,9 +207,7 @@ impl Parser<'_> {
                         b't' => '\t',
                         b'u' => {
                             let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
+                            let code = if (0xD800..0xDC00).contains(&hi) && self.s[self.i..].starts_with(b"\\u") {
                                 let save = self.i;
                                 self.i += 2;
                                 let lo = self.hex4()?;
@@ -258,16 +250,8 @@ pub enum PythonJsonStyle {
 pub fn write_python(v: &PlainValue, style: PythonJsonStyle) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let w = Writer {
-        item_sep: if style == PythonJsonStyle::Stdlib {
-            ", "
-        } else {
-            ","
-        },
-        key_sep: if style == PythonJsonStyle::Stdlib {
-            ": "
-        } else {
-            ":"
-        },
+        item_sep: if style == PythonJsonStyle::Stdlib { ", " } else { "," },
+        key_sep: if style == PythonJsonStyle::Stdlib { ": " } else { ":" },
         ascii: style == PythonJsonStyle::Stdlib,
         strict: style == PythonJsonStyle::Orjson,
         prefect_vocabulary: false,
@@ -279,13 +263,7 @@ pub fn write_python(v: &PlainValue, style: PythonJsonStyle) -> Result<Vec<u8>, S
 /// Writes RFC 8259 JSON (Python separators) for JSON clients; see the module docs.
 pub fn write_strict(v: &PlainValue) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    let w = Writer {
-        item_sep: ", ",
-        key_sep: ": ",
-        ascii: false,
-        strict: true,
-        prefect_vocabulary: true,
-    };
+    let w = Writer { item_sep: ", ", key_sep: ": ", ascii: false, strict: true, prefect_vocabulary: true };
     w.write(v, &mut out)?;
     Ok(out)
 }
@@ -324,16 +302,13 @@ impl Writer {
                 out.push(b'}');
             }
             PlainValue::Set(items) | PlainValue::FrozenSet(items) if self.prefect_vocabulary => {
-                let class = if matches!(v, PlainValue::Set(_)) {
-                    "builtins.set"
-                } else {
-                    "builtins.frozenset"
-                };
+                let class = if matches!(v, PlainValue::Set(_)) { "builtins.set" } else { "builtins.frozenset" };
                 self.wrapper(class, |w, out| w.array(items, out), out)?;
             }
             PlainValue::Bytes(b) if self.prefect_vocabulary => {
-                let s = std::str::from_utf8(b)
-                    .map_err(|_| "bytes that are not UTF-8 have no JSON form (Prefect's JSON cannot hold them either)")?;
+                let s = std::str::from_utf8(b).map_err(
+                    |_| "bytes that are not UTF-8 have no JSON form (Prefect's JSON cannot hold them either)",
+                )?;
                 self.wrapper(
                     "builtins.bytes",
                     |w, out| {
@@ -387,20 +362,13 @@ impl Writer {
             PlainValue::BigInt(s) => self.string(s, out),
             PlainValue::Float(f) => {
                 let mut b = Vec::new();
-                Writer {
-                    strict: false,
-                    ..*self
-                }
-                .float(*f, &mut b);
+                Writer { strict: false, ..*self }.float(*f, &mut b);
                 self.string(&String::from_utf8_lossy(&b), out)
             }
             PlainValue::Bool(b) => self.string(if *b { "true" } else { "false" }, out),
             PlainValue::None => self.string("null", out),
             _ => {
-                return Err(
-                    "a dict key that is not a str, int, float, bool or None has no JSON form"
-                        .into(),
-                );
+                return Err("a dict key that is not a str, int, float, bool or None has no JSON form".into());
             }
         }
         Ok(())
@@ -471,36 +439,24 @@ mod tests {
     use super::*;
 
     fn py(text: &str) -> String {
-        String::from_utf8(
-            write_python(&parse(text.as_bytes()).unwrap(), PythonJsonStyle::Stdlib).unwrap(),
-        )
-        .unwrap()
+        String::from_utf8(write_python(&parse(text.as_bytes()).unwrap(), PythonJsonStyle::Stdlib).unwrap()).unwrap()
     }
 
     #[test]
     fn writes_what_python_json_dumps_writes() {
         // The bytes of ../shared/prefect-samples/v3.9.1/resultstore-api/json-dict's result.
-        assert_eq!(
-            py(r#"{"a":1,"b":[1,2.5,"x"],"c":null}"#),
-            r#"{"a": 1, "b": [1, 2.5, "x"], "c": null}"#
-        );
+        assert_eq!(py(r#"{"a":1,"b":[1,2.5,"x"],"c":null}"#), r#"{"a": 1, "b": [1, 2.5, "x"], "c": null}"#);
         assert_eq!(py(r#""hé""#), r#""h\u00e9""#);
         assert_eq!(py(r#""😀""#), r#""\ud83d\ude00""#);
         assert_eq!(
             py("[1e16, 1e-5, 1.0, 0.1, 123456.789, -0.0, 1e15]"),
             "[1e+16, 1e-05, 1.0, 0.1, 123456.789, -0.0, 1000000000000000.0]"
         );
-        assert_eq!(
-            py("[NaN, Infinity, -Infinity]"),
-            "[NaN, Infinity, -Infinity]"
-        );
+        assert_eq!(py("[NaN, Infinity, -Infinity]"), "[NaN, Infinity, -Infinity]");
         assert_eq!(py("1180591620717411303424"), "1180591620717411303424");
         assert_eq!(py(r#"{"a": 1, "a": 2, "b": 3}"#), r#"{"a": 2, "b": 3}"#);
-        let orjson = write_python(
-            &parse(r#"{"a": 1, "t": "hé"}"#.as_bytes()).unwrap(),
-            PythonJsonStyle::Orjson,
-        )
-        .unwrap();
+        let orjson =
+            write_python(&parse(r#"{"a": 1, "t": "hé"}"#.as_bytes()).unwrap(), PythonJsonStyle::Orjson).unwrap();
         assert_eq!(String::from_utf8(orjson).unwrap(), r#"{"a":1,"t":"hé"}"#);
     }
 

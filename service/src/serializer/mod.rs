@@ -30,14 +30,8 @@ fn json_defaults() -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("type".into(), "json".into());
     m.insert("jsonlib".into(), "json".into());
-    m.insert(
-        "object_encoder".into(),
-        "prefect.serializers.prefect_json_object_encoder".into(),
-    );
-    m.insert(
-        "object_decoder".into(),
-        "prefect.serializers.prefect_json_object_decoder".into(),
-    );
+    m.insert("object_encoder".into(), "prefect.serializers.prefect_json_object_encoder".into());
+    m.insert("object_decoder".into(), "prefect.serializers.prefect_json_object_decoder".into());
     m.insert("dumps_kwargs".into(), Value::Object(Map::new()));
     m.insert("loads_kwargs".into(), Value::Object(Map::new()));
     m
@@ -66,14 +60,9 @@ pub struct SerializerConfig(Map<String, Value>);
 /// What the service understands of a config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SerializerKind {
-    Json {
-        jsonlib: String,
-    },
+    Json { jsonlib: String },
     Pickle,
-    Compressed {
-        inner: Box<SerializerConfig>,
-        lib: Compression,
-    },
+    Compressed { inner: Box<SerializerConfig>, lib: Compression },
     Unknown(String),
 }
 
@@ -106,9 +95,7 @@ impl SerializerConfig {
     pub fn from_type(ty: &str) -> Result<Self> {
         let ty = ty.trim();
         if ty.is_empty() {
-            return Err(Error::InvalidSerializer(
-                "the serializer type is empty".into(),
-            ));
+            return Err(Error::InvalidSerializer("the serializer type is empty".into()));
         }
         Ok(SerializerConfig(match ty {
             "json" => json_defaults(),
@@ -200,12 +187,7 @@ impl SerializerConfig {
         let ty = self.type_name();
         Ok(match ty {
             "json" => SerializerKind::Json {
-                jsonlib: self
-                    .0
-                    .get("jsonlib")
-                    .and_then(Value::as_str)
-                    .unwrap_or("json")
-                    .to_owned(),
+                jsonlib: self.0.get("jsonlib").and_then(Value::as_str).unwrap_or("json").to_owned(),
             },
             "pickle" => SerializerKind::Pickle,
             "compressed" | "compressed/json" | "compressed/pickle" => {
@@ -219,16 +201,8 @@ impl SerializerConfig {
                         ));
                     }
                 };
-                let lib = Compression::parse(
-                    self.0
-                        .get("compressionlib")
-                        .and_then(Value::as_str)
-                        .unwrap_or("lzma"),
-                );
-                SerializerKind::Compressed {
-                    inner: Box::new(inner),
-                    lib,
-                }
+                let lib = Compression::parse(self.0.get("compressionlib").and_then(Value::as_str).unwrap_or("lzma"));
+                SerializerKind::Compressed { inner: Box::new(inner), lib }
             }
             other => SerializerKind::Unknown(other.to_owned()),
         })
@@ -252,38 +226,23 @@ pub enum DecodeError {
 }
 
 /// Removes every layer the service can remove: base64, compression.
-pub fn decode_value(
-    config: &SerializerConfig,
-    data: &Bytes,
-    limit: u64,
-) -> Result<DecodedValue, DecodeError> {
-    let kind = config
-        .kind()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+pub fn decode_value(config: &SerializerConfig, data: &Bytes, limit: u64) -> Result<DecodedValue, DecodeError> {
+    let kind = config.kind().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     match kind {
-        SerializerKind::Json { .. } => Ok(DecodedValue {
-            bytes: data.clone(),
-            serializer: "json".into(),
-        }),
+        SerializerKind::Json { .. } => Ok(DecodedValue { bytes: data.clone(), serializer: "json".into() }),
         SerializerKind::Pickle => Ok(DecodedValue {
             bytes: Bytes::from(b64_decode(data).map_err(DecodeError::Corrupt)?),
             serializer: "pickle".into(),
         }),
         SerializerKind::Compressed { inner, lib } => {
             if let Compression::Unknown(name) = &lib {
-                return Ok(DecodedValue {
-                    bytes: data.clone(),
-                    serializer: format!("compressed ({name})"),
-                });
+                return Ok(DecodedValue { bytes: data.clone(), serializer: format!("compressed ({name})") });
             }
             let compressed = b64_decode(data).map_err(DecodeError::Corrupt)?;
             let inner_bytes = decompress(&lib, &compressed, limit)?;
             decode_value(&inner, &Bytes::from(inner_bytes), limit)
         }
-        SerializerKind::Unknown(ty) => Ok(DecodedValue {
-            bytes: data.clone(),
-            serializer: ty,
-        }),
+        SerializerKind::Unknown(ty) => Ok(DecodedValue { bytes: data.clone(), serializer: ty }),
     }
 }
 
@@ -329,12 +288,8 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
 /// Checks that client-supplied serializer bytes can be what `config` produces, so a
 /// record that could never be read is refused before it overwrites anything.
 pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
-    let bad = |m: String| {
-        Err(Error::InvalidRequest(format!(
-            "`data` is not {} serializer output: {m}",
-            config.type_name()
-        )))
-    };
+    let bad =
+        |m: String| Err(Error::InvalidRequest(format!("`data` is not {} serializer output: {m}", config.type_name())));
     match config.kind()? {
         SerializerKind::Json { .. } => {
             if let Err(e) = std::str::from_utf8(data) {
@@ -364,14 +319,8 @@ pub fn b64_encodebytes(data: &[u8]) -> Vec<u8> {
 
 /// `base64.decodebytes`: standard alphabet, whitespace ignored.
 pub fn b64_decode(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let clean: Vec<u8> = data
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(&clean)
-        .map_err(|e| format!("invalid base64 ({e})"))
+    let clean: Vec<u8> = data.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| format!("invalid base64 ({e})"))
 }
 
 fn compress(lib: &Compression, data: &[u8]) -> Result<Vec<u8>> {
@@ -412,18 +361,15 @@ fn decompress(lib: &Compression, data: &[u8], limit: u64) -> Result<Vec<u8>, Dec
     let reader: Box<dyn Read + '_> = match lib {
         Compression::Lzma => {
             // FORMAT_AUTO, as lzma.decompress: XZ or legacy .lzma, concatenated streams.
-            let stream =
-                liblzma::stream::Stream::new_auto_decoder(u64::MAX, liblzma::stream::CONCATENATED)
-                    .map_err(|e| DecodeError::Corrupt(format!("lzma: {e}")))?;
+            let stream = liblzma::stream::Stream::new_auto_decoder(u64::MAX, liblzma::stream::CONCATENATED)
+                .map_err(|e| DecodeError::Corrupt(format!("lzma: {e}")))?;
             Box::new(liblzma::read::XzDecoder::new_stream(data, stream))
         }
         Compression::Bz2 => Box::new(bzip2::read::MultiBzDecoder::new(data)),
         Compression::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
         Compression::Unknown(name) => {
-            return Err(DecodeError::Corrupt(format!(
-                "unknown compressionlib `{name}`"
-            )));
+            return Err(DecodeError::Corrupt(format!("unknown compressionlib `{name}`")));
         }
     };
     let mut out = Vec::new();
@@ -432,10 +378,7 @@ fn decompress(lib: &Compression, data: &[u8], limit: u64) -> Result<Vec<u8>, Dec
         .read_to_end(&mut out)
         .map_err(|e| DecodeError::Corrupt(format!("cannot decompress: {e}")))?;
     if out.len() as u64 > limit {
-        return Err(DecodeError::TooLarge {
-            size: out.len() as u64,
-            limit,
-        });
+        return Err(DecodeError::TooLarge { size: out.len() as u64, limit });
     }
     Ok(out)
 }
@@ -457,12 +400,9 @@ pub fn to_json(value: &DecodedValue, max_nodes: usize) -> Result<Bytes, Transcod
             if serde_json::from_slice::<serde::de::IgnoredAny>(&value.bytes).is_ok() {
                 return Ok(value.bytes.clone());
             }
-            let v = json::parse(&value.bytes).map_err(|e| {
-                TranscodeError::Corrupt(format!("the JSON result does not parse: {e}"))
-            })?;
-            json::write_strict(&v)
-                .map(Bytes::from)
-                .map_err(TranscodeError::Unsupported)
+            let v = json::parse(&value.bytes)
+                .map_err(|e| TranscodeError::Corrupt(format!("the JSON result does not parse: {e}")))?;
+            json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }
         "pickle" => {
             let v = pickle::read(&value.bytes, max_nodes).map_err(|e| match e {
@@ -472,13 +412,9 @@ pub fn to_json(value: &DecodedValue, max_nodes: usize) -> Result<Bytes, Transcod
                 )),
                 pickle::PickleError::Malformed(m) => TranscodeError::Corrupt(format!("malformed pickle: {m}")),
             })?;
-            json::write_strict(&v)
-                .map(Bytes::from)
-                .map_err(TranscodeError::Unsupported)
+            json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }
-        other => Err(TranscodeError::Unsupported(format!(
-            "results serialized with `{other}` can be read raw only"
-        ))),
+        other => Err(TranscodeError::Unsupported(format!("results serialized with `{other}` can be read raw only"))),
     }
 }
 
@@ -493,21 +429,15 @@ mod tests {
     #[test]
     fn type_names_expand_to_prefects_defaults_and_objects_stay_verbatim() {
         assert_eq!(
-            SerializerConfig::from_type("pickle")
-                .unwrap()
-                .to_json_string(),
+            SerializerConfig::from_type("pickle").unwrap().to_json_string(),
             r#"{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null}"#
         );
-        let custom =
-            r#"{"type":"compressed","serializer":"json","compressionlib":"bz2","extra":[1]}"#;
+        let custom = r#"{"type":"compressed","serializer":"json","compressionlib":"bz2","extra":[1]}"#;
         assert_eq!(cfg(custom).to_json_string(), custom);
         assert!(SerializerConfig::from_type("compressed").is_err());
         assert!(SerializerConfig::from_value(serde_json::json!({"type": 3})).is_err());
         assert_eq!(
-            SerializerConfig::from_type("my.custom")
-                .unwrap()
-                .kind()
-                .unwrap(),
+            SerializerConfig::from_type("my.custom").unwrap().kind().unwrap(),
             SerializerKind::Unknown("my.custom".into())
         );
     }
@@ -536,34 +466,22 @@ mod tests {
         let value = json::parse(br#"{"a": [1, 2.5, "x", null, true]}"#).unwrap();
         for lib in ["lzma", "bz2", "zlib", "gzip"] {
             for inner in ["json", "pickle"] {
-                let c = cfg(&format!(
-                    r#"{{"type":"compressed","serializer":"{inner}","compressionlib":"{lib}"}}"#
-                ));
+                let c = cfg(&format!(r#"{{"type":"compressed","serializer":"{inner}","compressionlib":"{lib}"}}"#));
                 let data = Bytes::from(encode_plain(&c, &value).unwrap());
                 let v = decode_value(&c, &data, 1 << 20).unwrap();
-                assert_eq!(
-                    &to_json(&v, 1000).unwrap()[..],
-                    br#"{"a": [1, 2.5, "x", null, true]}"#,
-                    "{lib}/{inner}"
-                );
+                assert_eq!(&to_json(&v, 1000).unwrap()[..], br#"{"a": [1, 2.5, "x", null, true]}"#, "{lib}/{inner}");
             }
         }
         let zeros = PlainValue::Str("0".repeat(1 << 20));
         let c = SerializerConfig::from_type("compressed/json").unwrap();
         let data = Bytes::from(encode_plain(&c, &zeros).unwrap());
         assert!(data.len() < 10_000);
-        assert!(matches!(
-            decode_value(&c, &data, 1000),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_value(&c, &data, 1000), Err(DecodeError::TooLarge { .. })));
     }
 
     #[test]
     fn json_with_nan_becomes_strict() {
-        let v = DecodedValue {
-            bytes: Bytes::from_static(b"{\"nan\": NaN, \"x\": 1}"),
-            serializer: "json".into(),
-        };
+        let v = DecodedValue { bytes: Bytes::from_static(b"{\"nan\": NaN, \"x\": 1}"), serializer: "json".into() };
         assert_eq!(&to_json(&v, 100).unwrap()[..], b"{\"nan\": null, \"x\": 1}");
     }
 }

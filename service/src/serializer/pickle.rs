@@ -52,8 +52,7 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
         PlainValue::Bool(false) => out.push(0x89),
         PlainValue::Int(n) => write_int(*n, out),
         PlainValue::BigInt(s) => {
-            let bytes = decimal_to_le_twos_complement(s)
-                .ok_or_else(|| format!("`{s}` is not an integer"))?;
+            let bytes = decimal_to_le_twos_complement(s).ok_or_else(|| format!("`{s}` is not an integer"))?;
             write_long(&bytes, out);
         }
         PlainValue::Float(f) => {
@@ -67,11 +66,7 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
                 out.push(b.len() as u8);
             } else {
                 out.push(b'X');
-                out.extend_from_slice(
-                    &u32::try_from(b.len())
-                        .map_err(|_| "string too long")?
-                        .to_le_bytes(),
-                );
+                out.extend_from_slice(&u32::try_from(b.len()).map_err(|_| "string too long")?.to_le_bytes());
             }
             out.extend_from_slice(b);
         }
@@ -81,11 +76,7 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
                 out.push(b.len() as u8);
             } else {
                 out.push(b'B');
-                out.extend_from_slice(
-                    &u32::try_from(b.len())
-                        .map_err(|_| "bytes too long")?
-                        .to_le_bytes(),
-                );
+                out.extend_from_slice(&u32::try_from(b.len()).map_err(|_| "bytes too long")?.to_le_bytes());
             }
             out.extend_from_slice(b);
         }
@@ -131,12 +122,7 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
 }
 
 /// `MARK items... OP` in batches of 1000, as Python's pickler does.
-fn write_batched(
-    items: &[PlainValue],
-    op: u8,
-    out: &mut Vec<u8>,
-    depth: usize,
-) -> Result<(), String> {
+fn write_batched(items: &[PlainValue], op: u8, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
     for chunk in items.chunks(1000) {
         out.push(b'(');
         for item in chunk {
@@ -195,14 +181,8 @@ struct Reader<'a> {
 
 /// Reads a plain-data pickle. `max_nodes` bounds the size of the produced value.
 pub fn read(data: &[u8], max_nodes: usize) -> Result<PlainValue, PickleError> {
-    let mut r = Reader {
-        data,
-        pos: 0,
-        nodes: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: Default::default(),
-    };
+    let mut r =
+        Reader { data, pos: 0, nodes: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: Default::default() };
     let root = r.run()?;
     let mut budget = max_nodes;
     let mut visiting = vec![false; r.nodes.len()];
@@ -215,11 +195,7 @@ fn malformed(m: impl Into<String>) -> PickleError {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| malformed("truncated"))?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| malformed("truncated"))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -242,10 +218,7 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(a))
     }
     fn len(&mut self, n: u64) -> Result<usize, PickleError> {
-        usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= self.data.len())
-            .ok_or_else(|| malformed("length beyond the data"))
+        usize::try_from(n).ok().filter(|&n| n <= self.data.len()).ok_or_else(|| malformed("length beyond the data"))
     }
     fn push(&mut self, node: Node) {
         self.nodes.push(node);
@@ -258,10 +231,7 @@ impl Reader<'_> {
         self.stack.pop().ok_or_else(|| malformed("stack underflow"))
     }
     fn top(&self) -> Result<usize, PickleError> {
-        self.stack
-            .last()
-            .copied()
-            .ok_or_else(|| malformed("stack underflow"))
+        self.stack.last().copied().ok_or_else(|| malformed("stack underflow"))
     }
     fn pop_mark(&mut self) -> Result<Vec<usize>, PickleError> {
         let m = self.marks.pop().ok_or_else(|| malformed("no mark"))?;
@@ -272,9 +242,7 @@ impl Reader<'_> {
     }
     fn string(&mut self, n: usize) -> Result<(), PickleError> {
         let b = self.take(n)?;
-        let s = std::str::from_utf8(b)
-            .map_err(|_| malformed("string is not UTF-8"))?
-            .to_owned();
+        let s = std::str::from_utf8(b).map_err(|_| malformed("string is not UTF-8"))?.to_owned();
         self.push(Node::Leaf(PlainValue::Str(s)));
         Ok(())
     }
@@ -286,11 +254,7 @@ impl Reader<'_> {
     fn long(&mut self, n: usize) -> Result<(), PickleError> {
         let b = self.take(n)?;
         let v = if b.len() <= 8 {
-            let mut a = if b.last().is_some_and(|x| x & 0x80 != 0) {
-                [0xffu8; 8]
-            } else {
-                [0u8; 8]
-            };
+            let mut a = if b.last().is_some_and(|x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
             a[..b.len()].copy_from_slice(b);
             PlainValue::Int(i64::from_le_bytes(a))
         } else {
@@ -326,10 +290,7 @@ impl Reader<'_> {
         Ok(())
     }
     fn memo_get(&mut self, idx: u64) -> Result<(), PickleError> {
-        let node = *self
-            .memo
-            .get(&idx)
-            .ok_or_else(|| malformed("memo key not found"))?;
+        let node = *self.memo.get(&idx).ok_or_else(|| malformed("memo key not found"))?;
         self.stack.push(node);
         Ok(())
     }
@@ -348,10 +309,7 @@ impl Reader<'_> {
                     self.u64()?; // FRAME: a length hint only
                 }
                 b'.' => {
-                    let root = self
-                        .stack
-                        .pop()
-                        .ok_or_else(|| malformed("empty stack at STOP"))?;
+                    let root = self.stack.pop().ok_or_else(|| malformed("empty stack at STOP"))?;
                     return Ok(root);
                 }
                 b'N' => self.push(Node::Leaf(PlainValue::None)),
@@ -505,37 +463,25 @@ impl Reader<'_> {
                 }
                 b'c' | 0x93 => return Err(PickleError::NotPlainData(self.describe_global(op))),
                 b'R' => {
-                    return Err(PickleError::NotPlainData(
-                        "it calls a function (REDUCE)".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it calls a function (REDUCE)".into()));
                 }
                 b'b' => {
-                    return Err(PickleError::NotPlainData(
-                        "it sets object state (BUILD)".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it sets object state (BUILD)".into()));
                 }
                 0x81 | 0x92 => {
-                    return Err(PickleError::NotPlainData(
-                        "it builds an object of a class (NEWOBJ)".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it builds an object of a class (NEWOBJ)".into()));
                 }
                 b'i' | b'o' => {
-                    return Err(PickleError::NotPlainData(
-                        "it builds an instance of a class (INST/OBJ)".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it builds an instance of a class (INST/OBJ)".into()));
                 }
                 0x82..=0x84 => {
-                    return Err(PickleError::NotPlainData(
-                        "it refers to a registered extension (EXT)".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it refers to a registered extension (EXT)".into()));
                 }
                 b'P' | b'Q' => {
                     return Err(PickleError::NotPlainData("it holds a persistent id".into()));
                 }
                 0x97 | 0x98 => {
-                    return Err(PickleError::NotPlainData(
-                        "it uses out-of-band buffers".into(),
-                    ));
+                    return Err(PickleError::NotPlainData("it uses out-of-band buffers".into()));
                 }
                 other => {
                     return Err(malformed(format!(
@@ -562,11 +508,7 @@ impl Reader<'_> {
         };
         let n = self.stack.len();
         if n >= 2 {
-            format!(
-                "it refers to `{}.{}`",
-                name_of(self, n - 2),
-                name_of(self, n - 1)
-            )
+            format!("it refers to `{}.{}`", name_of(self, n - 2), name_of(self, n - 1))
         } else {
             "it refers to a class or function (STACK_GLOBAL)".into()
         }
@@ -580,26 +522,18 @@ impl Reader<'_> {
         visiting: &mut Vec<bool>,
     ) -> Result<PlainValue, PickleError> {
         if depth > MAX_DEPTH {
-            return Err(PickleError::NotPlainData(
-                "nested deeper than 128 levels".into(),
-            ));
+            return Err(PickleError::NotPlainData("nested deeper than 128 levels".into()));
         }
         if *budget == 0 {
-            return Err(PickleError::NotPlainData(
-                "the value expands beyond the size limit".into(),
-            ));
+            return Err(PickleError::NotPlainData("the value expands beyond the size limit".into()));
         }
         *budget -= 1;
         if visiting[id] {
-            return Err(PickleError::NotPlainData(
-                "it contains itself (a recursive structure)".into(),
-            ));
+            return Err(PickleError::NotPlainData("it contains itself (a recursive structure)".into()));
         }
         visiting[id] = true;
         let all = |ids: &[usize], budget: &mut usize, visiting: &mut Vec<bool>| {
-            ids.iter()
-                .map(|&c| self.materialize(c, depth + 1, budget, visiting))
-                .collect::<Result<Vec<_>, _>>()
+            ids.iter().map(|&c| self.materialize(c, depth + 1, budget, visiting)).collect::<Result<Vec<_>, _>>()
         };
         let v = match &self.nodes[id] {
             Node::Leaf(v) => {
@@ -633,9 +567,7 @@ mod tests {
     use base64::Engine;
 
     fn b64(s: &str) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(s.replace('\n', ""))
-            .unwrap()
+        base64::engine::general_purpose::STANDARD.decode(s.replace('\n', "")).unwrap()
     }
 
     #[test]
@@ -645,11 +577,7 @@ mod tests {
         // v2.20.25 compressed-pickle inner payload: [1, 2, 3].
         assert_eq!(
             read(&b64("gAWVCwAAAAAAAABdlChLAUsCSwNlLg=="), 1000).unwrap(),
-            PlainValue::List(vec![
-                PlainValue::Int(1),
-                PlainValue::Int(2),
-                PlainValue::Int(3)
-            ])
+            PlainValue::List(vec![PlainValue::Int(1), PlainValue::Int(2), PlainValue::Int(3)])
         );
     }
 
@@ -659,15 +587,9 @@ mod tests {
         // `os.system('x')` pickle: c os\nsystem\n (S'x' tR.
         let evil = b"cos\nsystem\n(X\x01\x00\x00\x00xtR.";
         let err = read(evil, 1000).unwrap_err();
-        assert!(
-            matches!(&err, PickleError::NotPlainData(m) if m.contains("os.system")),
-            "{err}"
-        );
+        assert!(matches!(&err, PickleError::NotPlainData(m) if m.contains("os.system")), "{err}");
         let stack_global = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94.";
-        assert!(matches!(
-            read(stack_global, 1000),
-            Err(PickleError::NotPlainData(_))
-        ));
+        assert!(matches!(read(stack_global, 1000), Err(PickleError::NotPlainData(_))));
     }
 
     #[test]
@@ -690,13 +612,8 @@ mod tests {
             p.extend_from_slice(&[b'h', i, b'h', i, 0x86, 0x94]);
         }
         p.push(b'.');
-        assert!(
-            matches!(read(&p, 100_000), Err(PickleError::NotPlainData(m)) if m.contains("size limit"))
-        );
-        assert!(matches!(
-            read(b"\x80\x05\x8c\x05ab", 10),
-            Err(PickleError::Malformed(_))
-        ));
+        assert!(matches!(read(&p, 100_000), Err(PickleError::NotPlainData(m)) if m.contains("size limit")));
+        assert!(matches!(read(b"\x80\x05\x8c\x05ab", 10), Err(PickleError::Malformed(_))));
         assert!(matches!(read(b"", 10), Err(PickleError::Malformed(_))));
     }
 
@@ -704,10 +621,7 @@ mod tests {
     fn written_pickles_read_back() {
         let v = PlainValue::Dict(vec![
             (PlainValue::Str("a".into()), PlainValue::Int(1)),
-            (
-                PlainValue::Str("big".into()),
-                PlainValue::BigInt("-1180591620717411303424".into()),
-            ),
+            (PlainValue::Str("big".into()), PlainValue::BigInt("-1180591620717411303424".into())),
             (
                 PlainValue::Str("l".into()),
                 PlainValue::List(vec![
@@ -719,14 +633,8 @@ mod tests {
                     PlainValue::Int(1 << 40),
                 ]),
             ),
-            (
-                PlainValue::Str("s".into()),
-                PlainValue::Str("hé".repeat(200)),
-            ),
-            (
-                PlainValue::Str("t".into()),
-                PlainValue::Tuple(vec![PlainValue::Int(1)]),
-            ),
+            (PlainValue::Str("s".into()), PlainValue::Str("hé".repeat(200))),
+            (PlainValue::Str("t".into()), PlainValue::Tuple(vec![PlainValue::Int(1)])),
         ]);
         assert_eq!(read(&write(&v).unwrap(), 10_000).unwrap(), v);
     }

@@ -130,17 +130,8 @@ mod tests {
             assert_eq!(le_twos_complement_to_decimal(&bytes), n, "{n} -> {bytes:?}");
         }
         // Python: (128).to_bytes(2, 'little', signed=True) == b'\x80\x00'
-        assert_eq!(
-            decimal_to_le_twos_complement("128").unwrap(),
-            vec![0x80, 0x00]
-        );
-        assert_eq!(
-            decimal_to_le_twos_complement("-129").unwrap(),
-            vec![0x7f, 0xff]
-        );
-        assert_eq!(
-            decimal_to_le_twos_complement("0").unwrap(),
-            Vec::<u8>::new()
-        );
+        assert_eq!(decimal_to_le_twos_complement("128").unwrap(), vec![0x80, 0x00]);
+        assert_eq!(decimal_to_le_twos_complement("-129").unwrap(), vec![0x7f, 0xff]);
+        assert_eq!(decimal_to_le_twos_complement("0").unwrap(), Vec::<u8>::new());
     }
 }
