@@ -5,9 +5,14 @@
 //! `cloudpickle.loads`) read it back to the equal `dict`/`list`/`str`/`int`/...
 //!
 //! [`read`] is a pickle *reader*, not an unpickler: it understands only the opcodes that
-//! build builtin plain data (protocols 2 to 5) and refuses every opcode that could name a
-//! class or a function (`GLOBAL`, `STACK_GLOBAL`, `REDUCE`, `BUILD`, `NEWOBJ`, `INST`,
-//! `OBJ`, `EXT*`, persistent ids, out-of-band buffers) with [`PickleError::NotPlainData`].
+//! build builtin plain data (protocols 2 to 5) and refuses every opcode that could build
+//! an object (`BUILD`, `NEWOBJ`, `INST`, `OBJ`, `EXT*`, persistent ids, out-of-band
+//! buffers) with [`PickleError::NotPlainData`]. `GLOBAL`/`STACK_GLOBAL` + `REDUCE` are read
+//! only for the few builtin data constructors that protocols 2 and 3 need because they
+//! have no opcode of their own (`set`, `frozenset`, `bytearray`, `bytes`, and
+//! `_codecs.encode` for protocol 2 bytes): the reader recognises these names from a fixed
+//! table and builds the data itself; no name is ever looked up, imported or called, and
+//! any other name is refused.
 //! Shared references (`MEMOIZE`/`GET`) are honoured, and the output is bounded in size
 //! and depth so a small hostile pickle cannot expand without limit.
 
@@ -163,11 +168,36 @@ fn write_long(bytes: &[u8], out: &mut Vec<u8>) {
 /// memoized list that is filled after `MEMOIZE` is seen filled by every later `GET`.
 enum Node {
     Leaf(PlainValue),
+    /// A builtin data constructor named by `GLOBAL`, waiting for its `REDUCE`.
+    Constructor(Constructor),
     List(Vec<usize>),
     Tuple(Vec<usize>),
     Dict(Vec<(usize, usize)>),
     Set(Vec<usize>),
     FrozenSet(Vec<usize>),
+}
+
+/// The only globals the reader accepts: data constructors of builtin types.
+#[derive(Debug, Clone, Copy)]
+enum Constructor {
+    Set,
+    FrozenSet,
+    Bytes,
+    ByteArray,
+    CodecsEncode,
+}
+
+impl Constructor {
+    fn lookup(module: &str, name: &str) -> Option<Self> {
+        Some(match (module, name) {
+            ("builtins" | "__builtin__", "set") => Constructor::Set,
+            ("builtins" | "__builtin__", "frozenset") => Constructor::FrozenSet,
+            ("builtins" | "__builtin__", "bytes") => Constructor::Bytes,
+            ("builtins" | "__builtin__", "bytearray") => Constructor::ByteArray,
+            ("_codecs", "encode") => Constructor::CodecsEncode,
+            _ => return None,
+        })
+    }
 }
 
 struct Reader<'a> {
@@ -461,9 +491,22 @@ impl Reader<'_> {
                     let top = self.top()?;
                     self.stack.push(top);
                 }
-                b'c' | 0x93 => return Err(PickleError::NotPlainData(self.describe_global(op))),
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(&module, &name)?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (module, name) = (self.str_of(module)?, self.str_of(name)?);
+                    self.global(&module, &name)?;
+                }
                 b'R' => {
-                    return Err(PickleError::NotPlainData("it calls a function (REDUCE)".into()));
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    let value = self.reduce(func, args)?;
+                    self.push(value);
                 }
                 b'b' => {
                     return Err(PickleError::NotPlainData("it sets object state (BUILD)".into()));
@@ -493,25 +536,71 @@ impl Reader<'_> {
         }
     }
 
-    /// Names the global a `GLOBAL`/`STACK_GLOBAL` refers to, for the error message.
-    fn describe_global(&mut self, op: u8) -> String {
-        if op == b'c' {
-            let rest = &self.data[self.pos..];
-            let mut lines = rest.splitn(3, |&b| b == b'\n');
-            let module = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
-            let name = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
-            return format!("it refers to `{module}.{name}`");
+    /// A `\n`-terminated line (GLOBAL's operands).
+    fn line(&mut self) -> Result<String, PickleError> {
+        let rest = &self.data[self.pos..];
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| malformed("unterminated GLOBAL operand"))?;
+        let line = String::from_utf8_lossy(&rest[..end]).into_owned();
+        self.pos += end + 1;
+        Ok(line)
+    }
+
+    fn str_of(&self, id: usize) -> Result<String, PickleError> {
+        match &self.nodes[id] {
+            Node::Leaf(PlainValue::Str(s)) => Ok(s.clone()),
+            _ => Err(malformed("STACK_GLOBAL operands are not strings")),
         }
-        let name_of = |r: &Self, i: usize| match r.stack.get(i).map(|&n| &r.nodes[n]) {
-            Some(Node::Leaf(PlainValue::Str(s))) => s.clone(),
-            _ => "?".into(),
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
+        match Constructor::lookup(module, name) {
+            Some(c) => {
+                self.push(Node::Constructor(c));
+                Ok(())
+            }
+            None => Err(PickleError::NotPlainData(format!("it refers to `{module}.{name}`"))),
+        }
+    }
+
+    /// Builds the data a whitelisted constructor would, from its argument tuple.
+    fn reduce(&self, func: usize, args: usize) -> Result<Node, PickleError> {
+        let Node::Constructor(c) = &self.nodes[func] else {
+            return Err(PickleError::NotPlainData("it calls something that is not a builtin data type (REDUCE)".into()));
         };
-        let n = self.stack.len();
-        if n >= 2 {
-            format!("it refers to `{}.{}`", name_of(self, n - 2), name_of(self, n - 1))
-        } else {
-            "it refers to a class or function (STACK_GLOBAL)".into()
-        }
+        let Node::Tuple(args) = &self.nodes[args] else {
+            return Err(malformed("REDUCE arguments are not a tuple"));
+        };
+        let items_of = |id: usize| match &self.nodes[id] {
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => Ok(v.clone()),
+            _ => Err(PickleError::NotPlainData("a set built from something that is not a list".into())),
+        };
+        let latin1 = |id: usize| match &self.nodes[id] {
+            Node::Leaf(PlainValue::Str(s)) => s
+                .chars()
+                .map(|ch| u8::try_from(ch as u32).map_err(|_| malformed("latin-1 text beyond U+00FF")))
+                .collect::<Result<Vec<u8>, _>>(),
+            _ => Err(malformed("bytes built from something that is not text")),
+        };
+        let encoding_is_latin1 = |id: usize| {
+            matches!(&self.nodes[id], Node::Leaf(PlainValue::Str(e)) if e == "latin1" || e == "latin-1")
+        };
+        Ok(match (c, args.as_slice()) {
+            (Constructor::Set, []) => Node::Set(Vec::new()),
+            (Constructor::Set, [items]) => Node::Set(items_of(*items)?),
+            (Constructor::FrozenSet, []) => Node::FrozenSet(Vec::new()),
+            (Constructor::FrozenSet, [items]) => Node::FrozenSet(items_of(*items)?),
+            (Constructor::Bytes | Constructor::ByteArray, []) => Node::Leaf(PlainValue::Bytes(Vec::new())),
+            (Constructor::ByteArray, [b]) => match &self.nodes[*b] {
+                Node::Leaf(PlainValue::Bytes(b)) => Node::Leaf(PlainValue::Bytes(b.clone())),
+                _ => return Err(PickleError::NotPlainData("bytearray of something that is not bytes".into())),
+            },
+            (Constructor::Bytes | Constructor::ByteArray | Constructor::CodecsEncode, [text, enc])
+                if encoding_is_latin1(*enc) =>
+            {
+                Node::Leaf(PlainValue::Bytes(latin1(*text)?))
+            }
+            _ => return Err(PickleError::NotPlainData("a builtin constructor with arguments it is not read with".into())),
+        })
     }
 
     fn materialize(
@@ -536,6 +625,9 @@ impl Reader<'_> {
             ids.iter().map(|&c| self.materialize(c, depth + 1, budget, visiting)).collect::<Result<Vec<_>, _>>()
         };
         let v = match &self.nodes[id] {
+            Node::Constructor(_) => {
+                return Err(PickleError::NotPlainData("a builtin type object itself, not data made with it".into()));
+            }
             Node::Leaf(v) => {
                 if let PlainValue::Str(s) | PlainValue::BigInt(s) = v {
                     *budget = budget.saturating_sub(s.len() / 64);
@@ -590,6 +682,17 @@ mod tests {
         assert!(matches!(&err, PickleError::NotPlainData(m) if m.contains("os.system")), "{err}");
         let stack_global = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94.";
         assert!(matches!(read(stack_global, 1000), Err(PickleError::NotPlainData(_))));
+    }
+
+    #[test]
+    fn protocol_2_sets_and_bytes_are_read_from_the_fixed_table() {
+        // pickle.dumps({1}, 2) and pickle.dumps(b'\x00\xff', 2)
+        let set = b"\x80\x02c__builtin__\nset\nq\x00]q\x01K\x01a\x85q\x02Rq\x03.";
+        assert_eq!(read(set, 100).unwrap(), PlainValue::Set(vec![PlainValue::Int(1)]));
+        let bytes = b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00\x00\xc3\xbfq\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.";
+        assert_eq!(read(bytes, 100).unwrap(), PlainValue::Bytes(vec![0, 0xff]));
+        let not_called = b"\x80\x02c__builtin__\nset\n.";
+        assert!(matches!(read(not_called, 100), Err(PickleError::NotPlainData(_))));
     }
 
     #[test]
