@@ -42,11 +42,23 @@ pub fn status_of(e: Error) -> Status {
 /// The `resultstore.v1.ResultStore` service.
 pub struct ResultStoreService {
     store: Arc<ResultStore>,
+    max_message: usize,
 }
 
 impl ResultStoreService {
-    pub fn new(store: Arc<ResultStore>) -> Self {
-        ResultStoreService { store }
+    /// `max_message` is the gRPC message limit; replies above it are refused up front
+    /// with a clear status instead of failing mid-stream.
+    pub fn new(store: Arc<ResultStore>, max_message: usize) -> Self {
+        ResultStoreService { store, max_message }
+    }
+
+    fn check_reply_size(&self, len: usize) -> Result<(), Status> {
+        // Room for the reference and framing around the value.
+        let limit = self.max_message.saturating_sub(16 * 1024);
+        if len > limit {
+            return Err(status_of(Error::TooLarge { what: "the reply".into(), size: len as u64, limit: limit as u64 }));
+        }
+        Ok(())
     }
 }
 
@@ -230,6 +242,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             )),
             ReadOutcome::Loaded { result, .. } => {
                 Span::current().record("size", result.reference.size);
+                self.check_reply_size(result.record.data.len())?;
                 Ok(Response::new(pb::GetResponse {
                     reference: Some(reference_pb(&result.reference)),
                     data: result.record.data.to_vec(),
@@ -264,9 +277,13 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             ReadOutcome::Loaded { result, cache_hit } => {
                 Span::current().record("size", result.reference.size);
                 let value = match want {
-                    pb::Want::Raw => pb::resolve_response::Value::Data(result.value.bytes.to_vec()),
+                    pb::Want::Raw => {
+                        self.check_reply_size(result.value.bytes.len())?;
+                        pb::resolve_response::Value::Data(result.value.bytes.to_vec())
+                    }
                     pb::Want::Json => {
                         let json = self.store.to_json(&result).map_err(status_of)?;
+                        self.check_reply_size(json.len())?;
                         pb::resolve_response::Value::Json(String::from_utf8_lossy(&json).into_owned())
                     }
                 };

@@ -71,7 +71,7 @@ pub async fn start(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let service = ResultStoreServer::new(ResultStoreService::new(store.clone()))
+    let service = ResultStoreServer::new(ResultStoreService::new(store.clone(), max_message))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
@@ -86,6 +86,7 @@ pub async fn start(
         tracing::info!("shutting down: draining in-flight calls");
     };
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -98,6 +99,20 @@ pub async fn start(
     });
     let join = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     Ok(ServerHandle { local_addr, store, shutdown: Some(tx), join })
+}
+
+/// tonic answers a message above the size limit with `OUT_OF_RANGE`; gRPC's convention,
+/// and this service's contract, is `RESOURCE_EXHAUSTED`. No handler of ours returns
+/// `OUT_OF_RANGE`, so the code is rewritten wherever it appears (the message, which names
+/// the size and the limit, is kept).
+fn size_limit_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    const OUT_OF_RANGE: &str = "11";
+    if response.headers().get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

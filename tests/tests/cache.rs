@@ -44,13 +44,21 @@ async fn sixty_four_concurrent_resolves_of_a_cold_key_make_one_storage_read() {
     assert_eq!(c.hits, hits as u64);
 
     // Later reads are hits and touch no storage.
-    let r = s.client.resolve(Target::Location { block: String::new(), key: "cold".into() }, Want::Raw, ReadOptions::default()).await.unwrap();
+    let r = s
+        .client
+        .resolve(Target::Location { block: String::new(), key: "cold".into() }, Want::Raw, ReadOptions::default())
+        .await
+        .unwrap();
     assert!(r.cache_hit);
     assert_eq!(s.storage_gets("local-file-system/default") - before, 1);
 
     // A bypass reads storage again.
     let bypass = ReadOptions { bypass_cache: true, ..Default::default() };
-    let r = s.client.resolve(Target::Location { block: String::new(), key: "cold".into() }, Want::Raw, bypass).await.unwrap();
+    let r = s
+        .client
+        .resolve(Target::Location { block: String::new(), key: "cold".into() }, Want::Raw, bypass)
+        .await
+        .unwrap();
     assert!(!r.cache_hit);
     assert_eq!(s.storage_gets("local-file-system/default") - before, 2);
 }
@@ -70,7 +78,11 @@ async fn a_failed_fill_reaches_every_waiter_and_is_not_cached() {
         assert_eq!(t.await.unwrap(), Some(tonic::Code::NotFound));
     }
     seed_cold_record(&s, "missing", r#""now here""#);
-    let r = s.client.resolve(Target::Location { block: String::new(), key: "missing".into() }, Want::Json, ReadOptions::default()).await.unwrap();
+    let r = s
+        .client
+        .resolve(Target::Location { block: String::new(), key: "missing".into() }, Want::Json, ReadOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.json.as_deref(), Some("\"now here\""));
 }
 

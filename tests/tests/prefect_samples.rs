@@ -57,11 +57,7 @@ fn opts(hint: Option<&str>) -> ReadOptions {
 
 async fn resolve_json(s: &TestServer, block: &str, key: &str, hint: Option<&str>) -> (Value, String) {
     let target = Target::Location { block: block.into(), key: key.into() };
-    let r = s
-        .client
-        .resolve(target, Want::Json, opts(hint))
-        .await
-        .unwrap_or_else(|e| panic!("{block} {key}: {e}"));
+    let r = s.client.resolve(target, Want::Json, opts(hint)).await.unwrap_or_else(|e| panic!("{block} {key}: {e}"));
     let v = serde_json::from_str(r.json.as_deref().unwrap()).unwrap();
     (v, r.reference.unwrap().0.format)
 }
@@ -93,8 +89,20 @@ async fn prefect_3_samples_resolve_to_their_values() {
         ("p3", "flow-saved-block/e57009febfe3f2eb9627ddeedb7eeef0", None, json!("val-3"), "prefect3"),
         ("p3", "flow-default-storage/default-storage/73a88858a8713a68f7e97e14e35d31cd", None, json!(106), "prefect3"),
         ("p3-default-storage", "fbb7556e3c4711e526284c89a74030f9", None, json!({"meta": 5}), "split"),
-        ("p3", "flow-default-storage/default-storage/fbb7556e3c4711e526284c89a74030f9", Some("json"), json!({"meta": 5}), "bare"),
-        ("p3", "flow-default-storage-INPUTS-key-collision/default-storage/fbb7556e3c4711e526284c89a74030f9", None, json!(105), "prefect3"),
+        (
+            "p3",
+            "flow-default-storage/default-storage/fbb7556e3c4711e526284c89a74030f9",
+            Some("json"),
+            json!({"meta": 5}),
+            "bare",
+        ),
+        (
+            "p3",
+            "flow-default-storage-INPUTS-key-collision/default-storage/fbb7556e3c4711e526284c89a74030f9",
+            None,
+            json!(105),
+            "prefect3",
+        ),
         (
             "p3",
             "flow-failed-task/6046b30647fa46b799b00292c0bff800",
@@ -115,17 +123,25 @@ async fn prefect_3_samples_resolve_to_their_values() {
     }
 
     // The flow result of flow-default-storage is a bare cloudpickle of plain data.
-    let (v, _) =
-        resolve_json(&s, "local-file-system/p3", "flow-default-storage/default-storage/21104d9ee422478f91e1d34160ea1b78", None)
-            .await;
+    let (v, _) = resolve_json(
+        &s,
+        "local-file-system/p3",
+        "flow-default-storage/default-storage/21104d9ee422478f91e1d34160ea1b78",
+        None,
+    )
+    .await;
     assert_eq!(v["a"], json!({"meta": 5}));
     assert_eq!(v["b"], json!(106));
     assert!(v["c_state_data"].as_str().unwrap().starts_with("ResultRecord(metadata="));
 
     // JSON results with Prefect's __class__ wrappers come back as they are.
-    let (v, _) =
-        resolve_json(&s, "local-file-system/p3", "flow-default-storage/default-storage/25f3b279f1d6c5f0d37a92f916534acc", None)
-            .await;
+    let (v, _) = resolve_json(
+        &s,
+        "local-file-system/p3",
+        "flow-default-storage/default-storage/25f3b279f1d6c5f0d37a92f916534acc",
+        None,
+    )
+    .await;
     assert_eq!(v["uuid"], json!({"__class__": "uuid.UUID", "data": "00000000-0000-0000-0000-000000000001"}));
     assert_eq!(v["exc"], json!({"__exc_type__": "builtins.ValueError", "message": "boom"}));
 }
@@ -134,7 +150,11 @@ async fn prefect_3_samples_resolve_to_their_values() {
 async fn expiry_unknown_serializers_and_missing_files_in_the_samples() {
     let (s, _) = samples_server().await;
     let loc = |key: &str| Target::Location { block: "local-file-system/p3".into(), key: key.into() };
-    let err = s.client.resolve(loc("handcrafted-reader-probes/expired"), Want::Json, ReadOptions::default()).await.unwrap_err();
+    let err = s
+        .client
+        .resolve(loc("handcrafted-reader-probes/expired"), Want::Json, ReadOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition));
     assert!(err.to_string().contains("expired"), "{err}");
 
@@ -148,7 +168,11 @@ async fn expiry_unknown_serializers_and_missing_files_in_the_samples() {
     assert_eq!(err.code(), Some(Code::FailedPrecondition));
 
     // A result Prefect's API names but never wrote (a NO_CACHE task).
-    let err = s.client.get(loc("flow-saved-block/a7f2d827bfae4c20adc58fce34fe09b1"), ReadOptions::default()).await.unwrap_err();
+    let err = s
+        .client
+        .get(loc("flow-saved-block/a7f2d827bfae4c20adc58fce34fe09b1"), ReadOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
 
     // json-with-expiration expires 2026-11-21T06:22:08Z: read it either way, as the clock says.
@@ -186,7 +210,8 @@ async fn prefect_2_samples_resolve() {
         assert_eq!(got, want, "{key}");
         assert_eq!(format, "prefect2", "{key}");
     }
-    let (crashed, _) = resolve_json(&s, "local-file-system/p2", "flow-crashed/8c4904d9bbf04bfd94f07e29791b8bb5", None).await;
+    let (crashed, _) =
+        resolve_json(&s, "local-file-system/p2", "flow-crashed/8c4904d9bbf04bfd94f07e29791b8bb5", None).await;
     assert_eq!(crashed["__exc_type__"], "builtins.TypeError");
 }
 
@@ -202,7 +227,11 @@ async fn prefect_api_documents_resolve() {
     let mut resolved = 0;
     for artifact in v2["artifact"].as_array().unwrap() {
         let doc = &artifact["data"];
-        let r = s.client.resolve(prefect("local-file-system/p2-saved", doc), Want::Json, ReadOptions::default()).await.unwrap();
+        let r = s
+            .client
+            .resolve(prefect("local-file-system/p2-saved", doc), Want::Json, ReadOptions::default())
+            .await
+            .unwrap();
         match doc["type"].as_str().unwrap() {
             "literal" => assert_eq!(r.literal.unwrap().to_json(), doc["value"]),
             _ => assert!(r.json.is_some()),
@@ -220,7 +249,11 @@ async fn prefect_api_documents_resolve() {
         let artifacts = d["artifact"].as_array().unwrap().iter().map(|a| &a["data"]);
         for doc in states.chain(artifacts) {
             let key = doc["storage_key"].as_str().unwrap();
-            let written = copy.join(Path::new(dump_file).parent().unwrap()).join(dump_file.rsplit('/').next().unwrap().trim_end_matches(".api-db-dump.json")).join(key).exists();
+            let written = copy
+                .join(Path::new(dump_file).parent().unwrap())
+                .join(dump_file.rsplit('/').next().unwrap().trim_end_matches(".api-db-dump.json"))
+                .join(key)
+                .exists();
             let r = s.client.resolve(prefect(block, doc), Want::Json, ReadOptions::default()).await;
             if written {
                 r.unwrap_or_else(|e| panic!("{dump_file} {key}: {e}"));
@@ -233,12 +266,20 @@ async fn prefect_api_documents_resolve() {
     // Prefect 3 records absolute paths for unsaved blocks: one under the block's root
     // resolves, one elsewhere is refused rather than read.
     let inside = json!({"storage_key": copy.join("v3.9.1/resultstore-api/json-dict").canonicalize().unwrap(), "serializer": {"type": "json"}});
-    let r = s.client.resolve(prefect("local-file-system/p3-api", &inside), Want::Json, ReadOptions::default()).await.unwrap();
+    let r = s
+        .client
+        .resolve(prefect("local-file-system/p3-api", &inside), Want::Json, ReadOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.json.as_deref(), Some(r#"{"a": 1, "b": [1, 2.5, "x"], "c": null}"#));
     let d = dump("v3.9.1/flow-default-storage.api-db-dump.json");
     let outside = &d["task_run_state"][0]["data"];
     assert!(outside["storage_key"].as_str().unwrap().starts_with("/data/"));
-    let err = s.client.resolve(prefect("local-file-system/p3-default-storage", outside), Want::Json, ReadOptions::default()).await.unwrap_err();
+    let err = s
+        .client
+        .resolve(prefect("local-file-system/p3-default-storage", outside), Want::Json, ReadOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument));
     assert!(err.to_string().contains("outside block"), "{err}");
 }

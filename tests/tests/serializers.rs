@@ -5,7 +5,8 @@ use resultstore_client::{Put, ReadOptions, Want, proto};
 use resultstore_e2e::{TestServer, python};
 use tonic::Code;
 
-const DOC: &str = r#"{"a": 1, "b": [1, 2.5, "x", null, true], "h\u00e9": {"n": -7, "big": 1180591620717411303424, "f": 1e-05}}"#;
+const DOC: &str =
+    r#"{"a": 1, "b": [1, 2.5, "x", null, true], "h\u00e9": {"n": -7, "big": 1180591620717411303424, "f": 1e-05}}"#;
 
 /// The serializer configs under test, as a client names them.
 const SERIALIZERS: &[&str] = &[
@@ -121,7 +122,10 @@ async fn pickles_that_name_classes_are_refused_and_never_run() {
     assert!(r.resolve(&s.client, Want::Raw).await.unwrap().data.is_some());
 
     // A real cloudpickle of a datetime names `datetime.datetime`: refused the same way.
-    let py = python("import pickle,base64,datetime;print(base64.b64encode(pickle.dumps(datetime.date(2024,1,2),5)).decode())", &[]);
+    let py = python(
+        "import pickle,base64,datetime;print(base64.b64encode(pickle.dumps(datetime.date(2024,1,2),5)).decode())",
+        &[],
+    );
     let stored = s.client.put(Put::data(py.trim().as_bytes().to_vec()).serializer("pickle")).await.unwrap();
     let err = stored.reference().unwrap().resolve(&s.client, Want::Json).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");

@@ -35,21 +35,35 @@ async fn prefect3_blocks_write_one_record_and_split_blocks_two_documents() {
     let p3 = reference(s.client.put(Put::json(r#"{"x": 1}"#).serializer("json").key("a/b")).await.unwrap());
     assert_eq!(p3.0.format, "prefect3");
     let record = std::fs::read_to_string(s.path("results/a/b")).unwrap();
-    assert!(record.starts_with(r#"{"metadata":{"storage_key":"a/b","expiration":null,"serializer":{"type":"json","jsonlib":"json""#));
-    assert!(record.ends_with(r#""prefect_version":"3.9.1","storage_block_id":null},"result":"{\"x\": 1}"}"#), "{record}");
+    assert!(record.starts_with(
+        r#"{"metadata":{"storage_key":"a/b","expiration":null,"serializer":{"type":"json","jsonlib":"json""#
+    ));
+    assert!(
+        record.ends_with(r#""prefect_version":"3.9.1","storage_block_id":null},"result":"{\"x\": 1}"}"#),
+        "{record}"
+    );
     assert!(p3.0.uri.starts_with("file:///") && p3.0.uri.ends_with("/results/a/b"), "{}", p3.0.uri);
 
-    let split = reference(s.client.put(Put::json(r#"{"x": 2}"#).serializer("pickle").storage("local-file-system/split").key("c")).await.unwrap());
+    let split = reference(
+        s.client
+            .put(Put::json(r#"{"x": 2}"#).serializer("pickle").storage("local-file-system/split").key("c"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(split.0.format, "split");
     let payload = std::fs::read(s.path("split/c")).unwrap();
     let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path("split-meta/c")).unwrap()).unwrap();
     assert_eq!(metadata["storage_key"], "c");
     assert_eq!(metadata["serializer"]["type"], "pickle");
     // The payload alone is what pickle's base64 serializer wrote, and Python reads it.
-    let out = python("import base64,pickle,sys;print(pickle.loads(base64.decodebytes(open(sys.argv[1],'rb').read())))", &[s.path("split/c").to_str().unwrap()]);
+    let out = python(
+        "import base64,pickle,sys;print(pickle.loads(base64.decodebytes(open(sys.argv[1],'rb').read())))",
+        &[s.path("split/c").to_str().unwrap()],
+    );
     assert_eq!(out.trim(), "{'x': 2}");
     assert_eq!(payload.len() as u64, split.0.size);
-    let r = s.client.resolve(&split, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
+    let r =
+        s.client.resolve(&split, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
     assert_eq!(r.json.as_deref(), Some(r#"{"x": 2}"#));
     s.client.delete("local-file-system/split", "c").await.unwrap();
     assert!(!s.path("split/c").exists() && !s.path("split-meta/c").exists());
@@ -70,7 +84,10 @@ async fn altered_and_truncated_records_are_data_loss_never_wrong_data() {
     assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
     // Read by location (no digest to hold it to), the record is what storage has.
     let loc = Target::Location { block: String::new(), key: "pay".into() };
-    assert_eq!(s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap().json.as_deref(), Some(r#"{"amount": 999}"#));
+    assert_eq!(
+        s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap().json.as_deref(),
+        Some(r#"{"amount": 999}"#)
+    );
 
     // Truncated records and broken payloads.
     let path = s.path("results/pk");
@@ -83,12 +100,26 @@ async fn altered_and_truncated_records_are_data_loss_never_wrong_data() {
     assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
 
-    std::fs::write(s.path("results/badb64"), r#"{"metadata":{"serializer":{"type":"pickle"}},"result":"%%%not base64"}"#).unwrap();
+    std::fs::write(
+        s.path("results/badb64"),
+        r#"{"metadata":{"serializer":{"type":"pickle"}},"result":"%%%not base64"}"#,
+    )
+    .unwrap();
     let loc = Target::Location { block: String::new(), key: "badb64".into() };
-    assert_eq!(s.client.resolve(loc, Want::Raw, ReadOptions::default()).await.unwrap_err().code(), Some(Code::DataLoss));
-    std::fs::write(s.path("results/badpickle"), "{\"metadata\":{\"serializer\":{\"type\":\"pickle\"}},\"result\":\"gAVdlChLAQ==\\n\"}").unwrap();
+    assert_eq!(
+        s.client.resolve(loc, Want::Raw, ReadOptions::default()).await.unwrap_err().code(),
+        Some(Code::DataLoss)
+    );
+    std::fs::write(
+        s.path("results/badpickle"),
+        "{\"metadata\":{\"serializer\":{\"type\":\"pickle\"}},\"result\":\"gAVdlChLAQ==\\n\"}",
+    )
+    .unwrap();
     let loc = Target::Location { block: String::new(), key: "badpickle".into() };
-    assert_eq!(s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap_err().code(), Some(Code::DataLoss));
+    assert_eq!(
+        s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap_err().code(),
+        Some(Code::DataLoss)
+    );
 }
 
 #[tokio::test]
@@ -101,7 +132,8 @@ async fn expired_results_fail_unless_asked_to_read_anyway() {
     assert!(err.to_string().contains("expired"), "{err}");
     let ok = s.client.resolve(&r, Want::Json, ReadOptions { allow_expired: true, ..Default::default() }).await.unwrap();
     assert_eq!(ok.json.as_deref(), Some("\"old\""));
-    let on_disk: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path("results").join(r.key())).unwrap()).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("results").join(r.key())).unwrap()).unwrap();
     let written = on_disk["metadata"]["expiration"].as_str().unwrap();
     assert!(written.ends_with('Z') && written.len() == "2026-11-22T05:22:37.267013Z".len(), "{written}");
 

@@ -565,7 +565,9 @@ impl Reader<'_> {
     /// Builds the data a whitelisted constructor would, from its argument tuple.
     fn reduce(&self, func: usize, args: usize) -> Result<Node, PickleError> {
         let Node::Constructor(c) = &self.nodes[func] else {
-            return Err(PickleError::NotPlainData("it calls something that is not a builtin data type (REDUCE)".into()));
+            return Err(PickleError::NotPlainData(
+                "it calls something that is not a builtin data type (REDUCE)".into(),
+            ));
         };
         let Node::Tuple(args) = &self.nodes[args] else {
             return Err(malformed("REDUCE arguments are not a tuple"));
@@ -581,9 +583,8 @@ impl Reader<'_> {
                 .collect::<Result<Vec<u8>, _>>(),
             _ => Err(malformed("bytes built from something that is not text")),
         };
-        let encoding_is_latin1 = |id: usize| {
-            matches!(&self.nodes[id], Node::Leaf(PlainValue::Str(e)) if e == "latin1" || e == "latin-1")
-        };
+        let encoding_is_latin1 =
+            |id: usize| matches!(&self.nodes[id], Node::Leaf(PlainValue::Str(e)) if e == "latin1" || e == "latin-1");
         Ok(match (c, args.as_slice()) {
             (Constructor::Set, []) => Node::Set(Vec::new()),
             (Constructor::Set, [items]) => Node::Set(items_of(*items)?),
@@ -599,7 +600,11 @@ impl Reader<'_> {
             {
                 Node::Leaf(PlainValue::Bytes(latin1(*text)?))
             }
-            _ => return Err(PickleError::NotPlainData("a builtin constructor with arguments it is not read with".into())),
+            _ => {
+                return Err(PickleError::NotPlainData(
+                    "a builtin constructor with arguments it is not read with".into(),
+                ));
+            }
         })
     }
 
