@@ -118,7 +118,7 @@ impl Client {
         let reply = self.raw().put(put.request).await?.into_inner();
         match reply.result {
             Some(pb::put_response::Result::Literal(l)) => Ok(Stored::Literal(Literal::from_pb(l)?)),
-            Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(r))),
+            Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(Box::new(r)))),
             None => Err(ClientError::Document("the server's reply holds no result".into())),
         }
     }
@@ -126,7 +126,7 @@ impl Client {
     /// Reads a stored record (serializer bytes and metadata).
     pub async fn get(&self, target: impl Into<Target>, opts: ReadOptions) -> Result<pb::GetResponse> {
         let target = match target.into() {
-            Target::Reference(r) => pb::get_request::Target::Reference(r.0),
+            Target::Reference(r) => pb::get_request::Target::Reference(*r.0),
             Target::Location { block, key } => pb::get_request::Target::Location(pb::Location { block, key }),
             Target::Prefect { block, document } => {
                 pb::get_request::Target::Prefect(pb::PrefectReference { block, document })
@@ -144,7 +144,7 @@ impl Client {
     /// Resolves a target to its value.
     pub async fn resolve(&self, target: impl Into<Target>, want: Want, opts: ReadOptions) -> Result<Resolved> {
         let target = match target.into() {
-            Target::Reference(r) => pb::resolve_request::Target::Reference(r.0),
+            Target::Reference(r) => pb::resolve_request::Target::Reference(*r.0),
             Target::Location { block, key } => pb::resolve_request::Target::Location(pb::Location { block, key }),
             Target::Prefect { block, document } => {
                 pb::resolve_request::Target::Prefect(pb::PrefectReference { block, document })
@@ -162,7 +162,7 @@ impl Client {
         };
         let reply = self.raw().resolve(req).await?.into_inner();
         let mut out = Resolved {
-            reference: reply.reference.map(Reference),
+            reference: reply.reference.map(|r| Reference(Box::new(r))),
             data: None,
             json: None,
             literal: None,
@@ -350,7 +350,7 @@ impl Stored {
 
 /// A reference to a stored result. Resolves itself through a [`Client`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reference(pub pb::Reference);
+pub struct Reference(pub Box<pb::Reference>);
 
 #[derive(Serialize, Deserialize)]
 struct ReferenceJson {
@@ -452,7 +452,7 @@ impl Reference {
                 config_json: other.to_string(),
             },
         });
-        Ok(Reference(pb::Reference {
+        Ok(Reference(Box::new(pb::Reference {
             block: doc.block,
             key: doc.key,
             serializer,
@@ -464,7 +464,7 @@ impl Reference {
             persisted: Some(doc.persisted),
             uri: doc.uri,
             format: doc.format,
-        }))
+        })))
     }
 }
 
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn references_round_trip_through_json() {
-        let r = Reference(pb::Reference {
+        let r = Reference(Box::new(pb::Reference {
             block: "memory/default".into(),
             key: "k".into(),
             serializer: Some(pb::Serializer {
@@ -606,7 +606,7 @@ mod tests {
             persisted: Some(true),
             uri: "memory:///k".into(),
             format: "prefect3".into(),
-        });
+        }));
         let text = r.to_json().to_string();
         assert_eq!(Reference::from_json(&text).unwrap(), r);
         assert!(matches!(

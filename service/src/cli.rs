@@ -261,7 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 output(&out, &reply.data)?;
             }
             let mut doc = serde_json::json!({
-                "reference": reply.reference.map(|r| Reference(r).to_json()),
+                "reference": reply.reference.map(|r| Reference(Box::new(r)).to_json()),
                 "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
             });
             if out.is_none() {

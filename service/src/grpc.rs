@@ -165,7 +165,7 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
 
 /// A read target of Get or Resolve.
 enum Target {
-    Reference(pb::Reference),
+    Reference(Box<pb::Reference>),
     Location(pb::Location),
     Prefect(pb::PrefectReference),
 }
@@ -179,8 +179,8 @@ fn read_target(target: Option<Target>) -> Result<ReadTarget, Error> {
                 persisted: r.persisted.unwrap_or(true),
             },
             serializer: serializer_of(r.serializer.as_ref())?,
-            block: r.block,
-            key: r.key,
+            block: r.block.clone(),
+            key: r.key.clone(),
         }),
         Some(Target::Location(l)) => Ok(ReadTarget::Location { block: l.block, key: l.key }),
         Some(Target::Prefect(p)) => Ok(ReadTarget::Prefect { block: p.block, document: p.document }),
@@ -225,7 +225,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
         let target = read_target(req.target.map(|t| match t {
-            pb::get_request::Target::Reference(r) => Target::Reference(r),
+            pb::get_request::Target::Reference(r) => Target::Reference(Box::new(r)),
             pb::get_request::Target::Location(l) => Target::Location(l),
             pb::get_request::Target::Prefect(p) => Target::Prefect(p),
         }))
@@ -258,7 +258,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         let want =
             pb::Want::try_from(req.want).map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
         let target = read_target(req.target.map(|t| match t {
-            pb::resolve_request::Target::Reference(r) => Target::Reference(r),
+            pb::resolve_request::Target::Reference(r) => Target::Reference(Box::new(r)),
             pb::resolve_request::Target::Location(l) => Target::Location(l),
             pb::resolve_request::Target::Prefect(p) => Target::Prefect(p),
         }))

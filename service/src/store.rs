@@ -58,7 +58,7 @@ pub struct PutInput {
 #[derive(Debug, Clone)]
 pub enum PutOutcome {
     Literal(LiteralValue),
-    Stored(ResultReference),
+    Stored(Box<ResultReference>),
 }
 
 /// What a read asks for.
@@ -229,7 +229,7 @@ impl ResultStore {
         }
         let cache_key = CacheKey { block: block.slug.as_str().into(), key };
         self.cache.insert(cache_key, Arc::new(LoadedResult { record, value, reference: reference.clone() })).await;
-        Ok(PutOutcome::Stored(reference))
+        Ok(PutOutcome::Stored(Box::new(reference)))
     }
 
     /// Writes a record in the block's format; returns the store's version of it.

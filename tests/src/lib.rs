@@ -50,7 +50,7 @@ url = "memory://"
 impl TestServer {
     /// A server with [`base_config`].
     pub async fn start() -> Self {
-        Self::start_with(|dir| base_config(dir)).await
+        Self::start_with(base_config).await
     }
 
     /// A server with the config `make` writes for the temp dir.

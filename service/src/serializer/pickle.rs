@@ -303,7 +303,7 @@ impl Reader<'_> {
         }
     }
     fn set_items(&mut self, target: usize, items: Vec<usize>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(malformed("odd number of dict items"));
         }
         match &mut self.nodes[target] {
