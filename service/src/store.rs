@@ -305,9 +305,10 @@ impl ResultStore {
                 _ => return Err(Error::NotPersisted { key }),
             }
         } else {
+            // Whether persisted or not, an entry of the asked version and digest serves:
+            // rejecting a memory-only entry would destroy it (a rejected entry is dropped).
             let accept = |e: &LoadedResult| {
-                e.reference.persisted
-                    && expect.version.as_ref().is_none_or(|v| e.reference.version.as_ref() == Some(v))
+                expect.version.as_ref().is_none_or(|v| e.reference.version.as_ref() == Some(v))
                     && expect.sha256.as_ref().is_none_or(|s| *s == e.reference.sha256)
                     && (e.record.format != RecordFormat::Bare
                         || hint.as_ref().is_none_or(|h| *h == e.record.serializer))

@@ -41,7 +41,11 @@ async fn explicit_false_beats_retries_and_a_retry_read_fails_clearly() {
     assert!(r.0.uri.is_empty());
     assert!(files_in(&s.path("results")).is_empty(), "nothing was written");
 
-    // While this replica holds it, it reads.
+    // While this replica holds it, it reads, by reference and by block and key alike, and
+    // a read by key does not push it out of memory.
+    let loc = resultstore_client::Target::Location { block: r.block().into(), key: r.key().into() };
+    let v = s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("[1, 2]"));
     let v = r.resolve(&s.client, Want::Json).await.unwrap();
     assert_eq!(v.json.as_deref(), Some("[1, 2]"));
 
