@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult,
@@ -22,6 +23,7 @@ use object_store::{
 
 use crate::config::{BlockConfig, BlockFormat, Config};
 use crate::error::{Error, Result};
+use crate::keys::RESERVED_METADATA_PREFIX;
 use crate::keys::{BlockType, parse_slug};
 use crate::serializer::SerializerConfig;
 use crate::telemetry::{StorageCounters, incr};
@@ -130,9 +132,10 @@ fn build_block(
 ) -> Result<Block> {
     let counters = Arc::new(StorageCounters::default());
     let (store, local_root) = open_store(slug, block_type, &bc.url, &counters)?;
-    let metadata_store = match &bc.metadata_url {
-        Some(url) => Some(open_store(slug, block_type, url, &counters)?.0),
-        None => None,
+    let metadata_store: Option<Arc<dyn ObjectStore>> = match (&bc.metadata_url, bc.format) {
+        (Some(url), _) => Some(open_store(slug, block_type, url, &counters)?.0),
+        (None, BlockFormat::Split) => Some(Arc::new(PrefixStore::new(store.clone(), RESERVED_METADATA_PREFIX))),
+        (None, BlockFormat::Prefect3) => None,
     };
     let default_serializer = match &bc.default_serializer {
         Some(ty) => SerializerConfig::from_type(ty).map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?,

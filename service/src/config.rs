@@ -14,7 +14,7 @@
 //! max_result_size = "256MiB"   # largest result read or decompressed in one piece
 //! [blocks."local-file-system/default"]
 //! url = "file://.prefect-results"   # relative paths are relative to the working directory
-//! format = "prefect3"               # or "split" (needs metadata_url)
+//! format = "prefect3"               # or "split" (metadata_url, or a reserved prefix)
 //! [blocks."memory/scratch"]
 //! url = "memory://"
 //! ```
@@ -157,8 +157,10 @@ pub struct BlockConfig {
     /// The format this block writes. Default `prefect3`.
     #[serde(default)]
     pub format: BlockFormat,
-    /// Where metadata documents live (same URL forms). Required for `split`; for
-    /// `prefect3` blocks it lets reads find Prefect's split records.
+    /// Where metadata documents live (same URL forms): Prefect's `metadata_storage`. For
+    /// `split` blocks without it, metadata documents live in the block itself under the
+    /// reserved prefix `.resultstore-metadata/` (hidden from listings, refused as a key).
+    /// For `prefect3` blocks it lets reads find Prefect's split records.
     #[serde(default)]
     pub metadata_url: Option<String>,
     /// The serializer assumed for bare payloads read from this block when the request
@@ -246,12 +248,6 @@ impl Config {
             check_url_matches(slug, ty, &block.url)?;
             if let Some(meta) = &block.metadata_url {
                 check_url_matches(slug, ty, meta)?;
-            }
-            if block.format == BlockFormat::Split && block.metadata_url.is_none() {
-                return Err(Error::Config(format!(
-                    "block `{slug}` has format = \"split\" but no metadata_url: split records keep their metadata \
-                     documents in a second location"
-                )));
             }
         }
         let (default, _) = parse_slug(&self.default_block).map_err(|e| Error::Config(format!("default_block: {e}")))?;
@@ -399,7 +395,6 @@ url = "memory://"
 [blocks."s3-bucket/prod"]
 url = "s3://results/prefect"
 format = "split"
-metadata_url = "s3://results/prefect-metadata"
 options = { aws_region = "us-east-1", aws_endpoint = "http://127.0.0.1:9000" }
 "#;
         let config = Config::from_toml(text).unwrap();
@@ -416,7 +411,7 @@ options = { aws_region = "us-east-1", aws_endpoint = "http://127.0.0.1:9000" }
         assert!(Config::from_toml(&base.replace("file://", "memory://")).is_err());
         assert!(Config::from_toml(&format!("[cache]\ncapacity = \"0MiB\"\n{base}")).is_err());
         assert!(Config::from_toml(&format!("default_block = \"memory/nope\"\n{base}")).is_err());
-        assert!(Config::from_toml(&format!("{base}format = \"split\"\n")).is_err());
+        Config::from_toml(&format!("{base}format = \"split\"\n")).unwrap();
         Config::from_toml(base).unwrap();
     }
 }

@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
+/// The prefix under which `split` blocks without a `metadata_url` keep their metadata
+/// documents; no key may start with it.
+pub const RESERVED_METADATA_PREFIX: &str = ".resultstore-metadata";
+
 /// Longest block name (the part after the `/`), in bytes.
 pub const MAX_BLOCK_NAME_LEN: usize = 128;
 
@@ -86,6 +90,9 @@ pub fn validate_key(key: &str) -> Result<()> {
     if key.contains('\\') {
         return bad("the key holds a backslash; use `/` between segments");
     }
+    if key.split('/').next() == Some(RESERVED_METADATA_PREFIX) {
+        return bad("the key starts with `.resultstore-metadata`, which is reserved for metadata documents");
+    }
     for segment in key.split('/') {
         match segment {
             "" => return bad("the key has an empty segment (`//` or a trailing `/`)"),
@@ -129,7 +136,20 @@ mod tests {
             validate_key(ok).unwrap();
         }
         let long = "k".repeat(1025);
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b", "a\nb", "a\0b", &long] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            ".resultstore-metadata/k",
+            "a/../b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\nb",
+            "a\0b",
+            &long,
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
     }

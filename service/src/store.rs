@@ -486,7 +486,8 @@ impl ResultStore {
         let mut stream = stream;
         while let Some(meta) = stream.try_next().await.map_err(|e| Error::from_store(&block.slug, prefix, e))? {
             let key = meta.location.as_ref();
-            if !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
+            let reserved = key.split('/').next() == Some(crate::keys::RESERVED_METADATA_PREFIX);
+            if reserved || !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
                 continue;
             }
             heap.push(OrdMeta(meta));

@@ -26,7 +26,8 @@ pub struct TestServer {
 /// - `local-file-system/default` (prefect3, the default block) at `results/`;
 /// - `local-file-system/other` (prefect3) at `other/`;
 /// - `local-file-system/split` (split) at `split/`, metadata at `split-meta/`;
-/// - `memory/default`.
+/// - `memory/default`;
+/// - `memory/split` (split, metadata under the block's reserved prefix).
 pub fn base_config(dir: &Path) -> String {
     let d = dir.display();
     format!(
@@ -43,6 +44,9 @@ format = "split"
 metadata_url = "file://{d}/split-meta"
 [blocks."memory/default"]
 url = "memory://"
+[blocks."memory/split"]
+url = "memory://"
+format = "split"
 "#
     )
 }

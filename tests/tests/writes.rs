@@ -67,6 +67,20 @@ async fn prefect3_blocks_write_one_record_and_split_blocks_two_documents() {
     assert_eq!(r.json.as_deref(), Some(r#"{"x": 2}"#));
     s.client.delete("local-file-system/split", "c").await.unwrap();
     assert!(!s.path("split/c").exists() && !s.path("split-meta/c").exists());
+
+    // A split block without metadata_url keeps metadata under its reserved prefix, which
+    // listings hide and keys cannot name.
+    let m =
+        reference(s.client.put(Put::json("[7]").serializer("json").storage("memory/split").key("m")).await.unwrap());
+    assert_eq!(m.0.format, "split");
+    let listed = s.client.list_all("memory/split", "").await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["m"]);
+    let r = s.client.resolve(&m, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
+    assert_eq!(r.json.as_deref(), Some("[7]"));
+    assert_eq!(r.reference.unwrap().0.format, "split");
+    let hidden = Target::Location { block: "memory/split".into(), key: ".resultstore-metadata/m".into() };
+    let err = s.client.get(hidden, ReadOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
 }
 
 #[tokio::test]
