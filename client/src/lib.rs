@@ -264,7 +264,7 @@ pub struct ReadOptions {
 pub struct Resolved {
     pub reference: Option<Reference>,
     /// The value bytes (`Want::Raw`).
-    pub data: Option<Vec<u8>>,
+    pub data: Option<bytes::Bytes>,
     /// The value as JSON (`Want::Json`).
     pub json: Option<String>,
     /// A Prefect 2 literal document's value.
@@ -523,7 +523,7 @@ impl Put {
         Self::with(pb::put_request::Payload::Json(doc.into()))
     }
     /// Serializer bytes exactly as the serializer produced them.
-    pub fn data(bytes: impl Into<Vec<u8>>) -> Self {
+    pub fn data(bytes: impl Into<bytes::Bytes>) -> Self {
         Self::with(pb::put_request::Payload::Data(bytes.into()))
     }
     pub fn literal(l: Literal) -> Self {

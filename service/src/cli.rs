@@ -265,11 +265,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
             });
             if out.is_none() {
-                match String::from_utf8(reply.data) {
+                match std::str::from_utf8(&reply.data) {
                     Ok(s) => doc["data"] = s.into(),
-                    Err(e) => {
+                    Err(_) => {
                         use base64::Engine;
-                        doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(e.into_bytes()).into();
+                        doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into();
                     }
                 }
             }

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use resultstore_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -139,7 +138,7 @@ pub fn reference_pb(r: &ResultReference) -> pb::Reference {
 
 fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
     let payload = match req.payload {
-        Some(pb::put_request::Payload::Data(d)) => Payload::Data(Bytes::from(d)),
+        Some(pb::put_request::Payload::Data(d)) => Payload::Data(d),
         Some(pb::put_request::Payload::Json(j)) => Payload::Json(j),
         Some(pb::put_request::Payload::Literal(l)) => Payload::Literal(literal_of(l)?),
         None => {
@@ -245,7 +244,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 self.check_reply_size(result.record.data.len())?;
                 Ok(Response::new(pb::GetResponse {
                     reference: Some(reference_pb(&result.reference)),
-                    data: result.record.data.to_vec(),
+                    data: result.record.data.clone(),
                     metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
                 }))
             }
@@ -279,7 +278,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 let value = match want {
                     pb::Want::Raw => {
                         self.check_reply_size(result.value.bytes.len())?;
-                        pb::resolve_response::Value::Data(result.value.bytes.to_vec())
+                        pb::resolve_response::Value::Data(result.value.bytes.clone())
                     }
                     pb::Want::Json => {
                         let json = self.store.to_json(&result).map_err(status_of)?;

@@ -168,7 +168,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
         (
             "pickle data not base64",
             put_req(|r| {
-                r.payload = Some(pb::put_request::Payload::Data(b"%%%".to_vec()));
+                r.payload = Some(pb::put_request::Payload::Data(b"%%%".to_vec().into()));
                 r.task = settings(|s| s.result_serializer = ser("pickle", ""))
             }),
             Code::InvalidArgument,
@@ -176,7 +176,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
         (
             "compressed data that is not compressed",
             put_req(|r| {
-                r.payload = Some(pb::put_request::Payload::Data(b"aGVsbG8=\n".to_vec()));
+                r.payload = Some(pb::put_request::Payload::Data(b"aGVsbG8=\n".to_vec().into()));
                 r.task = settings(|s| s.result_serializer = ser("compressed/json", ""))
             }),
             Code::InvalidArgument,
@@ -184,7 +184,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
         (
             "json data not UTF-8",
             put_req(|r| {
-                r.payload = Some(pb::put_request::Payload::Data(vec![0xff, 0xfe]));
+                r.payload = Some(pb::put_request::Payload::Data(vec![0xff, 0xfe].into()));
                 r.task = settings(|s| s.result_serializer = ser("json", ""))
             }),
             Code::InvalidArgument,
@@ -192,7 +192,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
         (
             "opaque non-UTF-8 bytes in a prefect3 block",
             put_req(|r| {
-                r.payload = Some(pb::put_request::Payload::Data(vec![0xff, 0x00]));
+                r.payload = Some(pb::put_request::Payload::Data(vec![0xff, 0x00].into()));
                 r.task = settings(|s| s.result_serializer = ser("my.custom", ""))
             }),
             Code::InvalidArgument,

@@ -160,7 +160,7 @@ async fn expiry_unknown_serializers_and_missing_files_in_the_samples() {
 
     let unknown = loc("handcrafted-reader-probes/unknownser");
     let got = s.client.get(unknown.clone(), ReadOptions::default()).await.unwrap();
-    assert_eq!(got.data, b"x");
+    assert_eq!(got.data, &b"x"[..]);
     assert_eq!(got.reference.unwrap().serializer.unwrap().config_json, r#"{"type":"my.custom"}"#);
     let raw = s.client.resolve(unknown.clone(), Want::Raw, ReadOptions::default()).await.unwrap();
     assert_eq!(raw.data.as_deref(), Some(&b"x"[..]));

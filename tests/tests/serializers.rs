@@ -93,7 +93,7 @@ async fn unknown_serializers_are_stored_opaquely_and_only_transcoding_refuses_th
     let stored = s.client.put(Put::data(b"opaque bytes".to_vec()).serializer(config)).await.unwrap();
     let r = stored.reference().unwrap().clone();
     let got = s.client.get(&r, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
-    assert_eq!(got.data, b"opaque bytes");
+    assert_eq!(got.data, &b"opaque bytes"[..]);
     assert_eq!(got.reference.unwrap().serializer.unwrap().config_json, config);
     let raw = r.resolve(&s.client, Want::Raw).await.unwrap();
     assert_eq!(raw.data.as_deref(), Some(&b"opaque bytes"[..]));
