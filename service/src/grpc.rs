@@ -189,6 +189,10 @@ fn read_target(target: Option<Target>) -> Result<ReadTarget, Error> {
     }
 }
 
+fn read_options(allow_expired: bool, bypass_cache: bool, hint: Option<&pb::Serializer>) -> Result<ReadOptions, Status> {
+    Ok(ReadOptions { allow_expired, bypass_cache, serializer_hint: serializer_of(hint).map_err(status_of)? })
+}
+
 fn record_target(span: &Span, t: &ReadTarget) {
     match t {
         ReadTarget::Reference { block, key, .. } | ReadTarget::Location { block, key } => {
@@ -230,11 +234,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         }))
         .map_err(status_of)?;
         record_target(&Span::current(), &target);
-        let opts = ReadOptions {
-            allow_expired: req.allow_expired,
-            bypass_cache: req.bypass_cache,
-            serializer_hint: serializer_of(req.serializer_hint.as_ref()).map_err(status_of)?,
-        };
+        let opts = read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?;
         match self.store.read(target, opts).await.map_err(status_of)? {
             ReadOutcome::Literal(_) => Err(Status::failed_precondition(
                 "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
@@ -263,11 +263,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         }))
         .map_err(status_of)?;
         record_target(&Span::current(), &target);
-        let opts = ReadOptions {
-            allow_expired: req.allow_expired,
-            bypass_cache: req.bypass_cache,
-            serializer_hint: serializer_of(req.serializer_hint.as_ref()).map_err(status_of)?,
-        };
+        let opts = read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?;
         let reply = match self.store.read(target, opts).await.map_err(status_of)? {
             ReadOutcome::Literal(l) => pb::ResolveResponse {
                 value: Some(pb::resolve_response::Value::Literal(literal_pb(l))),

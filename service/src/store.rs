@@ -277,16 +277,18 @@ impl ResultStore {
     /// Reads one result (cache first), checks it against what the caller expects, and
     /// enforces its expiration.
     pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
-        let (block_slug, key, expect, mut hint, doc_expiration) = match target {
-            ReadTarget::Reference { block, key, expect, serializer } => (block, key, expect, serializer, None),
+        let (block, key, expect, mut hint, doc_expiration) = match target {
+            ReadTarget::Reference { block, key, expect, serializer } => {
+                (self.blocks.get(&block)?, key, expect, serializer, None)
+            }
             ReadTarget::Location { block, key } => {
-                (block, key, Expectation { persisted: true, ..Default::default() }, None, None)
+                (self.blocks.get(&block)?, key, Expectation { persisted: true, ..Default::default() }, None, None)
             }
             ReadTarget::Prefect { block, document } => match parse_prefect_document(&document)? {
                 PrefectDocument::Literal(l) => return Ok(ReadOutcome::Literal(l)),
                 PrefectDocument::Reference { storage_key, serializer, expiration } => {
-                    let b = self.blocks.get(&block)?;
-                    let key = b.key_from_storage_key(&storage_key)?;
+                    let block = self.blocks.get(&block)?;
+                    let key = block.key_from_storage_key(&storage_key)?;
                     (block, key, Expectation { persisted: true, ..Default::default() }, serializer, expiration)
                 }
             },
@@ -294,7 +296,6 @@ impl ResultStore {
         if opts.serializer_hint.is_some() {
             hint = opts.serializer_hint.clone();
         }
-        let block = self.blocks.get(&block_slug)?;
         validate_key(&key)?;
         let cache_key = CacheKey { block: block.slug.as_str().into(), key: key.clone() };
 
