@@ -12,13 +12,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::limit::LimitStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
 };
 
 use crate::config::{BlockConfig, BlockFormat, Config};
@@ -131,9 +135,9 @@ fn build_block(
     server_default: &SerializerConfig,
 ) -> Result<Block> {
     let counters = Arc::new(StorageCounters::default());
-    let (store, local_root) = open_store(slug, block_type, &bc.url, &counters)?;
+    let (store, local_root) = open_store(slug, block_type, &bc.url, bc, &counters)?;
     let metadata_store: Option<Arc<dyn ObjectStore>> = match (&bc.metadata_url, bc.format) {
-        (Some(url), _) => Some(open_store(slug, block_type, url, &counters)?.0),
+        (Some(url), _) => Some(open_store(slug, block_type, url, bc, &counters)?.0),
         (None, BlockFormat::Split) => Some(Arc::new(PrefixStore::new(store.clone(), RESERVED_METADATA_PREFIX))),
         (None, BlockFormat::Prefect3) => None,
     };
@@ -154,12 +158,16 @@ fn build_block(
     })
 }
 
+/// Opens the object store behind `url`: counted, and limited to the block's
+/// `max_concurrent_requests`.
 fn open_store(
     slug: &str,
     block_type: BlockType,
     url: &str,
+    bc: &BlockConfig,
     counters: &Arc<StorageCounters>,
 ) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    let config_err = |e: &dyn fmt::Display| Error::Config(format!("block `{slug}`: {e}"));
     let (inner, root): (Arc<dyn ObjectStore>, Option<PathBuf>) = match block_type {
         BlockType::LocalFileSystem => {
             let path = url.strip_prefix("file://").unwrap_or(url);
@@ -173,20 +181,65 @@ fn open_store(
                 .map_err(|e| Error::Config(format!("block `{slug}`: cannot create {}: {e}", path.display())))?;
             let path =
                 path.canonicalize().map_err(|e| Error::Config(format!("block `{slug}`: {}: {e}", path.display())))?;
-            let store =
-                LocalFileSystem::new_with_prefix(&path).map_err(|e| Error::Config(format!("block `{slug}`: {e}")))?;
+            let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| config_err(&e))?;
             (Arc::new(store), Some(path))
         }
         BlockType::Memory => (Arc::new(InMemory::new()), None),
-        other => {
-            return Err(Error::Config(format!(
-                "block `{slug}`: `{}` blocks are not supported by this version of resultstore yet \
-                 (supported: local-file-system, memory)",
-                other.as_str()
-            )));
-        }
+        cloud => (open_cloud_store(slug, cloud, url, bc)?, None),
     };
-    Ok((Arc::new(CountingStore { inner, counters: counters.clone() }), root))
+    let limited: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(inner, bc.max_concurrent_requests));
+    Ok((Arc::new(CountingStore { inner: limited, counters: counters.clone() }), root))
+}
+
+/// A cloud store from object_store's own builders: credentials and settings from the
+/// process environment first (`from_env`), then the block's `options` by object_store's
+/// option names, with the block's timeouts and retry policy. The URL's path becomes a
+/// prefix every key lives under.
+fn open_cloud_store(slug: &str, block_type: BlockType, url: &str, bc: &BlockConfig) -> Result<Arc<dyn ObjectStore>> {
+    let config_err = |e: &dyn fmt::Display| Error::Config(format!("block `{slug}`: {e}"));
+    let parsed = url::Url::parse(url).map_err(|e| config_err(&format!("url `{url}`: {e}")))?;
+    let client = ClientOptions::new().with_timeout(bc.request_timeout.0).with_connect_timeout(bc.connect_timeout.0);
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: bc.retry.initial_backoff.0,
+            max_backoff: bc.retry.max_backoff.0,
+            base: 2.0,
+        },
+        max_retries: bc.retry.max_retries,
+        retry_timeout: bc.retry.retry_timeout.0,
+    };
+    fn key_of<K: std::str::FromStr>(slug: &str, k: &str) -> Result<K> {
+        k.parse::<K>().map_err(|_| {
+            Error::Config(format!("block `{slug}`: `{k}` is not an object_store option of this block type"))
+        })
+    }
+    let store: Arc<dyn ObjectStore> = match block_type {
+        BlockType::S3Bucket => {
+            let mut b = AmazonS3Builder::from_env().with_client_options(client).with_retry(retry).with_url(url);
+            for (k, v) in &bc.options {
+                b = b.with_config(key_of::<AmazonS3ConfigKey>(slug, k)?, v);
+            }
+            Arc::new(b.build().map_err(|e| config_err(&e))?)
+        }
+        BlockType::AzureBlobStorageContainer => {
+            let mut b = MicrosoftAzureBuilder::from_env().with_client_options(client).with_retry(retry).with_url(url);
+            for (k, v) in &bc.options {
+                b = b.with_config(key_of::<AzureConfigKey>(slug, k)?, v);
+            }
+            Arc::new(b.build().map_err(|e| config_err(&e))?)
+        }
+        BlockType::GcsBucket => {
+            let mut b =
+                GoogleCloudStorageBuilder::from_env().with_client_options(client).with_retry(retry).with_url(url);
+            for (k, v) in &bc.options {
+                b = b.with_config(key_of::<GoogleConfigKey>(slug, k)?, v);
+            }
+            Arc::new(b.build().map_err(|e| config_err(&e))?)
+        }
+        BlockType::LocalFileSystem | BlockType::Memory => unreachable!("not a cloud block type"),
+    };
+    let prefix = parsed.path().trim_matches('/');
+    Ok(if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) })
 }
 
 /// An `ObjectStore` that counts every operation, by kind, into its block's counters.

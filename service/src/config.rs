@@ -167,9 +167,95 @@ pub struct BlockConfig {
     /// names none. Default: the server's `default_serializer`.
     #[serde(default)]
     pub default_serializer: Option<String>,
-    /// object_store's own option names (`aws_region`, `aws_endpoint`, ...), for cloud blocks.
+    /// object_store's own option names (`aws_region`, `aws_endpoint`, `aws_allow_http`,
+    /// `azure_storage_use_emulator`, `google_service_account`, ...), for cloud blocks.
+    /// Anything not given here comes from the process environment, as object_store reads it
+    /// (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_NAME`, `GOOGLE_APPLICATION_CREDENTIALS`, ...).
+    /// Values are never logged.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// At most this many storage requests of this block run at once; more wait. Default 64.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// A storage request that has not completed after this long fails (cloud blocks).
+    /// Default 30s.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Connecting to the storage gives up after this long (cloud blocks). Default 5s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Retries of failed storage requests (cloud blocks).
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_max_concurrent() -> usize {
+    64
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+/// object_store's retry policy, in human units.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first attempt. Default 3; 0 disables retries.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// No retry starts after this long since the first attempt. Default 30s.
+    #[serde(default = "default_retry_timeout")]
+    pub retry_timeout: HumanDuration,
+    /// First backoff. Default 100ms.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: HumanDuration,
+    /// Longest backoff. Default 5s.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: HumanDuration,
+}
+
+fn default_max_retries() -> usize {
+    3
+}
+fn default_retry_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_initial_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+fn default_max_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: default_max_retries(),
+            retry_timeout: default_retry_timeout(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+impl BlockConfig {
+    /// A block at `url` with every other setting at its default.
+    pub fn at(url: &str) -> Self {
+        BlockConfig {
+            url: url.to_owned(),
+            format: BlockFormat::Prefect3,
+            metadata_url: None,
+            default_serializer: None,
+            options: BTreeMap::new(),
+            max_concurrent_requests: default_max_concurrent(),
+            request_timeout: default_request_timeout(),
+            connect_timeout: default_connect_timeout(),
+            retry: RetryConfig::default(),
+        }
+    }
 }
 
 impl Config {
@@ -177,26 +263,8 @@ impl Config {
     /// the working directory, and `memory/default`.
     pub fn embedded_default() -> Self {
         let mut blocks = BTreeMap::new();
-        blocks.insert(
-            "local-file-system/default".to_owned(),
-            BlockConfig {
-                url: "file://.prefect-results".to_owned(),
-                format: BlockFormat::Prefect3,
-                metadata_url: None,
-                default_serializer: None,
-                options: BTreeMap::new(),
-            },
-        );
-        blocks.insert(
-            "memory/default".to_owned(),
-            BlockConfig {
-                url: "memory://".to_owned(),
-                format: BlockFormat::Prefect3,
-                metadata_url: None,
-                default_serializer: None,
-                options: BTreeMap::new(),
-            },
-        );
+        blocks.insert("local-file-system/default".to_owned(), BlockConfig::at("file://.prefect-results"));
+        blocks.insert("memory/default".to_owned(), BlockConfig::at("memory://"));
         Config {
             listen: None,
             default_block: default_block(),
@@ -248,6 +316,12 @@ impl Config {
             check_url_matches(slug, ty, &block.url)?;
             if let Some(meta) = &block.metadata_url {
                 check_url_matches(slug, ty, meta)?;
+            }
+            if block.max_concurrent_requests == 0 {
+                return Err(Error::Config(format!("block `{slug}`: max_concurrent_requests must be above zero")));
+            }
+            if block.request_timeout.0.is_zero() || block.connect_timeout.0.is_zero() {
+                return Err(Error::Config(format!("block `{slug}`: timeouts must be above zero")));
             }
         }
         let (default, _) = parse_slug(&self.default_block).map_err(|e| Error::Config(format!("default_block: {e}")))?;

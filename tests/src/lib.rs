@@ -5,6 +5,8 @@
 //! sharing state. The server runs in the test's process, which lets tests read its
 //! storage and cache counters directly: those counts are the server's own, not a mock's.
 
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

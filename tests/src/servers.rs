@@ -1,0 +1,117 @@
+//! Storage servers for tests, started by the tests themselves on free 127.0.0.1 ports
+//! and stopped when dropped. `scripts/test` installs them into `.test-env/` and exports
+//! where they are; a test that needs one and cannot find it fails naming the server.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed on drop.
+pub struct Spawned {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    /// Stops the server (as an outage would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a test server's executable: `$env_var`, else `.test-env/venv/bin/NAME` in the
+/// repository, else `NAME` on PATH.
+fn locate(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-env/venv/bin").join(name);
+    if local.is_file() {
+        return local;
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join(name).is_file() {
+                return dir.join(name);
+            }
+        }
+    }
+    panic!(
+        "the test server `{name}` is not installed: run scripts/test, which installs it into .test-env/ (or set {env_var})"
+    );
+}
+
+/// Waits until `127.0.0.1:port` accepts connections, or panics after `limit`.
+pub fn wait_for_port(port: u16, what: &str, child: &mut Child, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(start.elapsed() < limit, "{what} did not listen on 127.0.0.1:{port} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One plain HTTP/1.1 request; returns the status code.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// moto's S3 server with one bucket.
+pub fn moto_s3(bucket: &str) -> Spawned {
+    moto_s3_on(free_port(), bucket)
+}
+
+/// moto's S3 server with one bucket, on `port` (to bring a stopped server back).
+pub fn moto_s3_on(port: u16, bucket: &str) -> Spawned {
+    let bin = locate("moto_server", "RESULTSTORE_MOTO_SERVER");
+    let mut child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    wait_for_port(port, "moto_server", &mut child, Duration::from_secs(60));
+    let code = http(port, "PUT", &format!("/{bucket}"), &[], b"");
+    assert_eq!(code, 200, "creating bucket {bucket} on moto");
+    Spawned { child, port }
+}
+
+/// The `options` table for an S3 block on a local test server.
+pub fn s3_options(port: u16) -> String {
+    format!(
+        r#"{{ aws_endpoint = "http://127.0.0.1:{port}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test", aws_virtual_hosted_style_request = "false" }}"#
+    )
+}

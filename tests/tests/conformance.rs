@@ -1,0 +1,152 @@
+//! One conformance suite of the service's operations, run against every block type that
+//! can be tested here: memory, local files, and S3 (moto). Each runs against a `prefect3`
+//! block and a `split` block of its type.
+
+use resultstore_client::{Literal, Put, ReadOptions, Stored, Target, Want};
+use resultstore_e2e::servers::{moto_s3, s3_options};
+use resultstore_e2e::{TestServer, base_config};
+use tonic::Code;
+
+const VALUE: &str = r#"{"a": 1, "b": [1, 2.5, "x", null, true], "t": "h\u00e9"}"#;
+const SERIALIZERS: &[&str] = &[
+    "json",
+    "pickle",
+    "compressed/json",
+    "compressed/pickle",
+    r#"{"type":"compressed","serializer":"json","compressionlib":"bz2"}"#,
+];
+
+fn bypass() -> ReadOptions {
+    ReadOptions { bypass_cache: true, ..Default::default() }
+}
+
+fn json_eq(got: Option<&str>, want: &str) {
+    let got: serde_json::Value = serde_json::from_str(got.expect("a JSON value")).unwrap();
+    let want: serde_json::Value = serde_json::from_str(want).unwrap();
+    assert_eq!(got, want);
+}
+
+/// The whole suite against `block`.
+async fn conformance(s: &TestServer, block: &str) {
+    let c = &s.client;
+    let loc = |key: &str| Target::Location { block: block.into(), key: key.into() };
+
+    // Every serializer, every payload form; reads from storage, not only the cache.
+    for (i, ser) in SERIALIZERS.iter().enumerate() {
+        let key = format!("conf/ser/{i}");
+        let stored = c.put(Put::json(VALUE).serializer(*ser).storage(block).key(&key)).await.unwrap();
+        let r = stored.reference().unwrap().clone();
+        assert_eq!(r.block(), block);
+        let v = c.resolve(&r, Want::Json, bypass()).await.unwrap_or_else(|e| panic!("{block} {ser}: {e}"));
+        json_eq(v.json.as_deref(), VALUE);
+        let got = c.get(&r, bypass()).await.unwrap();
+        assert_eq!(got.data.len() as u64, r.0.size);
+        // The serializer bytes put back as `data` under another key read the same.
+        let copy = c
+            .put(Put::data(got.data.clone()).serializer(*ser).storage(block).key(format!("{key}-data")))
+            .await
+            .unwrap();
+        assert_eq!(copy.reference().unwrap().sha256(), r.sha256(), "{block} {ser}");
+        let v = c.resolve(loc(&format!("{key}-data")), Want::Json, bypass()).await.unwrap();
+        json_eq(v.json.as_deref(), VALUE);
+    }
+
+    // Literals: in the reply unless a key is asked for.
+    assert!(matches!(
+        c.put(Put::literal(Literal::Null).storage(block).persist(true)).await.unwrap(),
+        Stored::Literal(Literal::Null)
+    ));
+    let keyed = c.put(Put::literal(Literal::False).storage(block).key("conf/flag").serializer("json")).await.unwrap();
+    let v = c.resolve(keyed.reference().unwrap(), Want::Json, bypass()).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("false"));
+
+    // Create-only vs overwrite.
+    let first = c.put(Put::json(r#""one""#).storage(block).key("conf/once").create_only()).await.unwrap();
+    let err = c.put(Put::json(r#""two""#).storage(block).key("conf/once").create_only()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::AlreadyExists), "{block}: {err}");
+    let v = c.resolve(first.reference().unwrap(), Want::Json, bypass()).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("\"one\""));
+    c.put(Put::json(r#""two""#).storage(block).key("conf/once")).await.unwrap();
+    let v = c.resolve(loc("conf/once"), Want::Json, ReadOptions::default()).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("\"two\""), "{block}: an overwrite through this replica is seen at once");
+    let err = c.resolve(first.reference().unwrap(), Want::Json, ReadOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "{block}: the old reference no longer matches");
+
+    // Expiry.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let old = c.put(Put::json("1").storage(block).key("conf/old").expires_at(past)).await.unwrap();
+    let err = c.resolve(old.reference().unwrap(), Want::Json, bypass()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition));
+    let ok = c
+        .resolve(
+            old.reference().unwrap(),
+            Want::Json,
+            ReadOptions { allow_expired: true, bypass_cache: true, ..Default::default() },
+        )
+        .await;
+    assert_eq!(ok.unwrap().json.as_deref(), Some("1"));
+
+    // Listing, paginated and ordered.
+    let mut want = Vec::new();
+    for i in (0..12).rev() {
+        let key = format!("conf/list/{i:02}");
+        c.put(Put::json("0").storage(block).key(&key)).await.unwrap();
+        want.push(key);
+    }
+    want.sort();
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = c.list(block, "conf/list/", 5, &token).await.unwrap();
+        pages += 1;
+        seen.extend(page.entries.into_iter().map(|e| e.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, want, "{block}");
+    assert_eq!(pages, 3);
+
+    // Exists, delete, missing keys.
+    assert!(c.exists(block, "conf/list/00").await.unwrap());
+    c.delete(block, "conf/list/00").await.unwrap();
+    assert!(!c.exists(block, "conf/list/00").await.unwrap());
+    assert_eq!(c.delete(block, "conf/list/00").await.unwrap_err().code(), Some(Code::NotFound));
+    assert_eq!(c.resolve(loc("conf/list/00"), Want::Raw, bypass()).await.unwrap_err().code(), Some(Code::NotFound));
+}
+
+async fn both_formats(s: &TestServer, family: &str) {
+    conformance(s, &format!("{family}/p3")).await;
+    conformance(s, &format!("{family}/split")).await;
+}
+
+#[tokio::test]
+async fn memory_blocks_conform() {
+    let s = TestServer::start().await;
+    conformance(&s, "memory/default").await;
+    conformance(&s, "memory/split").await;
+}
+
+#[tokio::test]
+async fn local_file_system_blocks_conform() {
+    let s = TestServer::start().await;
+    conformance(&s, "local-file-system/default").await;
+    conformance(&s, "local-file-system/split").await;
+}
+
+#[tokio::test]
+async fn s3_blocks_on_moto_conform() {
+    let moto = moto_s3("results");
+    let options = s3_options(moto.port);
+    let s = TestServer::start_with(|dir| {
+        format!(
+            "{}\n[blocks.\"s3-bucket/p3\"]\nurl = \"s3://results/p3\"\noptions = {options}\n[blocks.\"s3-bucket/split\"]\nurl = \"s3://results/split\"\nformat = \"split\"\nmetadata_url = \"s3://results/split-meta\"\noptions = {options}\n",
+            base_config(dir)
+        )
+    })
+    .await;
+    both_formats(&s, "s3-bucket").await;
+    let uri =
+        s.client.put(Put::json("1").storage("s3/p3").key("alias")).await.unwrap().reference().unwrap().0.uri.clone();
+    assert_eq!(uri, "s3://results/p3/alias");
+}

@@ -1,0 +1,48 @@
+//! Storage going away and coming back, against a real S3 server (moto).
+
+use std::time::{Duration, Instant};
+
+use resultstore_client::{Put, ReadOptions, Target, Want};
+use resultstore_e2e::servers::{moto_s3, moto_s3_on, s3_options};
+use resultstore_e2e::{TestServer, base_config};
+use tonic::Code;
+
+#[tokio::test]
+async fn an_outage_fails_fast_keeps_cached_results_and_recovers_without_restart() {
+    let mut moto = moto_s3("results");
+    let port = moto.port;
+    let options = s3_options(port);
+    let s = TestServer::start_with(|dir| {
+        format!(
+            "{}\n[blocks.\"s3-bucket/prod\"]\nurl = \"s3://results/prod\"\noptions = {options}\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"\nretry = {{ max_retries = 1, retry_timeout = \"2s\", initial_backoff = \"50ms\", max_backoff = \"200ms\" }}\n",
+            base_config(dir)
+        )
+    })
+    .await;
+    let cached = s.client.put(Put::json(r#""cached""#).storage("s3-bucket/prod").key("warm")).await.unwrap();
+    let cached = cached.reference().unwrap().clone();
+
+    moto.kill();
+    let start = Instant::now();
+    let err = s.client.put(Put::json("1").storage("s3-bucket/prod").key("during")).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+    let cold = Target::Location { block: "s3-bucket/prod".into(), key: "never-cached".into() };
+    let err = s.client.resolve(cold, Want::Raw, ReadOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(15), "failures took {:?}", start.elapsed());
+    // The cache keeps serving what it holds.
+    let v = s.client.resolve(&cached, Want::Json, ReadOptions::default()).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("\"cached\""));
+    assert!(v.cache_hit);
+
+    // Storage returns (moto's state is in memory: a new, empty bucket); the same
+    // service writes and reads again.
+    let _moto = moto_s3_on(port, "results");
+    s.client.put(Put::json(r#""back""#).storage("s3-bucket/prod").key("after")).await.unwrap();
+    let after = Target::Location { block: "s3-bucket/prod".into(), key: "after".into() };
+    let v =
+        s.client.resolve(after, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("\"back\""));
+    let counters = s.store().blocks().get("s3-bucket/prod").unwrap().counters.snapshot();
+    assert!(counters.errors >= 2, "{counters:?}");
+}
