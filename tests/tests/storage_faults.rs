@@ -46,3 +46,39 @@ async fn an_outage_fails_fast_keeps_cached_results_and_recovers_without_restart(
     let counters = s.store().blocks().get("s3-bucket/prod").unwrap().counters.snapshot();
     assert!(counters.errors >= 2, "{counters:?}");
 }
+
+#[tokio::test]
+async fn records_altered_or_truncated_in_the_bucket_are_data_loss() {
+    let moto = moto_s3("results");
+    let options = s3_options(moto.port);
+    let mut s = TestServer::start_with(|dir| {
+        format!("{}\n[blocks.\"s3-bucket/prod\"]\nurl = \"s3://results/prod\"\noptions = {options}\n", base_config(dir))
+    })
+    .await;
+    let stored = s
+        .client
+        .put(Put::json(r#"{"amount": 100}"#).serializer("json").storage("s3-bucket/prod").key("pay"))
+        .await
+        .unwrap();
+    let r = stored.reference().unwrap().clone();
+    s.client.put(Put::json("[1, 2, 3]").serializer("pickle").storage("s3-bucket/prod").key("pk")).await.unwrap();
+    s.restart().await; // nothing cached
+
+    // moto wants an Authorization header but does not check its signature.
+    let auth = [(
+        "Authorization",
+        "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+    )];
+    // Someone else rewrites the object: still a well-formed record, another value.
+    let altered = br#"{"metadata":{"storage_key":"pay","expiration":null,"serializer":{"type":"json"},"prefect_version":"3.9.1","storage_block_id":null},"result":"{\"amount\": 999}"}"#;
+    assert_eq!(resultstore_e2e::servers::http(moto.port, "PUT", "/results/prod/pay", &auth, altered), 200);
+    let err = s.client.resolve(&r, Want::Json, ReadOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
+
+    // Someone else truncates one.
+    let truncated = br#"{"metadata":{"storage_key":"pk","expiration":null,"seri"#;
+    assert_eq!(resultstore_e2e::servers::http(moto.port, "PUT", "/results/prod/pk", &auth, truncated), 200);
+    let loc = Target::Location { block: "s3-bucket/prod".into(), key: "pk".into() };
+    let err = s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
+}
