@@ -115,3 +115,46 @@ pub fn s3_options(port: u16) -> String {
         r#"{{ aws_endpoint = "http://127.0.0.1:{port}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test", aws_virtual_hosted_style_request = "false" }}"#
     )
 }
+
+/// Azurite's well-known development account (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's blob service with one container. object_store cannot create containers and
+/// Azurite refuses unsigned creation, so the container is made by Python's
+/// azure-storage-blob with a SharedKey-signed request.
+pub fn azurite(container: &str) -> (Spawned, tempfile::TempDir) {
+    let bin = locate("azurite-blob", "RESULTSTORE_AZURITE_BLOB");
+    let work = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = Command::new(&bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+        .current_dir(work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    wait_for_port(port, "azurite-blob", &mut child, Duration::from_secs(60));
+    let python = std::env::var_os("RESULTSTORE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| locate("python", "RESULTSTORE_TEST_PYTHON"));
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    );
+    let out = Command::new(&python)
+        .args(["-c", "import sys; from azure.storage.blob import BlobServiceClient as C; C.from_connection_string(sys.argv[1]).create_container(sys.argv[2])"])
+        .args([&conn, container])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (azure-storage-blob, installed by scripts/test): {e}", python.display()));
+    assert!(out.status.success(), "creating container {container}: {}", String::from_utf8_lossy(&out.stderr));
+    (Spawned { child, port }, work)
+}
+
+/// The `options` table for an Azure block on Azurite at `port` (path-style endpoint).
+pub fn azure_options(port: u16) -> String {
+    format!(
+        r#"{{ azure_storage_account_name = "{AZURITE_ACCOUNT}", azure_storage_account_key = "{AZURITE_KEY}", azure_storage_endpoint = "http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", azure_allow_http = "true" }}"#
+    )
+}

@@ -3,7 +3,7 @@
 //! block and a `split` block of its type.
 
 use resultstore_client::{Literal, Put, ReadOptions, Stored, Target, Want};
-use resultstore_e2e::servers::{moto_s3, s3_options};
+use resultstore_e2e::servers::{azure_options, azurite, moto_s3, s3_options};
 use resultstore_e2e::{TestServer, base_config};
 use tonic::Code;
 
@@ -149,4 +149,18 @@ async fn s3_blocks_on_moto_conform() {
     let uri =
         s.client.put(Put::json("1").storage("s3/p3").key("alias")).await.unwrap().reference().unwrap().0.uri.clone();
     assert_eq!(uri, "s3://results/p3/alias");
+}
+
+#[tokio::test]
+async fn azure_blocks_on_azurite_conform() {
+    let (azurite, _work) = azurite("results");
+    let options = azure_options(azurite.port);
+    let s = TestServer::start_with(|dir| {
+        format!(
+            "{}\n[blocks.\"azure/p3\"]\nurl = \"az://results/p3\"\noptions = {options}\n[blocks.\"azure/split\"]\nurl = \"az://results/split\"\nformat = \"split\"\nmetadata_url = \"az://results/split-meta\"\noptions = {options}\n",
+            base_config(dir)
+        )
+    })
+    .await;
+    both_formats(&s, "azure-blob-storage-container").await;
 }
