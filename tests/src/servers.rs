@@ -158,3 +158,40 @@ pub fn azure_options(port: u16) -> String {
         r#"{{ azure_storage_account_name = "{AZURITE_ACCOUNT}", azure_storage_account_key = "{AZURITE_KEY}", azure_storage_endpoint = "http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", azure_allow_http = "true" }}"#
     )
 }
+
+/// fake-gcs-server (memory backend, plain HTTP) with one bucket. It serves object_store's
+/// GCS reads (get, head, range, list, delete) but not its writes: objects are seeded with
+/// [`gcs_seed`] through its JSON upload API.
+pub fn fake_gcs(bucket: &str) -> Spawned {
+    let bin = locate("fake-gcs-server", "RESULTSTORE_FAKE_GCS_SERVER");
+    let port = free_port();
+    let mut child = Command::new(&bin)
+        .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"])
+        .args(["-public-host", &format!("127.0.0.1:{port}"), "-log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    wait_for_port(port, "fake-gcs-server", &mut child, Duration::from_secs(30));
+    let body = format!(r#"{{"name":"{bucket}"}}"#);
+    let code =
+        http(port, "POST", "/storage/v1/b?project=test", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(code, 200, "creating bucket {bucket} on fake-gcs-server");
+    Spawned { child, port }
+}
+
+/// Seeds one object into a fake-gcs-server bucket.
+pub fn gcs_seed(port: u16, bucket: &str, name: &str, body: &[u8]) {
+    let path = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}", name.replace('/', "%2F"));
+    let code = http(port, "POST", &path, &[("Content-Type", "application/octet-stream")], body);
+    assert_eq!(code, 200, "seeding {name}");
+}
+
+/// The `options` table for a GCS block on fake-gcs-server at `port`. A static bearer token
+/// (which fake-gcs-server ignores) gives object_store a credential for every request;
+/// without one it asks the cloud metadata server for a token, which tests must never reach.
+pub fn gcs_options(port: u16) -> String {
+    format!(
+        r#"{{ google_base_url = "http://127.0.0.1:{port}", google_bearer_token = "test-token", google_allow_http = "true" }}"#
+    )
+}
