@@ -91,6 +91,10 @@ impl Error {
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
                 Error::AlreadyExists { block: block.to_owned(), key: key.to_owned() }
             }
+            object_store::Error::InvalidPath { source } => Error::InvalidKey {
+                key: key.to_owned(),
+                reason: format!("the block's storage cannot hold this key ({source})"),
+            },
             other => Error::StorageUnavailable { block: block.to_owned(), reason: other.to_string() },
         }
     }

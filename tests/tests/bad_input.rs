@@ -73,6 +73,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
         ("trailing slash", put_req(|r| r.key = "a/".into()), Code::InvalidArgument),
         ("control character", put_req(|r| r.key = "a\u{7}b".into()), Code::InvalidArgument),
         ("backslash", put_req(|r| r.key = "a\\b".into()), Code::InvalidArgument),
+        ("`#` in a key", put_req(|r| r.key = "a#1".into()), Code::InvalidArgument),
         ("key over 1024 bytes", put_req(|r| r.key = long_key.clone()), Code::InvalidArgument),
         (
             "cache key over 1024 bytes",
