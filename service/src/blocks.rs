@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::keys::RESERVED_METADATA_PREFIX;
 use crate::keys::{BlockType, parse_slug};
 use crate::serializer::SerializerConfig;
-use crate::telemetry::{StorageCounters, incr};
+use crate::telemetry::{Outcome, StorageCounters, StorageOp};
 
 /// One configured block.
 #[derive(Debug)]
@@ -249,14 +249,43 @@ pub struct CountingStore {
     counters: Arc<StorageCounters>,
 }
 
+fn outcome_of<T>(r: &object_store::Result<T>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(object_store::Error::NotFound { .. }) => Outcome::NotFound,
+        Err(_) => Outcome::Failed,
+    }
+}
+
 impl CountingStore {
-    fn outcome<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
-        if let Err(e) = &r
-            && !matches!(e, object_store::Error::NotFound { .. })
-        {
-            incr(&self.counters.errors);
-        }
+    fn counted<T>(&self, op: StorageOp, r: object_store::Result<T>) -> object_store::Result<T> {
+        self.counters.record(op, outcome_of(&r));
         r
+    }
+
+    /// Counts a listing once, when it ends: failed if any item was an error.
+    fn counted_list(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let counters = self.counters.clone();
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = failed.clone();
+        stream
+            .inspect(move |item| {
+                if item.is_err() {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .map(Some)
+            .chain(futures::stream::once(async move {
+                let outcome =
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) { Outcome::Failed } else { Outcome::Ok };
+                counters.record(StorageOp::List, outcome);
+                None
+            }))
+            .filter_map(futures::future::ready)
+            .boxed()
     }
 }
 
@@ -274,8 +303,7 @@ impl ObjectStore for CountingStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        incr(&self.counters.put);
-        self.outcome(self.inner.put_opts(location, payload, opts).await)
+        self.counted(StorageOp::Put, self.inner.put_opts(location, payload, opts).await)
     }
 
     async fn put_multipart_opts(
@@ -283,13 +311,12 @@ impl ObjectStore for CountingStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        incr(&self.counters.put);
-        self.outcome(self.inner.put_multipart_opts(location, opts).await)
+        self.counted(StorageOp::Put, self.inner.put_multipart_opts(location, opts).await)
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        incr(if options.head { &self.counters.head } else { &self.counters.get });
-        self.outcome(self.inner.get_opts(location, options).await)
+        let op = if options.head { StorageOp::Head } else { StorageOp::Get };
+        self.counted(op, self.inner.get_opts(location, options).await)
     }
 
     fn delete_stream(
@@ -297,13 +324,11 @@ impl ObjectStore for CountingStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let counters = self.counters.clone();
-        let counted = locations.inspect(move |_| incr(&counters.delete)).boxed();
-        self.inner.delete_stream(counted)
+        self.inner.delete_stream(locations).inspect(move |r| counters.record(StorageOp::Delete, outcome_of(r))).boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        incr(&self.counters.list);
-        self.inner.list(prefix)
+        self.counted_list(self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -311,17 +336,14 @@ impl ObjectStore for CountingStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        incr(&self.counters.list);
-        self.inner.list_with_offset(prefix, offset)
+        self.counted_list(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        incr(&self.counters.list);
-        self.outcome(self.inner.list_with_delimiter(prefix).await)
+        self.counted(StorageOp::List, self.inner.list_with_delimiter(prefix).await)
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        incr(&self.counters.copy);
-        self.outcome(self.inner.copy_opts(from, to, options).await)
+        self.counted(StorageOp::Copy, self.inner.copy_opts(from, to, options).await)
     }
 }

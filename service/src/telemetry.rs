@@ -5,19 +5,36 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Storage operations of one block, counted by [`crate::blocks::CountingStore`].
-#[derive(Debug, Default)]
-pub struct StorageCounters {
-    pub get: AtomicU64,
-    pub head: AtomicU64,
-    pub put: AtomicU64,
-    pub delete: AtomicU64,
-    pub list: AtomicU64,
-    pub copy: AtomicU64,
-    pub errors: AtomicU64,
+/// The kinds of storage operation counted per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageOp {
+    Get = 0,
+    Head = 1,
+    Put = 2,
+    Delete = 3,
+    List = 4,
+    Copy = 5,
 }
 
-/// A point-in-time copy of [`StorageCounters`].
+/// How a storage operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok = 0,
+    NotFound = 1,
+    Failed = 2,
+}
+
+const OPS: usize = 6;
+
+/// Storage operations of one block by kind and outcome, counted by
+/// [`crate::blocks::CountingStore`]. A listing counts one operation, failed if any page of
+/// it failed.
+#[derive(Debug, Default)]
+pub struct StorageCounters {
+    by_outcome: [[AtomicU64; 3]; OPS],
+}
+
+/// A point-in-time copy of [`StorageCounters`]: attempts by kind, and failures overall.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageSnapshot {
     pub get: u64,
@@ -26,19 +43,40 @@ pub struct StorageSnapshot {
     pub delete: u64,
     pub list: u64,
     pub copy: u64,
+    /// Operations that failed (not counting "not found").
     pub errors: u64,
+    counts: [[u64; 3]; OPS],
+}
+
+impl StorageSnapshot {
+    /// Operations of `op` that ended with `outcome`.
+    pub fn count(&self, op: StorageOp, outcome: Outcome) -> u64 {
+        self.counts[op as usize][outcome as usize]
+    }
 }
 
 impl StorageCounters {
+    pub fn record(&self, op: StorageOp, outcome: Outcome) {
+        self.by_outcome[op as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StorageSnapshot {
+        let mut counts = [[0u64; 3]; OPS];
+        for (op, row) in self.by_outcome.iter().enumerate() {
+            for (outcome, c) in row.iter().enumerate() {
+                counts[op][outcome] = c.load(Ordering::Relaxed);
+            }
+        }
+        let total = |op: StorageOp| counts[op as usize].iter().sum();
         StorageSnapshot {
-            get: self.get.load(Ordering::Relaxed),
-            head: self.head.load(Ordering::Relaxed),
-            put: self.put.load(Ordering::Relaxed),
-            delete: self.delete.load(Ordering::Relaxed),
-            list: self.list.load(Ordering::Relaxed),
-            copy: self.copy.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            get: total(StorageOp::Get),
+            head: total(StorageOp::Head),
+            put: total(StorageOp::Put),
+            delete: total(StorageOp::Delete),
+            list: total(StorageOp::List),
+            copy: total(StorageOp::Copy),
+            errors: counts.iter().map(|row| row[Outcome::Failed as usize]).sum(),
+            counts,
         }
     }
 }

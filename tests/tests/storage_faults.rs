@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use resultstore::telemetry::{Outcome, StorageOp};
 use resultstore_client::{Put, ReadOptions, Target, Want};
 use resultstore_e2e::servers::{moto_s3, moto_s3_on, s3_options};
 use resultstore_e2e::{TestServer, base_config};
@@ -45,6 +46,45 @@ async fn an_outage_fails_fast_keeps_cached_results_and_recovers_without_restart(
     assert_eq!(v.json.as_deref(), Some("\"back\""));
     let counters = s.store().blocks().get("s3-bucket/prod").unwrap().counters.snapshot();
     assert!(counters.errors >= 2, "{counters:?}");
+    assert!(counters.count(StorageOp::Put, Outcome::Failed) >= 1, "{counters:?}");
+    assert!(counters.count(StorageOp::Get, Outcome::Failed) >= 1, "{counters:?}");
+    assert_eq!(counters.count(StorageOp::Put, Outcome::Ok), 2, "{counters:?}");
+    assert_eq!(counters.count(StorageOp::Get, Outcome::Ok), 1, "{counters:?}");
+}
+
+/// A backend that accepts connections and never answers: calls fail within the block's
+/// timeouts, never hang, and the error names no secret.
+#[tokio::test]
+async fn a_hung_backend_fails_within_the_timeout_and_secrets_stay_out_of_errors() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(64) {
+            held.push(conn); // accepted, never answered
+        }
+    });
+    let options = s3_options(port)
+        .replace(r#"aws_secret_access_key = "test""#, r#"aws_secret_access_key = "SUPERSECRET-abc123""#);
+    let s = TestServer::start_with(|dir| {
+        format!(
+            "{}\n[blocks.\"s3-bucket/slow\"]\nurl = \"s3://results/slow\"\noptions = {options}\nrequest_timeout = \"1s\"\nretry = {{ max_retries = 0 }}\n",
+            base_config(dir)
+        )
+    })
+    .await;
+    let start = Instant::now();
+    let err = s.client.put(Put::json("1").storage("s3-bucket/slow").key("k")).await.unwrap_err();
+    assert!(matches!(err.code(), Some(Code::Unavailable | Code::DeadlineExceeded)), "{err}");
+    let target = Target::Location { block: "s3-bucket/slow".into(), key: "k".into() };
+    let err2 = s.client.resolve(target, Want::Raw, ReadOptions::default()).await.unwrap_err();
+    assert!(matches!(err2.code(), Some(Code::Unavailable | Code::DeadlineExceeded)), "{err2}");
+    assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
+    for e in [err.to_string(), err2.to_string()] {
+        assert!(!e.contains("SUPERSECRET"), "a secret leaked: {e}");
+    }
+    let blocks = s.client.list_blocks().await.unwrap();
+    assert!(blocks.iter().all(|b| !b.url.contains("SUPERSECRET")));
 }
 
 #[tokio::test]
