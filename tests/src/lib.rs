@@ -53,6 +53,29 @@ format = "split"
     )
 }
 
+/// [`base_config`] plus a `{block_type}/p3` block at `{url}/p3` and a split
+/// `{block_type}/split` block at `{url}/split` with metadata at `{url}/split-meta`, both with
+/// `options` (a TOML inline table).
+pub fn config_with_pair(dir: &Path, block_type: &str, url: &str, options: &str) -> String {
+    format!(
+        "{}\n[blocks.\"{block_type}/p3\"]\nurl = \"{url}/p3\"\noptions = {options}\n\
+         [blocks.\"{block_type}/split\"]\nurl = \"{url}/split\"\nformat = \"split\"\nmetadata_url = \"{url}/split-meta\"\noptions = {options}\n",
+        base_config(dir)
+    )
+}
+
+/// Serializer configs as clients name them: every type, every compression library.
+pub const SERIALIZERS: &[&str] = &[
+    "json",
+    "pickle",
+    "compressed/json",
+    "compressed/pickle",
+    r#"{"type":"compressed","serializer":"json","compressionlib":"bz2"}"#,
+    r#"{"type":"compressed","serializer":{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null},"compressionlib":"zlib"}"#,
+    r#"{"type":"compressed","serializer":"json","compressionlib":"gzip"}"#,
+    r#"{"type":"compressed","serializer":"pickle","compressionlib":"lzma"}"#,
+];
+
 impl TestServer {
     /// A server with [`base_config`].
     pub async fn start() -> Self {

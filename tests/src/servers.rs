@@ -75,6 +75,21 @@ pub fn wait_for_port(port: u16, what: &str, child: &mut Child, limit: Duration) 
     }
 }
 
+/// Starts the test server `name` (found by [`locate`]) as `configure` sets it up, and
+/// waits until it listens on `port`.
+fn launch(name: &str, env_var: &str, port: u16, configure: impl FnOnce(&mut Command)) -> Spawned {
+    let bin = locate(name, env_var);
+    let mut cmd = Command::new(&bin);
+    configure(&mut cmd);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    wait_for_port(port, name, &mut child, Duration::from_secs(60));
+    Spawned { child, port }
+}
+
 /// One plain HTTP/1.1 request; returns the status code.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -100,17 +115,12 @@ pub fn moto_s3(bucket: &str) -> Spawned {
 
 /// moto's S3 server with one bucket, on `port` (to bring a stopped server back).
 pub fn moto_s3_on(port: u16, bucket: &str) -> Spawned {
-    let bin = locate("moto_server", "RESULTSTORE_MOTO_SERVER");
-    let mut child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    wait_for_port(port, "moto_server", &mut child, Duration::from_secs(60));
+    let spawned = launch("moto_server", "RESULTSTORE_MOTO_SERVER", port, |c| {
+        c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    });
     let code = http(port, "PUT", &format!("/{bucket}"), &[], b"");
     assert_eq!(code, 200, "creating bucket {bucket} on moto");
-    Spawned { child, port }
+    spawned
 }
 
 /// The `options` table for an S3 block on a local test server.
@@ -129,18 +139,13 @@ pub const AZURITE_KEY: &str =
 /// Azurite refuses unsigned creation, so the container is made by Python's
 /// azure-storage-blob with a SharedKey-signed request.
 pub fn azurite(container: &str) -> (Spawned, tempfile::TempDir) {
-    let bin = locate("azurite-blob", "RESULTSTORE_AZURITE_BLOB");
     let work = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let mut child = Command::new(&bin)
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-        .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"])
-        .current_dir(work.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    wait_for_port(port, "azurite-blob", &mut child, Duration::from_secs(60));
+    let spawned = launch("azurite-blob", "RESULTSTORE_AZURITE_BLOB", port, |c| {
+        c.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+            .current_dir(work.path());
+    });
     let python = std::env::var_os("RESULTSTORE_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| locate("python", "RESULTSTORE_TEST_PYTHON"));
@@ -153,7 +158,7 @@ pub fn azurite(container: &str) -> (Spawned, tempfile::TempDir) {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} (azure-storage-blob, installed by scripts/test): {e}", python.display()));
     assert!(out.status.success(), "creating container {container}: {}", String::from_utf8_lossy(&out.stderr));
-    (Spawned { child, port }, work)
+    (spawned, work)
 }
 
 /// The `options` table for an Azure block on Azurite at `port` (path-style endpoint).
@@ -167,21 +172,20 @@ pub fn azure_options(port: u16) -> String {
 /// GCS reads (get, head, range, list, delete) but not its writes: objects are seeded with
 /// [`gcs_seed`] through its JSON upload API.
 pub fn fake_gcs(bucket: &str) -> Spawned {
-    let bin = locate("fake-gcs-server", "RESULTSTORE_FAKE_GCS_SERVER");
     let port = free_port();
-    let mut child = Command::new(&bin)
-        .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"])
-        .args(["-public-host", &format!("127.0.0.1:{port}"), "-log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    wait_for_port(port, "fake-gcs-server", &mut child, Duration::from_secs(30));
+    let spawned = launch("fake-gcs-server", "RESULTSTORE_FAKE_GCS_SERVER", port, |c| {
+        c.args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"]).args([
+            "-public-host",
+            &format!("127.0.0.1:{port}"),
+            "-log-level",
+            "error",
+        ]);
+    });
     let body = format!(r#"{{"name":"{bucket}"}}"#);
     let code =
         http(port, "POST", "/storage/v1/b?project=test", &[("Content-Type", "application/json")], body.as_bytes());
     assert_eq!(code, 200, "creating bucket {bucket} on fake-gcs-server");
-    Spawned { child, port }
+    spawned
 }
 
 /// Seeds one object into a fake-gcs-server bucket.
@@ -203,17 +207,12 @@ pub fn gcs_options(port: u16) -> String {
 /// s3s-fs: a second S3 implementation, which checks SigV4 signatures (credentials
 /// `test`/`test`), storing buckets as folders under a temp dir.
 pub fn s3s_fs(bucket: &str) -> (Spawned, tempfile::TempDir) {
-    let bin = locate("s3s-fs", "RESULTSTORE_S3S_FS");
     let root = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(root.path().join(bucket)).expect("bucket folder");
     let port = free_port();
-    let mut child = Command::new(&bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "test", "--secret-key", "test"])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    wait_for_port(port, "s3s-fs", &mut child, Duration::from_secs(30));
-    (Spawned { child, port }, root)
+    let spawned = launch("s3s-fs", "RESULTSTORE_S3S_FS", port, |c| {
+        c.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "test", "--secret-key", "test"])
+            .arg(root.path());
+    });
+    (spawned, root)
 }

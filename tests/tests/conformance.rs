@@ -4,17 +4,10 @@
 
 use resultstore_client::{Literal, Put, ReadOptions, Stored, Target, Want};
 use resultstore_e2e::servers::{azure_options, azurite, moto_s3, s3_options, s3s_fs};
-use resultstore_e2e::{TestServer, base_config};
+use resultstore_e2e::{SERIALIZERS, TestServer, base_config, config_with_pair};
 use tonic::Code;
 
 const VALUE: &str = r#"{"a": 1, "b": [1, 2.5, "x", null, true], "t": "h\u00e9"}"#;
-const SERIALIZERS: &[&str] = &[
-    "json",
-    "pickle",
-    "compressed/json",
-    "compressed/pickle",
-    r#"{"type":"compressed","serializer":"json","compressionlib":"bz2"}"#,
-];
 
 fn bypass() -> ReadOptions {
     ReadOptions { bypass_cache: true, ..Default::default() }
@@ -138,13 +131,7 @@ async fn local_file_system_blocks_conform() {
 async fn s3_blocks_on_moto_conform() {
     let moto = moto_s3("results");
     let options = s3_options(moto.port);
-    let s = TestServer::start_with(|dir| {
-        format!(
-            "{}\n[blocks.\"s3-bucket/p3\"]\nurl = \"s3://results/p3\"\noptions = {options}\n[blocks.\"s3-bucket/split\"]\nurl = \"s3://results/split\"\nformat = \"split\"\nmetadata_url = \"s3://results/split-meta\"\noptions = {options}\n",
-            base_config(dir)
-        )
-    })
-    .await;
+    let s = TestServer::start_with(|dir| config_with_pair(dir, "s3-bucket", "s3://results", &options)).await;
     both_formats(&s, "s3-bucket").await;
     let uri =
         s.client.put(Put::json("1").storage("s3/p3").key("alias")).await.unwrap().reference().unwrap().0.uri.clone();
@@ -155,13 +142,7 @@ async fn s3_blocks_on_moto_conform() {
 async fn azure_blocks_on_azurite_conform() {
     let (azurite, _work) = azurite("results");
     let options = azure_options(azurite.port);
-    let s = TestServer::start_with(|dir| {
-        format!(
-            "{}\n[blocks.\"azure/p3\"]\nurl = \"az://results/p3\"\noptions = {options}\n[blocks.\"azure/split\"]\nurl = \"az://results/split\"\nformat = \"split\"\nmetadata_url = \"az://results/split-meta\"\noptions = {options}\n",
-            base_config(dir)
-        )
-    })
-    .await;
+    let s = TestServer::start_with(|dir| config_with_pair(dir, "azure", "az://results", &options)).await;
     both_formats(&s, "azure-blob-storage-container").await;
 }
 
@@ -169,13 +150,7 @@ async fn azure_blocks_on_azurite_conform() {
 async fn s3_blocks_on_s3s_fs_conform() {
     let (server, _root) = s3s_fs("results");
     let options = s3_options(server.port);
-    let s = TestServer::start_with(|dir| {
-        format!(
-            "{}\n[blocks.\"s3-bucket/p3\"]\nurl = \"s3://results/p3\"\noptions = {options}\n[blocks.\"s3-bucket/split\"]\nurl = \"s3://results/split\"\nformat = \"split\"\nmetadata_url = \"s3://results/split-meta\"\noptions = {options}\n",
-            base_config(dir)
-        )
-    })
-    .await;
+    let s = TestServer::start_with(|dir| config_with_pair(dir, "s3-bucket", "s3://results", &options)).await;
     both_formats(&s, "s3-bucket").await;
     // Signatures are checked: a wrong secret is refused.
     let bad =

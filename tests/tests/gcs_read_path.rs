@@ -5,7 +5,7 @@
 
 use resultstore_client::{ReadOptions, Target, Want};
 use resultstore_e2e::servers::{fake_gcs, gcs_options, gcs_seed};
-use resultstore_e2e::{TestServer, base_config, prefect_samples};
+use resultstore_e2e::{TestServer, config_with_pair, prefect_samples};
 use tonic::Code;
 
 #[tokio::test]
@@ -28,13 +28,7 @@ async fn gcs_blocks_read_prefect_records_list_and_delete() {
     gcs_seed(gcs.port, "results", "split-meta/split-key", &std::fs::read(samples.join("metadata/split-key")).unwrap());
 
     let options = gcs_options(gcs.port);
-    let s = TestServer::start_with(|dir| {
-        format!(
-            "{}\n[blocks.\"gcs/p3\"]\nurl = \"gs://results/p3\"\noptions = {options}\n[blocks.\"gcs/split\"]\nurl = \"gs://results/split\"\nformat = \"split\"\nmetadata_url = \"gs://results/split-meta\"\noptions = {options}\n",
-            base_config(dir)
-        )
-    })
-    .await;
+    let s = TestServer::start_with(|dir| config_with_pair(dir, "gcs", "gs://results", &options)).await;
     let c = &s.client;
     let bypass = || ReadOptions { bypass_cache: true, ..Default::default() };
     let loc = |block: &str, key: &str| Target::Location { block: block.into(), key: key.into() };

@@ -2,23 +2,11 @@
 
 use base64::Engine;
 use resultstore_client::{Put, ReadOptions, Want, proto};
-use resultstore_e2e::{TestServer, python};
+use resultstore_e2e::{SERIALIZERS, TestServer, python};
 use tonic::Code;
 
 const DOC: &str =
     r#"{"a": 1, "b": [1, 2.5, "x", null, true], "h\u00e9": {"n": -7, "big": 1180591620717411303424, "f": 1e-05}}"#;
-
-/// The serializer configs under test, as a client names them.
-const SERIALIZERS: &[&str] = &[
-    "json",
-    "pickle",
-    "compressed/json",
-    "compressed/pickle",
-    r#"{"type":"compressed","serializer":"json","compressionlib":"bz2"}"#,
-    r#"{"type":"compressed","serializer":{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null},"compressionlib":"zlib"}"#,
-    r#"{"type":"compressed","serializer":"json","compressionlib":"gzip"}"#,
-    r#"{"type":"compressed","serializer":"pickle","compressionlib":"lzma"}"#,
-];
 
 /// Python reads a record the server wrote, the way Prefect's serializers would, and
 /// compares the value with the JSON document that was put.
