@@ -25,6 +25,7 @@ use object_store::{
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
 };
 
+use crate::cache::CacheKey;
 use crate::config::{BlockConfig, BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::keys::RESERVED_METADATA_PREFIX;
@@ -37,6 +38,8 @@ use crate::telemetry::{Outcome, StorageCounters, StorageOp};
 pub struct Block {
     /// Canonical slug, e.g. `local-file-system/default`.
     pub slug: String,
+    /// The slug again, shared by every cache key of this block (no allocation per request).
+    cache_name: Arc<str>,
     pub block_type: BlockType,
     pub format: BlockFormat,
     pub store: Arc<dyn ObjectStore>,
@@ -51,6 +54,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// The cache key of `key` in this block.
+    pub fn cache_key(&self, key: impl Into<String>) -> CacheKey {
+        CacheKey { block: self.cache_name.clone(), key: key.into() }
+    }
+
     /// The full storage URI of a key.
     pub fn uri(&self, key: &str) -> String {
         match &self.local_root {
@@ -107,6 +115,11 @@ impl BlockRegistry {
         if slug.is_empty() {
             return Ok(self.default_block());
         }
+        // Requests usually carry the canonical slug (references always do): look it up as
+        // it is, and parse only aliases and unknown or malformed slugs.
+        if let Some(block) = self.blocks.get(slug) {
+            return Ok(block.clone());
+        }
         let (canonical, _) = parse_slug(slug)?;
         self.blocks.get(&canonical).cloned().ok_or_else(|| Error::UnknownBlock {
             block: slug.to_owned(),
@@ -147,6 +160,7 @@ fn build_block(
     };
     Ok(Block {
         slug: slug.to_owned(),
+        cache_name: slug.into(),
         block_type,
         format: bc.format,
         store,

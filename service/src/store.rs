@@ -15,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use sha2::{Digest, Sha256};
 
 use crate::blocks::{Block, BlockRegistry};
-use crate::cache::{CacheKey, LoadedResult, ResolveCache};
+use crate::cache::{LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::keys::validate_key;
@@ -227,7 +227,7 @@ impl ResultStore {
             reference.version = self.write_record(&block, &key, &record, input.mode).await?;
             reference.uri = block.uri(&key);
         }
-        let cache_key = CacheKey { block: block.slug.as_str().into(), key };
+        let cache_key = block.cache_key(key);
         self.cache.insert(cache_key, Arc::new(LoadedResult { record, value, reference: reference.clone() })).await;
         Ok(PutOutcome::Stored(Box::new(reference)))
     }
@@ -297,7 +297,7 @@ impl ResultStore {
             hint = opts.serializer_hint.clone();
         }
         validate_key(&key)?;
-        let cache_key = CacheKey { block: block.slug.as_str().into(), key: key.clone() };
+        let cache_key = block.cache_key(key.as_str());
 
         let (result, cache_hit) = if !expect.persisted {
             // Memory is the only home of a result that was not persisted.
@@ -449,7 +449,7 @@ impl ResultStore {
         let path = Path::from(key);
         let map = |e| Error::from_store(&block.slug, key, e);
         block.store.head(&path).await.map_err(map)?;
-        self.cache.invalidate(&CacheKey { block: block.slug.as_str().into(), key: key.to_owned() }).await;
+        self.cache.invalidate(&block.cache_key(key)).await;
         block.store.delete(&path).await.map_err(map)?;
         if let Some(meta) = &block.metadata_store {
             match meta.delete(&path).await {
@@ -477,14 +477,13 @@ impl ResultStore {
         // object_store lists whole segments: list the directory part, filter the rest.
         let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
         let dir_path = dir.map(Path::from);
-        let stream = if page_token.is_empty() {
+        let mut stream = if page_token.is_empty() {
             block.store.list(dir_path.as_ref())
         } else {
             block.store.list_with_offset(dir_path.as_ref(), &Path::from(page_token))
         };
         // Stores do not promise an order: keep the `page_size + 1` smallest keys seen.
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
-        let mut stream = stream;
         while let Some(meta) = stream.try_next().await.map_err(|e| Error::from_store(&block.slug, prefix, e))? {
             let key = meta.location.as_ref();
             let reserved = key.split('/').next() == Some(crate::keys::RESERVED_METADATA_PREFIX);
