@@ -137,6 +137,7 @@ impl Client {
             allow_expired: opts.allow_expired,
             serializer_hint: opts.serializer_hint,
             bypass_cache: opts.bypass_cache,
+            as_stored: opts.as_stored,
         };
         Ok(self.raw().get(req).await?.into_inner())
     }
@@ -257,6 +258,8 @@ pub struct ReadOptions {
     pub allow_expired: bool,
     pub bypass_cache: bool,
     pub serializer_hint: Option<pb::Serializer>,
+    /// Get only: the object as stored (a storage block's `read_path`), not the serializer bytes.
+    pub as_stored: bool,
 }
 
 /// A resolved value.
@@ -526,6 +529,12 @@ impl Put {
     pub fn data(bytes: impl Into<bytes::Bytes>) -> Self {
         Self::with(pb::put_request::Payload::Data(bytes.into()))
     }
+    /// An object as a Prefect storage block's `write_path` receives it, stored as is
+    /// (see `PutRequest.object`).
+    pub fn object(bytes: impl Into<bytes::Bytes>) -> Self {
+        Self::with(pb::put_request::Payload::Object(bytes.into()))
+    }
+
     pub fn literal(l: Literal) -> Self {
         Self::with(pb::put_request::Payload::Literal(l.to_pb()))
     }

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
@@ -31,7 +32,7 @@ use moka::policy::EvictionPolicy;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
-use crate::record::ResultRecord;
+use crate::record::{RecordFormat, ResultRecord};
 use crate::reference::ResultReference;
 use crate::serializer::DecodedValue;
 use crate::telemetry::{CacheCounters, CacheSnapshot, incr};
@@ -49,6 +50,9 @@ pub struct LoadedResult {
     pub record: ResultRecord,
     pub value: DecodedValue,
     pub reference: ResultReference,
+    /// The object exactly as stored, kept only where the record cannot rebuild it
+    /// (Prefect 2 blobs); see [`LoadedResult::stored_object`].
+    pub stored: Option<Bytes>,
 }
 
 /// Fixed per-entry overhead counted in the weight (key, metadata, bookkeeping).
@@ -60,7 +64,24 @@ impl LoadedResult {
         let data = self.record.data.len() as u64;
         let value =
             if self.value.bytes.as_ptr() == self.record.data.as_ptr() { 0 } else { self.value.bytes.len() as u64 };
-        data + value + ENTRY_OVERHEAD
+        let stored = self.stored.as_ref().map_or(0, |s| s.len() as u64);
+        data + value + stored + ENTRY_OVERHEAD
+    }
+
+    /// The object as a Prefect storage block's `read_path` returns it: bare payloads as
+    /// they are, Prefect 2 blobs as stored, and Prefect 3 records (and split results) as
+    /// the compact record Prefect writes, rebuilt from the entry rather than kept twice.
+    /// Records Prefect wrote come back byte for byte (key order and escapes are kept); a
+    /// record someone wrote by hand with other whitespace comes back compact. `None` when
+    /// the serializer bytes are not UTF-8, which a record cannot hold.
+    pub fn stored_object(&self) -> Option<Bytes> {
+        if let Some(stored) = &self.stored {
+            return Some(stored.clone());
+        }
+        match self.record.format {
+            RecordFormat::Bare => Some(self.record.data.clone()),
+            _ => self.record.encode_prefect3().map(Bytes::from),
+        }
     }
 }
 

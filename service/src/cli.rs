@@ -81,6 +81,9 @@ enum Command {
         /// Write the serializer bytes to this file instead of printing them.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With --out: write the object as stored (the record Prefect reads) instead.
+        #[arg(long, requires = "out")]
+        as_stored: bool,
     },
     /// Resolve a reference to its value (raw bytes to stdout, or --json).
     Resolve {
@@ -178,6 +181,7 @@ impl TargetArgs {
             allow_expired: self.allow_expired,
             bypass_cache: self.bypass_cache,
             serializer_hint: self.serializer_hint.as_deref().map(serializer_pb),
+            as_stored: false,
         }
     }
 }
@@ -250,13 +254,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", stored.to_json());
             Ok(())
         }
-        Command::Get { server, target, out } => {
+        Command::Get { server, target, out, as_stored } => {
             let client = Client::connect(server.server).await?;
             let t = match target.target()? {
                 Ok(t) => t,
                 Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
             };
-            let reply = client.get(t, target.options()).await?;
+            let reply = client.get(t, ReadOptions { as_stored, ..target.options() }).await?;
             if out.is_some() {
                 output(&out, &reply.data)?;
             }

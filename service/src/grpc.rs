@@ -141,8 +141,11 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
         Some(pb::put_request::Payload::Data(d)) => Payload::Data(d),
         Some(pb::put_request::Payload::Json(j)) => Payload::Json(j),
         Some(pb::put_request::Payload::Literal(l)) => Payload::Literal(literal_of(l)?),
+        Some(pb::put_request::Payload::Object(o)) => Payload::Object(o),
         None => {
-            return Err(Error::InvalidRequest("the request has no payload: set `data`, `json` or `literal`".into()));
+            return Err(Error::InvalidRequest(
+                "the request has no payload: set `data`, `json`, `literal` or `object`".into(),
+            ));
         }
     };
     let mode = match pb::WriteMode::try_from(req.mode) {
@@ -190,7 +193,12 @@ fn read_target(target: Option<Target>) -> Result<ReadTarget, Error> {
 }
 
 fn read_options(allow_expired: bool, bypass_cache: bool, hint: Option<&pb::Serializer>) -> Result<ReadOptions, Status> {
-    Ok(ReadOptions { allow_expired, bypass_cache, serializer_hint: serializer_of(hint).map_err(status_of)? })
+    Ok(ReadOptions {
+        allow_expired,
+        bypass_cache,
+        serializer_hint: serializer_of(hint).map_err(status_of)?,
+        as_stored: false,
+    })
 }
 
 fn record_target(span: &Span, t: &ReadTarget) {
@@ -234,17 +242,25 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         }))
         .map_err(status_of)?;
         record_target(&Span::current(), &target);
-        let opts = read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?;
+        let opts = ReadOptions {
+            as_stored: req.as_stored,
+            ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
+        };
         match self.store.read(target, opts).await.map_err(status_of)? {
             ReadOutcome::Literal(_) => Err(Status::failed_precondition(
                 "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
             )),
             ReadOutcome::Loaded { result, .. } => {
                 Span::current().record("size", result.reference.size);
-                self.check_reply_size(result.record.data.len())?;
+                let data = if req.as_stored {
+                    self.store.stored_object(&result).map_err(status_of)?
+                } else {
+                    result.record.data.clone()
+                };
+                self.check_reply_size(data.len())?;
                 Ok(Response::new(pb::GetResponse {
                     reference: Some(reference_pb(&result.reference)),
-                    data: result.record.data.clone(),
+                    data,
                     metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
                 }))
             }

@@ -33,6 +33,8 @@ pub enum Payload {
     /// A JSON document for the server to serialize.
     Json(String),
     Literal(LiteralValue),
+    /// An object as a Prefect storage block's `write_path` receives it, stored as is.
+    Object(Bytes),
 }
 
 /// Whether a Put may replace an existing result.
@@ -89,6 +91,9 @@ pub struct ReadOptions {
     pub bypass_cache: bool,
     /// Serializer assumed for bare payloads.
     pub serializer_hint: Option<SerializerConfig>,
+    /// The caller wants the object as stored (a storage block's `read_path`): bare
+    /// payloads then need no serializer, and one of any serializer serves from the cache.
+    pub as_stored: bool,
 }
 
 /// What a read found.
@@ -121,6 +126,13 @@ pub struct ResultStore {
     max_result_size: u64,
 }
 
+fn put_mode(mode: WriteMode) -> PutMode {
+    match mode {
+        WriteMode::Overwrite => PutMode::Overwrite,
+        WriteMode::CreateOnly => PutMode::Create,
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -150,13 +162,17 @@ impl ResultStore {
 
     /// Stores one result, or returns it as a literal.
     pub async fn put(&self, input: PutInput) -> Result<PutOutcome> {
+        if let Payload::Object(object) = &input.payload {
+            let object = object.clone();
+            return self.put_object(input, object).await.map(|r| PutOutcome::Stored(Box::new(r)));
+        }
         let explicit_key = input.key.as_deref().is_some_and(|k| !k.is_empty());
         let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, explicit_key)?;
         let key = input.key.filter(|k| !k.is_empty()).or_else(|| eff.cache_key.clone());
 
         // Literals stay in the reply unless a key asks for them to be findable in storage.
         let value: Option<PlainValue> = match &input.payload {
-            Payload::Data(_) => None,
+            Payload::Data(_) | Payload::Object(_) => None,
             Payload::Json(text) => Some(
                 json::parse(text.as_bytes()).map_err(|e| Error::InvalidRequest(format!("`json` is not JSON: {e}")))?,
             ),
@@ -184,7 +200,9 @@ impl ResultStore {
                 data.clone()
             }
             (_, Some(v)) => Bytes::from(serializer::encode_plain(&eff.serializer, v)?),
-            (_, None) => unreachable!("json and literal payloads always carry a value"),
+            (Payload::Object(_), _) | (_, None) => {
+                unreachable!("json and literal payloads always carry a value; objects returned above")
+            }
         };
         if data.len() as u64 > self.max_result_size {
             return Err(Error::TooLarge {
@@ -228,8 +246,99 @@ impl ResultStore {
             reference.uri = block.uri(&key);
         }
         let cache_key = block.cache_key(key);
-        self.cache.insert(cache_key, Arc::new(LoadedResult { record, value, reference: reference.clone() })).await;
+        let loaded = LoadedResult { record, value, reference: reference.clone(), stored: None };
+        self.cache.insert(cache_key, Arc::new(loaded)).await;
         Ok(PutOutcome::Stored(Box::new(reference)))
+    }
+
+    /// Stores an object as a Prefect storage block hands it over (`write_path`).
+    ///
+    /// Prefect decided the object's layout, so it is written as is: a Prefect 3 record
+    /// keeps Prefect's own `storage_block_id` and `prefect_version`, a bare flow result
+    /// stays bare. The one exception is a Prefect 3 record sent to a `split` block, which
+    /// is split as the block's format says (reading it `as_stored` rebuilds the record).
+    /// Records are decoded first, so one that could never be read back is refused before
+    /// it replaces anything.
+    async fn put_object(&self, input: PutInput, object: Bytes) -> Result<ResultReference> {
+        let said_no = |s: &ResultSettings| s.persist_result == Some(false);
+        if said_no(&input.task) || input.flow.as_ref().is_some_and(said_no) {
+            return Err(Error::InvalidSettings(
+                "an object is written to storage as it is; persist_result = false cannot apply to it".into(),
+            ));
+        }
+        if input.expiration.is_some() {
+            return Err(Error::InvalidRequest(
+                "an object carries its own expiration (in its record); leave `expiration` unset".into(),
+            ));
+        }
+        if object.len() as u64 > self.max_result_size {
+            return Err(Error::TooLarge {
+                what: "the object".into(),
+                size: object.len() as u64,
+                limit: self.max_result_size,
+            });
+        }
+        let explicit_serializer = input
+            .task
+            .result_serializer
+            .clone()
+            .or_else(|| input.flow.as_ref().and_then(|f| f.result_serializer.clone()));
+        let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, true)?;
+        let block = self.blocks.get(&eff.storage)?;
+        let key = input
+            .key
+            .filter(|k| !k.is_empty())
+            .or(eff.cache_key)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        validate_key(&key)?;
+
+        let hint = explicit_serializer.unwrap_or_else(SerializerConfig::opaque);
+        let mut record = ResultRecord::decode(object.clone(), &hint, &key)
+            .map_err(|m| Error::InvalidRequest(format!("the object is not a readable record: {m}")))?;
+        serializer::check_data(&record.serializer, &record.data)?;
+        let value =
+            serializer::decode_value(&record.serializer, &record.data, self.max_result_size).map_err(|e| match e {
+                DecodeError::Corrupt(m) => {
+                    Error::InvalidRequest(format!("the object's result cannot be read back: {m}"))
+                }
+                DecodeError::TooLarge { size, limit } => {
+                    Error::TooLarge { what: "the decompressed result".into(), size, limit }
+                }
+            })?;
+        let version = if block.format == BlockFormat::Split && record.format == RecordFormat::Prefect3 {
+            record.format = RecordFormat::Split;
+            self.write_record(&block, &key, &record, input.mode).await?
+        } else {
+            self.write_object(&block, &key, object.clone(), input.mode).await?
+        };
+        let reference = ResultReference {
+            block: block.slug.clone(),
+            key: key.clone(),
+            serializer: record.serializer.clone(),
+            size: record.data.len() as u64,
+            sha256: sha256_hex(&record.data),
+            version,
+            created: Some(Utc::now()),
+            expiration: record.expiration,
+            persisted: true,
+            uri: block.uri(&key),
+            format: record.format,
+        };
+        let stored = (record.format == RecordFormat::Prefect2).then_some(object);
+        let loaded = LoadedResult { record, value, reference: reference.clone(), stored };
+        self.cache.insert(block.cache_key(key), Arc::new(loaded)).await;
+        Ok(reference)
+    }
+
+    /// Writes bytes at a key as they are; returns the store's version of them.
+    async fn write_object(&self, block: &Block, key: &str, bytes: Bytes, mode: WriteMode) -> Result<Option<String>> {
+        let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
+        let put = block
+            .store
+            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), opts)
+            .await
+            .map_err(|e| Error::from_store(&block.slug, key, e))?;
+        Ok(put.e_tag.or(put.version))
     }
 
     /// Writes a record in the block's format; returns the store's version of it.
@@ -241,13 +350,7 @@ impl ResultStore {
         mode: WriteMode,
     ) -> Result<Option<String>> {
         let path = Path::from(key);
-        let opts = PutOptions {
-            mode: match mode {
-                WriteMode::Overwrite => PutMode::Overwrite,
-                WriteMode::CreateOnly => PutMode::Create,
-            },
-            ..Default::default()
-        };
+        let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
         let map = |e| Error::from_store(&block.slug, key, e);
         match (block.format, &block.metadata_store) {
             (BlockFormat::Split, Some(meta)) => {
@@ -268,8 +371,7 @@ impl ResultStore {
                             .into(),
                     )
                 })?;
-                let put = block.store.put_opts(&path, PutPayload::from(bytes), opts).await.map_err(map)?;
-                Ok(put.e_tag.or(put.version))
+                self.write_object(block, key, Bytes::from(bytes), mode).await
             }
         }
     }
@@ -312,9 +414,12 @@ impl ResultStore {
                 expect.version.as_ref().is_none_or(|v| e.reference.version.as_ref() == Some(v))
                     && expect.sha256.as_ref().is_none_or(|s| *s == e.reference.sha256)
                     && (e.record.format != RecordFormat::Bare
-                        || hint.as_ref().is_none_or(|h| *h == e.record.serializer))
+                        || opts.as_stored
+                        || *hint.as_ref().unwrap_or(&block.default_serializer) == e.record.serializer)
             };
-            let load = self.load(block.clone(), key.clone(), hint.clone());
+            // Reading as stored needs no serializer for a bare payload: load it opaquely.
+            let load_hint = hint.clone().or_else(|| opts.as_stored.then(SerializerConfig::opaque));
+            let load = self.load(block.clone(), key.clone(), load_hint);
             self.cache.get_or_load(cache_key, accept, opts.bypass_cache, load).await?
         };
 
@@ -349,6 +454,7 @@ impl ResultStore {
         }
         let (data, meta) = self.get_bytes(&block, block.store.as_ref(), &path, &key).await?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
+        let raw = data.clone();
         let record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
             None => {
@@ -384,7 +490,8 @@ impl ResultStore {
             uri: block.uri(&key),
             format: record.format,
         };
-        Ok(LoadedResult { record, value, reference })
+        let stored = (record.format == RecordFormat::Prefect2).then_some(raw);
+        Ok(LoadedResult { record, value, reference, stored })
     }
 
     /// Reads a whole object, refusing objects above `max_result_size` before reading them.
@@ -423,6 +530,17 @@ impl ResultStore {
     }
 
     /// The value of a loaded result as JSON.
+    /// The object as stored (see [`LoadedResult::stored_object`]).
+    pub fn stored_object(&self, result: &LoadedResult) -> Result<Bytes> {
+        result.stored_object().ok_or_else(|| {
+            Error::CannotTranscode(format!(
+                "`{}` in `{}` holds serializer bytes that are not UTF-8, which a Prefect 3 record cannot hold; \
+                 read its serializer bytes without `as_stored`",
+                result.reference.key, result.reference.block
+            ))
+        })
+    }
+
     pub fn to_json(&self, result: &LoadedResult) -> Result<Bytes> {
         let max_nodes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
         serializer::to_json(&result.value, max_nodes).map_err(|e| match e {

@@ -117,6 +117,15 @@ impl SerializerConfig {
         }))
     }
 
+    /// `{"type": "opaque"}`: bytes the service stores and returns without reading them
+    /// (bare objects written through a Prefect storage block, whose serializer the block
+    /// does not know).
+    pub fn opaque() -> Self {
+        let mut m = Map::new();
+        m.insert("type".into(), "opaque".into());
+        SerializerConfig(m)
+    }
+
     /// A config from JSON: an object with a `type`, or a string naming a type.
     pub fn from_value(v: Value) -> Result<Self> {
         match v {
