@@ -1,0 +1,36 @@
+"""resultstore: a Python client for the resultstore service.
+
+- `ResultStoreClient(url)`: `put(obj, serializer=..., storage=..., persist=..., key=...,
+  expiration=...)` returns a `ResultLiteral` or a `ResultReference`; `reference.get()`
+  fetches the value through the server's shared cache and deserializes it here.
+- `resultstore.serializers`: Prefect's serializers (json, pickle, compressed), giving the
+  bytes Prefect gives, so what this client writes is what Prefect reads.
+- `resultstore.prefect.ResultStoreStorage`: a Prefect storage block backed by a server
+  (needs `prefect`; imported on demand).
+- `resultstore.errors`: one exception per gRPC status.
+- `resultstore.v1`: the generated protobuf and gRPC stubs, for the raw API.
+"""
+
+from resultstore.client import ResultLiteral, ResultReference, ResultStoreClient
+from resultstore.errors import ResultStoreError
+from resultstore.serializers import (
+    CompressedJSONSerializer,
+    CompressedPickleSerializer,
+    CompressedSerializer,
+    JSONSerializer,
+    PickleSerializer,
+    Serializer,
+)
+
+__all__ = [
+    "ResultStoreClient",
+    "ResultReference",
+    "ResultLiteral",
+    "ResultStoreError",
+    "Serializer",
+    "JSONSerializer",
+    "PickleSerializer",
+    "CompressedSerializer",
+    "CompressedJSONSerializer",
+    "CompressedPickleSerializer",
+]

@@ -1,0 +1,443 @@
+"""`ResultStoreClient`: put Python objects as Prefect-compatible results, get them back.
+
+Serialization happens here, in the caller's process, with the serializers of
+`resultstore.serializers` (the same bytes Prefect's give), and the server stores and
+caches the bytes. Reading asks the server to `Resolve` (it removes base64 and
+compression, verifies the digest, and serves from its shared cache), then loads the value
+here with the library the result's serializer config names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, Iterator, Optional, Union
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from resultstore.errors import ResultStoreError, error_from_rpc
+from resultstore.serializers import (
+    CompressedSerializer,
+    JSONSerializer,
+    PickleSerializer,
+    Serializer,
+    serializer_from,
+)
+from resultstore.v1 import resultstore_pb2 as pb
+from resultstore.v1 import resultstore_pb2_grpc as pb_grpc
+
+__all__ = ["ResultStoreClient", "ResultReference", "ResultLiteral"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+_UNSET: Any = object()
+
+SerializerSpec = Union[str, dict, Serializer, Any]
+
+
+def _target(url: str) -> str:
+    for scheme in ("http://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :].rstrip("/")
+    if "://" in url:
+        raise ValueError(f"resultstore: unsupported URL {url!r}; use host:port or http://host:port")
+    return url
+
+
+def _timestamp(t: Optional[Union[_dt.datetime, _dt.timedelta]]) -> Optional[Timestamp]:
+    if t is None:
+        return None
+    if isinstance(t, _dt.timedelta):
+        t = _dt.datetime.now(_dt.timezone.utc) + t
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    ts = Timestamp()
+    ts.FromDatetime(t.astimezone(_dt.timezone.utc))
+    return ts
+
+
+def _datetime(ts: Timestamp, present: bool) -> Optional[_dt.datetime]:
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=_dt.timezone.utc)
+
+
+def _serializer_pb(s: Serializer) -> pb.Serializer:
+    return pb.Serializer(type=s.type, config_json=json.dumps(s.config()))
+
+
+def _innermost(s: Serializer) -> Serializer:
+    while isinstance(s, CompressedSerializer):
+        s = s.serializer
+    return s
+
+
+class ResultLiteral:
+    """A `True`, `False` or `None` result: the value itself, never stored."""
+
+    def __init__(self, value: Optional[bool]):
+        if value not in (True, False, None):
+            raise ValueError("a literal is True, False or None")
+        self.value = value
+
+    def get(self) -> Optional[bool]:
+        return self.value
+
+    def to_dict(self) -> dict:
+        return {"type": "literal", "value": self.value}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultLiteral) and other.value is self.value
+
+    def __repr__(self) -> str:
+        return f"ResultLiteral({self.value!r})"
+
+
+class ResultReference:
+    """A self-verifying pointer to a stored result; `get()` loads (and keeps) its value.
+
+    `to_dict()` gives the document the Rust client and the `resultstore` CLI read
+    (`resultstore resolve '<json>'`), so a reference made here resolves anywhere.
+    """
+
+    def __init__(self, message: pb.Reference, client: Optional["ResultStoreClient"] = None):
+        self._pb = message
+        self._client = client
+        self._value: Any = _UNSET
+
+    # What the reference says.
+    @property
+    def block(self) -> str:
+        return self._pb.block
+
+    @property
+    def key(self) -> str:
+        return self._pb.key
+
+    @property
+    def serializer(self) -> dict:
+        cfg = self._pb.serializer
+        return json.loads(cfg.config_json) if cfg.config_json else {"type": cfg.type}
+
+    @property
+    def size(self) -> int:
+        return self._pb.size
+
+    @property
+    def sha256(self) -> str:
+        return self._pb.sha256
+
+    @property
+    def version(self) -> Optional[str]:
+        return self._pb.version or None
+
+    @property
+    def created(self) -> Optional[_dt.datetime]:
+        return _datetime(self._pb.created, self._pb.HasField("created"))
+
+    @property
+    def expiration(self) -> Optional[_dt.datetime]:
+        return _datetime(self._pb.expiration, self._pb.HasField("expiration"))
+
+    @property
+    def persisted(self) -> bool:
+        return self._pb.persisted if self._pb.HasField("persisted") else True
+
+    @property
+    def uri(self) -> str:
+        return self._pb.uri
+
+    @property
+    def format(self) -> str:
+        return self._pb.format
+
+    @property
+    def message(self) -> pb.Reference:
+        """The protobuf message, for the raw API."""
+        return self._pb
+
+    def get(self, client: Optional["ResultStoreClient"] = None) -> Any:
+        """The value: fetched once through the server's cache, deserialized here, kept."""
+        if self._value is _UNSET:
+            client = client or self._client
+            if client is None:
+                raise ResultStoreError("this reference has no client: pass one to get(client)")
+            self._value = client.get(self)
+        return self._value
+
+    def to_dict(self) -> dict:
+        def iso(t: Optional[_dt.datetime]) -> Optional[str]:
+            return t.isoformat().replace("+00:00", "Z") if t else None
+
+        doc = {
+            "type": "reference",
+            "block": self.block,
+            "key": self.key,
+            "serializer": self.serializer,
+            "size": self.size,
+            "sha256": self.sha256,
+            "version": self.version,
+            "created": iso(self.created),
+            "expiration": iso(self.expiration),
+            "persisted": self.persisted,
+            "uri": self.uri,
+            "format": self.format,
+        }
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, doc: dict, client: Optional["ResultStoreClient"] = None) -> "ResultReference":
+        if doc.get("type", "reference") != "reference":
+            raise ValueError(f"type is {doc.get('type')!r}, not 'reference'")
+        ser = doc.get("serializer")
+        m = pb.Reference(
+            block=doc["block"],
+            key=doc["key"],
+            size=int(doc.get("size") or 0),
+            sha256=doc.get("sha256") or "",
+            version=doc.get("version") or "",
+            persisted=bool(doc.get("persisted", True)),
+            uri=doc.get("uri") or "",
+            format=doc.get("format") or "",
+        )
+        if isinstance(ser, str):
+            m.serializer.CopyFrom(pb.Serializer(type=ser))
+        elif isinstance(ser, dict):
+            m.serializer.CopyFrom(pb.Serializer(type=ser.get("type", ""), config_json=json.dumps(ser)))
+        for field in ("created", "expiration"):
+            if doc.get(field):
+                t = _dt.datetime.fromisoformat(doc[field].replace("Z", "+00:00"))
+                getattr(m, field).CopyFrom(_timestamp(t))
+        return cls(m, client)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultReference) and other._pb == self._pb
+
+    def __repr__(self) -> str:
+        return f"ResultReference(block={self.block!r}, key={self.key!r}, size={self.size})"
+
+
+class ResultStoreClient:
+    """A connection to one resultstore server (`host:port` or `http://host:port`).
+
+    Thread-safe; one per process is enough. Every failed call raises a
+    `resultstore.errors.ResultStoreError` subclass named after its gRPC status.
+    """
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:50051",
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        timeout: Optional[float] = 60.0,
+    ):
+        self.url = url
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            _target(url),
+            options=[
+                ("grpc.max_send_message_length", max_message_size),
+                ("grpc.max_receive_message_length", max_message_size),
+            ],
+        )
+        self._stub = pb_grpc.ResultStoreStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ResultStoreClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+
+    # Writing.
+    def put(
+        self,
+        obj: Any,
+        serializer: Optional[SerializerSpec] = None,
+        storage: Optional[str] = None,
+        persist: Optional[bool] = None,
+        key: Optional[str] = None,
+        expiration: Optional[Union[_dt.datetime, _dt.timedelta]] = None,
+        *,
+        retries: int = 0,
+        cache_key: Optional[str] = None,
+        flow: Optional[dict] = None,
+        create_only: bool = False,
+    ) -> Union[ResultLiteral, ResultReference]:
+        """Stores `obj` as a task result and returns a literal or a reference.
+
+        Settings follow Prefect's rules, applied by the server: `storage` (a block slug)
+        and `serializer` default to the enclosing `flow`'s (a dict of `persist_result`,
+        `result_storage`, `result_serializer`, `retries`), then to the server's default
+        block and to `pickle`; `persist` is the task's explicit value, else the flow's,
+        else true when `retries`, a `cache_key` or a `key` needs it. `True`, `False` and
+        `None` come back as `ResultLiteral` unless a key is given. `expiration` is a time
+        or a time from now.
+        """
+        flow = flow or {}
+        ser = serializer_from(serializer or flow.get("result_serializer") or "pickle")
+        task = pb.ResultSettings(
+            result_storage=storage or "",
+            result_serializer=_serializer_pb(ser),
+            retries=retries,
+            cache_key=cache_key or "",
+        )
+        if persist is not None:
+            task.persist_result = persist
+        request = pb.PutRequest(
+            task=task,
+            key=key or "",
+            mode=pb.WRITE_MODE_CREATE_ONLY if create_only else pb.WRITE_MODE_OVERWRITE,
+        )
+        if flow:
+            request.flow.CopyFrom(self._flow_settings(flow))
+        ts = _timestamp(expiration)
+        if ts is not None:
+            request.expiration.CopyFrom(ts)
+        if (obj is True or obj is False or obj is None) and not key and not cache_key:
+            request.literal = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}[obj]
+        else:
+            request.data = ser.dumps(obj)
+        return self._stored(self._call("Put", request))
+
+    @staticmethod
+    def _flow_settings(flow: dict) -> pb.ResultSettings:
+        unknown = set(flow) - {"persist_result", "result_storage", "result_serializer", "retries"}
+        if unknown:
+            raise ValueError(f"unknown flow settings: {', '.join(sorted(unknown))}")
+        s = pb.ResultSettings(result_storage=flow.get("result_storage") or "", retries=flow.get("retries") or 0)
+        if flow.get("persist_result") is not None:
+            s.persist_result = flow["persist_result"]
+        if flow.get("result_serializer") is not None:
+            s.result_serializer.CopyFrom(_serializer_pb(serializer_from(flow["result_serializer"])))
+        return s
+
+    def _stored(self, reply: pb.PutResponse) -> Union[ResultLiteral, ResultReference]:
+        if reply.WhichOneof("result") == "literal":
+            return ResultLiteral({pb.LITERAL_TRUE: True, pb.LITERAL_FALSE: False}.get(reply.literal))
+        return ResultReference(reply.reference, self)
+
+    def write_object(self, storage: str, key: str, content: bytes) -> ResultReference:
+        """Stores bytes as Prefect's `ResultStore` wrote them (a record, a bare payload
+        or a metadata document), byte for byte: a storage block's `write_path`."""
+        request = pb.PutRequest(object=content, key=key, task=pb.ResultSettings(result_storage=storage))
+        return ResultReference(self._call("Put", request).reference, self)
+
+    # Reading.
+    def get(
+        self,
+        target: Union[ResultReference, ResultLiteral, dict, str],
+        *,
+        allow_expired: bool = False,
+        bypass_cache: bool = False,
+    ) -> Any:
+        """The value of a reference (or of its `to_dict()` document, or of a literal)."""
+        if isinstance(target, ResultLiteral):
+            return target.value
+        if isinstance(target, str):
+            target = json.loads(target)
+        if isinstance(target, dict):
+            if target.get("type") == "literal":
+                return target.get("value")
+            target = ResultReference.from_dict(target, self)
+        request = pb.ResolveRequest(
+            reference=target.message, want=pb.WANT_RAW, allow_expired=allow_expired, bypass_cache=bypass_cache
+        )
+        return self._load(self._call("Resolve", request), request.reference, None, allow_expired)
+
+    def load(
+        self,
+        storage: str,
+        key: str,
+        serializer: Optional[SerializerSpec] = None,
+        *,
+        allow_expired: bool = False,
+    ) -> Any:
+        """The value stored at `key` in a block (a record Prefect or anyone wrote).
+        `serializer` is needed only for bare payloads (Prefect 3 flow results)."""
+        request = pb.ResolveRequest(
+            location=pb.Location(block=storage, key=key), want=pb.WANT_RAW, allow_expired=allow_expired
+        )
+        hint = serializer_from(serializer) if serializer is not None else None
+        if hint is not None:
+            request.serializer_hint.CopyFrom(_serializer_pb(hint))
+        return self._load(self._call("Resolve", request), None, hint, allow_expired)
+
+    def _load(
+        self, reply: pb.ResolveResponse, reference: Optional[pb.Reference], hint: Any, allow_expired: bool
+    ) -> Any:
+        if reply.WhichOneof("value") == "literal":
+            return {pb.LITERAL_TRUE: True, pb.LITERAL_FALSE: False}.get(reply.literal)
+        ref = reply.reference
+        config = json.loads(ref.serializer.config_json) if ref.serializer.config_json else ref.serializer.type
+        ser = serializer_from(config)
+        inner = _innermost(ser)
+        # The server removed base64 and compression: load the value bytes directly.
+        if reply.value_serializer == "json" and isinstance(inner, JSONSerializer):
+            return inner.loads(reply.data)
+        if reply.value_serializer == "pickle" and isinstance(inner, PickleSerializer):
+            return inner.loads_value(reply.data)
+        # A layer the server leaves alone (a compressionlib it does not know): do it all here.
+        get = pb.GetRequest(reference=ref, allow_expired=allow_expired)
+        return ser.loads(self._call("Get", get).data)
+
+    def resolve_json(self, target: Union[ResultReference, tuple], *, allow_expired: bool = False) -> str:
+        """The value as JSON text, transcoded by the server (plain data only); for
+        clients without a Python runtime's view of the value. `target` is a reference or
+        a `(block, key)` pair."""
+        request = pb.ResolveRequest(want=pb.WANT_JSON, allow_expired=allow_expired)
+        if isinstance(target, ResultReference):
+            request.reference.CopyFrom(target.message)
+        else:
+            block, key = target
+            request.location.CopyFrom(pb.Location(block=block, key=key))
+        return self._call("Resolve", request).json
+
+    def read_record(self, storage: str, key: str, *, allow_expired: bool = False) -> tuple:
+        """`(reference, serializer bytes, metadata dict)` of the record at `key`."""
+        request = pb.GetRequest(location=pb.Location(block=storage, key=key), allow_expired=allow_expired)
+        reply = self._call("Get", request)
+        return ResultReference(reply.reference, self), reply.data, json.loads(reply.metadata_json or "{}")
+
+    def read_object(self, storage: str, key: str) -> bytes:
+        """The object at `key` as stored (what a storage block's `read_path` returns),
+        through the server's cache. Expired records are returned too: Prefect checks
+        expiration itself."""
+        request = pb.GetRequest(location=pb.Location(block=storage, key=key), as_stored=True, allow_expired=True)
+        return self._call("Get", request).data
+
+    def exists(self, storage: str, key: str) -> bool:
+        return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key))).exists
+
+    def delete(self, storage: str, key: str) -> None:
+        self._call("Delete", pb.DeleteRequest(location=pb.Location(block=storage, key=key)))
+
+    def list(self, storage: str = "", prefix: str = "") -> Iterator[str]:
+        """Every key under `prefix` in a block, in order, page by page."""
+        token = ""
+        while True:
+            page = self._call("List", pb.ListRequest(block=storage, prefix=prefix, page_token=token))
+            for entry in page.entries:
+                yield entry.key
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def blocks(self) -> list:
+        """The server's blocks: dicts of slug, block_type, format, url, is_default."""
+        reply = self._call("ListBlocks", pb.ListBlocksRequest())
+        return [
+            {"slug": b.slug, "block_type": b.block_type, "format": b.format, "url": b.url, "is_default": b.is_default}
+            for b in reply.blocks
+        ]

@@ -1,0 +1,106 @@
+"""Errors: one class per gRPC status the service answers with, carrying its message.
+
+The server's messages say what was wrong and what to do ("result `k` in `s3-bucket/prod`
+expired at ..."); they are passed on unchanged.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "ResultStoreError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "PermissionDenied",
+    "Unauthenticated",
+    "DataLoss",
+    "Unavailable",
+    "error_from_rpc",
+]
+
+
+class ResultStoreError(Exception):
+    """A call the service refused or could not serve. `code` is the gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class InvalidArgument(ResultStoreError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ResultStoreError, KeyError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return ResultStoreError.__str__(self)
+
+
+class AlreadyExists(ResultStoreError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ResultStoreError):
+    """Expired, not persisted, or not transcodable as asked."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ResultStoreError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDenied(ResultStoreError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(ResultStoreError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DataLoss(ResultStoreError):
+    """The stored bytes do not match their digest, or the record is corrupt."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unavailable(ResultStoreError):
+    """The service, or the storage behind it, cannot be reached; retrying may help."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        PermissionDenied,
+        Unauthenticated,
+        DataLoss,
+        Unavailable,
+    )
+}
+
+
+def error_from_rpc(err: grpc.RpcError) -> ResultStoreError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_CODE.get(code, ResultStoreError)
+    return cls(details or code.name, code)
