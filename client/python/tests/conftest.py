@@ -33,12 +33,16 @@ def server_binary() -> Path:
 class Server:
     """A running `resultstore serve` with the given config, in its own directory."""
 
-    def __init__(self, root: Path, config: str):
+    def __init__(self, root: Path, config: str | None):
+        """`config=None` runs the embedded default (as `resultstore serve` with no file)."""
         self.root = root
         self.config_path = root / "resultstore.toml"
-        self.config_path.write_text(config)
+        args = [str(server_binary()), "serve", "--listen", "127.0.0.1:0"]
+        if config is not None:
+            self.config_path.write_text(config)
+            args += ["--config", str(self.config_path)]
         self.proc = subprocess.Popen(
-            [str(server_binary()), "serve", "--config", str(self.config_path), "--listen", "127.0.0.1:0"],
+            args,
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=open(root / "server.log", "wb"),
