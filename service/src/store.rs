@@ -133,6 +133,30 @@ fn put_mode(mode: WriteMode) -> PutMode {
     }
 }
 
+/// The reference to `record` at `key`: its digest, size and serializer, as written or read.
+fn reference_of(
+    block: &Block,
+    key: &str,
+    record: &ResultRecord,
+    version: Option<String>,
+    created: DateTime<Utc>,
+    persisted: bool,
+) -> ResultReference {
+    ResultReference {
+        block: block.slug.clone(),
+        key: key.to_owned(),
+        serializer: record.serializer.clone(),
+        size: record.data.len() as u64,
+        sha256: sha256_hex(&record.data),
+        version,
+        created: Some(created),
+        expiration: record.expiration,
+        persisted,
+        uri: if persisted { block.uri(key) } else { String::new() },
+        format: record.format,
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -216,35 +240,16 @@ impl ResultStore {
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
         // before it can replace anything.
-        let value = serializer::decode_value(&eff.serializer, &data, self.max_result_size).map_err(|e| match e {
-            DecodeError::Corrupt(m) => Error::InvalidRequest(format!("`data` cannot be read back: {m}")),
-            DecodeError::TooLarge { size, limit } => {
-                Error::TooLarge { what: "the decompressed result".into(), size, limit }
-            }
-        })?;
+        let value =
+            self.decode(&eff.serializer, &data, |m| Error::InvalidRequest(format!("`data` cannot be read back: {m}")))?;
         let record_format = if eff.persist && block.format == BlockFormat::Split {
             RecordFormat::Split
         } else {
             RecordFormat::Prefect3
         };
-        let record = ResultRecord::new(record_format, &key, eff.serializer.clone(), input.expiration, data);
-        let mut reference = ResultReference {
-            block: block.slug.clone(),
-            key: key.clone(),
-            serializer: eff.serializer,
-            size: record.data.len() as u64,
-            sha256: sha256_hex(&record.data),
-            version: None,
-            created: Some(Utc::now()),
-            expiration: input.expiration,
-            persisted: eff.persist,
-            uri: String::new(),
-            format: record_format,
-        };
-        if eff.persist {
-            reference.version = self.write_record(&block, &key, &record, input.mode).await?;
-            reference.uri = block.uri(&key);
-        }
+        let record = ResultRecord::new(record_format, &key, eff.serializer, input.expiration, data);
+        let version = if eff.persist { self.write_record(&block, &key, &record, input.mode).await? } else { None };
+        let reference = reference_of(&block, &key, &record, version, Utc::now(), eff.persist);
         let cache_key = block.cache_key(key);
         let loaded = LoadedResult { record, value, reference: reference.clone(), stored: None };
         self.cache.insert(cache_key, Arc::new(loaded)).await;
@@ -296,34 +301,16 @@ impl ResultStore {
         let mut record = ResultRecord::decode(object.clone(), &hint, &key)
             .map_err(|m| Error::InvalidRequest(format!("the object is not a readable record: {m}")))?;
         serializer::check_data(&record.serializer, &record.data)?;
-        let value =
-            serializer::decode_value(&record.serializer, &record.data, self.max_result_size).map_err(|e| match e {
-                DecodeError::Corrupt(m) => {
-                    Error::InvalidRequest(format!("the object's result cannot be read back: {m}"))
-                }
-                DecodeError::TooLarge { size, limit } => {
-                    Error::TooLarge { what: "the decompressed result".into(), size, limit }
-                }
-            })?;
+        let value = self.decode(&record.serializer, &record.data, |m| {
+            Error::InvalidRequest(format!("the object's result cannot be read back: {m}"))
+        })?;
         let version = if block.format == BlockFormat::Split && record.format == RecordFormat::Prefect3 {
             record.format = RecordFormat::Split;
             self.write_record(&block, &key, &record, input.mode).await?
         } else {
             self.write_object(&block, &key, object.clone(), input.mode).await?
         };
-        let reference = ResultReference {
-            block: block.slug.clone(),
-            key: key.clone(),
-            serializer: record.serializer.clone(),
-            size: record.data.len() as u64,
-            sha256: sha256_hex(&record.data),
-            version,
-            created: Some(Utc::now()),
-            expiration: record.expiration,
-            persisted: true,
-            uri: block.uri(&key),
-            format: record.format,
-        };
+        let reference = reference_of(&block, &key, &record, version, Utc::now(), true);
         let stored = (record.format == RecordFormat::Prefect2).then_some(object);
         let loaded = LoadedResult { record, value, reference: reference.clone(), stored };
         self.cache.insert(block.cache_key(key), Arc::new(loaded)).await;
@@ -470,26 +457,9 @@ impl ResultStore {
                 }
             }
         };
-        let value =
-            serializer::decode_value(&record.serializer, &record.data, self.max_result_size).map_err(|e| match e {
-                DecodeError::Corrupt(m) => Error::corrupt(&block.slug, &key, m),
-                DecodeError::TooLarge { size, limit } => {
-                    Error::TooLarge { what: "the decompressed result".into(), size, limit }
-                }
-            })?;
-        let reference = ResultReference {
-            block: block.slug.clone(),
-            key: key.clone(),
-            serializer: record.serializer.clone(),
-            size: record.data.len() as u64,
-            sha256: sha256_hex(&record.data),
-            version: meta.e_tag.clone().or(meta.version.clone()),
-            created: Some(meta.last_modified),
-            expiration: record.expiration,
-            persisted: true,
-            uri: block.uri(&key),
-            format: record.format,
-        };
+        let value = self.decode(&record.serializer, &record.data, |m| Error::corrupt(&block.slug, &key, m))?;
+        let version = meta.e_tag.clone().or(meta.version.clone());
+        let reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
         let stored = (record.format == RecordFormat::Prefect2).then_some(raw);
         Ok(LoadedResult { record, value, reference, stored })
     }
@@ -530,6 +500,22 @@ impl ResultStore {
     }
 
     /// The value of a loaded result as JSON.
+    /// Removes every layer the service can (see [`serializer::decode_value`]); `corrupt`
+    /// says what broken bytes mean where they were found (a bad request, or data loss).
+    fn decode(
+        &self,
+        config: &SerializerConfig,
+        data: &Bytes,
+        corrupt: impl FnOnce(String) -> Error,
+    ) -> Result<serializer::DecodedValue> {
+        serializer::decode_value(config, data, self.max_result_size).map_err(|e| match e {
+            DecodeError::Corrupt(m) => corrupt(m),
+            DecodeError::TooLarge { size, limit } => {
+                Error::TooLarge { what: "the decompressed result".into(), size, limit }
+            }
+        })
+    }
+
     /// The object as stored (see [`LoadedResult::stored_object`]).
     pub fn stored_object(&self, result: &LoadedResult) -> Result<Bytes> {
         result.stored_object().ok_or_else(|| {
