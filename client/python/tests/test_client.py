@@ -45,6 +45,7 @@ def test_random_values_round_trip(client, server, serializer, rng):
         assert ref.persisted and ref.format == "prefect3" and ref.size > 0
         # Through the reference, and through a reference document as any client holds it.
         assert ref.get() == value
+        assert ref.get() is ref.get(), "get() keeps the value it loaded"
         again = ResultReference.from_dict(json.loads(ref.to_json()), client)
         assert again.get() == value
         # On disk: a Prefect record whose result is the serializer's bytes.

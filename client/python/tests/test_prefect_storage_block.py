@@ -163,6 +163,11 @@ def test_the_block_reads_and_writes_bytes_as_they_are(server, client, prefect_en
     assert ResultStore(result_storage=storage).read("direct").result == {"direct": [1, 2]}
     assert client.load("local-file-system/default", "direct") == {"direct": [1, 2]}
     assert store.exists("direct") and not store.exists("absent")
+    # Async flows call the async methods.
+    import asyncio
+
+    asyncio.run(storage.awrite_path("async", record))
+    assert asyncio.run(storage.aread_path("async")) == record
     # Prefect pickles blocks into task runners; the gRPC channel is left behind.
     clone = pickle.loads(pickle.dumps(storage))
     assert clone.read_path("k", _sync=True) == record
