@@ -8,7 +8,9 @@
 //!   gracefully.
 //! - [`grpc`]: one thin handler per RPC: convert the request, call [`store`], map the
 //!   error to a `Status` (the only place that knows tonic).
-//! - [`store`]: the operations (put, get/resolve, exists, delete, list).
+//! - [`store`]: the operations (put, get/resolve, exists, delete, list), and objects:
+//!   Prefect's files stored and read back as they are, for the Prefect storage block
+//!   in `client/python`.
 //! - [`settings`]: persist/storage/serializer inheritance, as Prefect's rules.
 //! - [`cache`]: the moka cache of loaded results, with singleflight fills.
 //! - [`record`]: on-storage formats (`prefect3`, `split`, Prefect 2 blobs, bare payloads).

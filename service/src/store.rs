@@ -1,5 +1,9 @@
 //! The operations: put, get, resolve, exists, delete, list, list blocks.
 //!
+//! Beside results, *objects*: a Put of `Payload::Object` stores Prefect's own bytes (a
+//! record, a bare payload, a metadata document) as they are, and a read `as_stored` gives
+//! them back, so a Prefect storage block can move files through the service and its cache.
+//!
 //! This is the whole path of every RPC below the thin gRPC handlers: settings are
 //! applied, keys validated, records encoded or decoded, storage called, the cache
 //! consulted and filled. Nothing here knows about gRPC.
