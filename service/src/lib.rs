@@ -18,7 +18,7 @@
 //!   reader and writer.
 //! - [`blocks`]: slug → object store, and the counting store wrapper.
 //! - [`keys`]: slug and key validation; [`config`]: the strict config file;
-//!   [`reference`]: the reference type; [`error`]: the one error enum;
+//!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
 //!   [`telemetry`]: counters and logging.
 
 pub mod blocks;

@@ -1,7 +1,7 @@
 //! Plain-data pickles, written and read without a Python runtime and without ever
 //! running anything.
 //!
-//! [`write`] emits protocol 5 opcodes for a [`PlainValue`]; Python's `pickle.loads` (and
+//! [`fn@write`] emits protocol 5 opcodes for a [`PlainValue`]; Python's `pickle.loads` (and
 //! `cloudpickle.loads`) read it back to the equal `dict`/`list`/`str`/`int`/...
 //!
 //! [`read`] is a pickle *reader*, not an unpickler: it understands only the opcodes that
