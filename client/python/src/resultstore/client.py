@@ -30,6 +30,8 @@ from resultstore.v1 import resultstore_pb2_grpc as pb_grpc
 __all__ = ["ResultStoreClient", "ResultReference", "ResultLiteral"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+_LITERAL_OF_VALUE = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}
+_VALUE_OF_LITERAL = {code: value for value, code in _LITERAL_OF_VALUE.items()}
 _UNSET: Any = object()
 
 SerializerSpec = Union[str, dict, Serializer, Any]
@@ -306,7 +308,7 @@ class ResultStoreClient:
         if ts is not None:
             request.expiration.CopyFrom(ts)
         if (obj is True or obj is False or obj is None) and not key and not cache_key:
-            request.literal = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}[obj]
+            request.literal = _LITERAL_OF_VALUE[obj]
         else:
             request.data = ser.dumps(obj)
         return self._stored(self._call("Put", request))
@@ -325,7 +327,7 @@ class ResultStoreClient:
 
     def _stored(self, reply: pb.PutResponse) -> Union[ResultLiteral, ResultReference]:
         if reply.WhichOneof("result") == "literal":
-            return ResultLiteral({pb.LITERAL_TRUE: True, pb.LITERAL_FALSE: False}.get(reply.literal))
+            return ResultLiteral(_VALUE_OF_LITERAL.get(reply.literal))
         return ResultReference(reply.reference, self)
 
     def write_object(self, storage: str, key: str, content: bytes) -> ResultReference:
@@ -378,7 +380,7 @@ class ResultStoreClient:
         self, reply: pb.ResolveResponse, reference: Optional[pb.Reference], hint: Any, allow_expired: bool
     ) -> Any:
         if reply.WhichOneof("value") == "literal":
-            return {pb.LITERAL_TRUE: True, pb.LITERAL_FALSE: False}.get(reply.literal)
+            return _VALUE_OF_LITERAL.get(reply.literal)
         ref = reply.reference
         config = json.loads(ref.serializer.config_json) if ref.serializer.config_json else ref.serializer.type
         ser = serializer_from(config)
