@@ -27,6 +27,9 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use resultstore_proto::v1 as proto;
 
+mod stream;
+pub use stream::{GetStream, STREAM_CHUNK};
+
 /// A client error: a gRPC status from the server, a transport failure, or a malformed
 /// reference document.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,11 @@ pub enum ClientError {
     Transport(#[from] tonic::transport::Error),
     #[error("invalid reference document: {0}")]
     Document(String),
+    /// A stream that did not end whole (no trailer, or bytes that do not match it).
+    #[error("incomplete stream: {0}")]
+    Stream(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 // Not `#[from]`: that would also make the status the error's `source`, and error
@@ -116,30 +124,12 @@ impl Client {
     /// Stores one result.
     pub async fn put(&self, put: Put) -> Result<Stored> {
         let reply = self.raw().put(put.request).await?.into_inner();
-        match reply.result {
-            Some(pb::put_response::Result::Literal(l)) => Ok(Stored::Literal(Literal::from_pb(l)?)),
-            Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(Box::new(r)))),
-            None => Err(ClientError::Document("the server's reply holds no result".into())),
-        }
+        Stored::from_reply(reply)
     }
 
     /// Reads a stored record (serializer bytes and metadata).
     pub async fn get(&self, target: impl Into<Target>, opts: ReadOptions) -> Result<pb::GetResponse> {
-        let target = match target.into() {
-            Target::Reference(r) => pb::get_request::Target::Reference(*r.0),
-            Target::Location { block, key } => pb::get_request::Target::Location(pb::Location { block, key }),
-            Target::Prefect { block, document } => {
-                pb::get_request::Target::Prefect(pb::PrefectReference { block, document })
-            }
-        };
-        let req = pb::GetRequest {
-            target: Some(target),
-            allow_expired: opts.allow_expired,
-            serializer_hint: opts.serializer_hint,
-            bypass_cache: opts.bypass_cache,
-            as_stored: opts.as_stored,
-        };
-        Ok(self.raw().get(req).await?.into_inner())
+        Ok(self.raw().get(get_request(target.into(), opts)).await?.into_inner())
     }
 
     /// Resolves a target to its value.
@@ -319,6 +309,14 @@ pub enum Stored {
 }
 
 impl Stored {
+    fn from_reply(reply: pb::PutResponse) -> Result<Self> {
+        match reply.result {
+            Some(pb::put_response::Result::Literal(l)) => Ok(Stored::Literal(Literal::from_pb(l)?)),
+            Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(Box::new(r)))),
+            None => Err(ClientError::Document("the server's reply holds no result".into())),
+        }
+    }
+
     /// `{"type": "literal", "value": ...}` or `{"type": "reference", ...}`.
     pub fn to_json(&self) -> Value {
         match self {
@@ -471,6 +469,23 @@ impl Reference {
     }
 }
 
+fn get_request(target: Target, opts: ReadOptions) -> pb::GetRequest {
+    let target = match target {
+        Target::Reference(r) => pb::get_request::Target::Reference(*r.0),
+        Target::Location { block, key } => pb::get_request::Target::Location(pb::Location { block, key }),
+        Target::Prefect { block, document } => {
+            pb::get_request::Target::Prefect(pb::PrefectReference { block, document })
+        }
+    };
+    pb::GetRequest {
+        target: Some(target),
+        allow_expired: opts.allow_expired,
+        serializer_hint: opts.serializer_hint,
+        bypass_cache: opts.bypass_cache,
+        as_stored: opts.as_stored,
+    }
+}
+
 /// Result settings of a task or a flow (Prefect's names).
 #[derive(Debug, Clone, Default)]
 pub struct Settings(pub pb::ResultSettings);
@@ -515,11 +530,18 @@ pub fn serializer_pb(s: &str) -> pb::Serializer {
 #[derive(Debug, Clone)]
 pub struct Put {
     request: pb::PutRequest,
+    /// For streams: the size and sha256 announced in the header.
+    stream_size: Option<u64>,
+    stream_sha256: String,
 }
 
 impl Put {
     fn with(payload: pb::put_request::Payload) -> Self {
-        Put { request: pb::PutRequest { payload: Some(payload), ..Default::default() } }
+        Put {
+            request: pb::PutRequest { payload: Some(payload), ..Default::default() },
+            stream_size: None,
+            stream_sha256: String::new(),
+        }
     }
     /// A JSON document, serialized by the server with the chosen serializer.
     pub fn json(doc: impl Into<String>) -> Self {
@@ -586,6 +608,18 @@ impl Put {
     }
     pub fn create_only(mut self) -> Self {
         self.request.mode = pb::WriteMode::CreateOnly as i32;
+        self
+    }
+    /// For [`Client::put_stream`]: the payload's total size, which the server checks (and
+    /// refuses up front when it is above a limit).
+    pub fn size(mut self, size: u64) -> Self {
+        self.stream_size = Some(size);
+        self
+    }
+    /// For [`Client::put_stream`]: the payload's sha256 (lowercase hex), which the server
+    /// checks before the result becomes visible.
+    pub fn sha256(mut self, sha256: impl Into<String>) -> Self {
+        self.stream_sha256 = sha256.into();
         self
     }
     /// The request as it will be sent.

@@ -15,6 +15,9 @@
 //!   TinyLFU admission, because a result that was just written is the one most likely to
 //!   be read next, and TinyLFU would turn fresh results away. A result heavier than
 //!   `max_entry_size` is handed to its waiters without being cached.
+//! - **Fills are bounded too.** A fill holds a [`FillPermit`] for the size of the object it
+//!   reads (from `fill_budget`, shared by every key) until its entry is built, so fills of
+//!   many large results wait for each other instead of multiplying memory.
 //! - **Expiration.** An entry lives at most `time_to_live`, and never past its result's
 //!   own expiration.
 //!
@@ -29,6 +32,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
@@ -124,7 +128,14 @@ pub struct ResolveCache {
     inner: Cache<CacheKey, Arc<LoadedResult>>,
     max_entry: u64,
     counters: Arc<CacheCounters>,
+    /// The fill budget, one permit per KiB.
+    fills: Arc<Semaphore>,
+    fill_budget_kib: u32,
 }
+
+/// A share of the fill budget, held while a fill reads and decodes its object.
+#[derive(Debug)]
+pub struct FillPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl ResolveCache {
     pub fn new(config: &CacheConfig) -> Self {
@@ -141,7 +152,31 @@ impl ResolveCache {
                 }
             })
             .build();
-        ResolveCache { inner, max_entry: config.max_entry_size.0, counters }
+        // Semaphores count in u32 permits: KiB units cover budgets up to 4TiB.
+        let fill_budget_kib = u32::try_from(config.fill_budget.0.div_ceil(1024)).unwrap_or(u32::MAX);
+        ResolveCache {
+            inner,
+            max_entry: config.max_entry_size.0,
+            counters,
+            fills: Arc::new(Semaphore::new(fill_budget_kib as usize)),
+            fill_budget_kib,
+        }
+    }
+
+    /// Waits for `size` bytes of the fill budget (all of it for objects larger than the
+    /// budget, which config validation keeps at or below `max_result_size`).
+    pub async fn fill_permit(&self, size: u64) -> FillPermit {
+        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.fill_budget_kib);
+        // The semaphore is never closed.
+        match self.fills.clone().acquire_many_owned(kib).await {
+            Ok(p) => FillPermit(p),
+            Err(_) => unreachable!("the fill semaphore is never closed"),
+        }
+    }
+
+    /// Results heavier than this are served without being cached.
+    pub fn max_entry(&self) -> u64 {
+        self.max_entry
     }
 
     /// The entry at `key` if `accept` takes it, else one storage read through `load`

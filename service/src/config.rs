@@ -9,9 +9,11 @@
 //! capacity = "256MiB"          # bytes of results held in memory
 //! max_entry_size = "32MiB"     # larger results are served without being cached
 //! time_to_live = "10m"         # how long an entry may serve before storage is read again
+//! fill_budget = "256MiB"       # bytes of storage reads in flight to fill the cache
 //! [limits]
-//! max_message_size = "16MiB"   # gRPC message limit, both directions
+//! max_message_size = "16MiB"   # gRPC message limit, both directions: the unary limit
 //! max_result_size = "256MiB"   # largest result read or decompressed in one piece
+//! stream_chunk_size = "8MiB"   # storage reads and multipart parts of PutStream/GetStream
 //! [blocks."local-file-system/default"]
 //! url = "file://.prefect-results"   # relative paths are relative to the working directory
 //! format = "prefect3"               # or "split" (metadata_url, or a reserved prefix)
@@ -83,6 +85,13 @@ pub struct CacheConfig {
     /// long an overwrite made through another replica stays unseen. Default 10m.
     #[serde(default = "default_ttl")]
     pub time_to_live: HumanDuration,
+    /// Bytes of objects being read from storage to fill the cache, all keys together;
+    /// fills beyond it wait. Each fill counts the size of the object it reads, so the
+    /// cache's memory is `capacity` plus this budget (decoding a fill can briefly need
+    /// about twice its object's size more). Default 256MiB; at least
+    /// `limits.max_result_size`, or the largest result could never load.
+    #[serde(default = "default_fill_budget")]
+    pub fill_budget: ByteSize,
 }
 
 fn default_capacity() -> ByteSize {
@@ -94,10 +103,18 @@ fn default_max_entry() -> ByteSize {
 fn default_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
+fn default_fill_budget() -> ByteSize {
+    ByteSize(256 << 20)
+}
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { capacity: default_capacity(), max_entry_size: default_max_entry(), time_to_live: default_ttl() }
+        CacheConfig {
+            capacity: default_capacity(),
+            max_entry_size: default_max_entry(),
+            time_to_live: default_ttl(),
+            fill_budget: default_fill_budget(),
+        }
     }
 }
 
@@ -105,12 +122,22 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest gRPC message accepted or sent (both directions). Default 16MiB.
+    /// Largest gRPC message accepted or sent (both directions), and so the largest payload
+    /// of a unary Put or Get: larger ones are RESOURCE_EXHAUSTED, naming PutStream or
+    /// GetStream. Set clients' limits to the same value. Default 16MiB.
     #[serde(default = "default_max_message")]
     pub max_message_size: ByteSize,
-    /// Largest result read from storage or decompressed in one piece. Default 256MiB.
+    /// Largest result read from storage or decompressed in one piece: a `prefect3` record
+    /// (read whole, streamed or not), a result loaded into the cache, a decompressed value.
+    /// Results in `split` blocks and bare payloads stream past it. Default 256MiB.
     #[serde(default = "default_max_result")]
     pub max_result_size: ByteSize,
+    /// The piece size of streams: PutStream uploads multipart parts of this size, and
+    /// GetStream reads storage in ranges of this size (one range read ahead). A stream
+    /// holds about three of them. Default 8MiB; at least 5MiB (S3 and GCS refuse smaller
+    /// parts) and at most 64MiB.
+    #[serde(default = "default_stream_chunk")]
+    pub stream_chunk_size: ByteSize,
 }
 
 fn default_max_message() -> ByteSize {
@@ -119,10 +146,17 @@ fn default_max_message() -> ByteSize {
 fn default_max_result() -> ByteSize {
     ByteSize(256 << 20)
 }
+fn default_stream_chunk() -> ByteSize {
+    ByteSize(8 << 20)
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_message_size: default_max_message(), max_result_size: default_max_result() }
+        LimitsConfig {
+            max_message_size: default_max_message(),
+            max_result_size: default_max_result(),
+            stream_chunk_size: default_stream_chunk(),
+        }
     }
 }
 
@@ -346,6 +380,19 @@ impl Config {
         }
         if self.limits.max_result_size.0 == 0 {
             return Err(Error::Config("limits.max_result_size must be above zero".into()));
+        }
+        if self.cache.fill_budget.0 < self.limits.max_result_size.0 {
+            return Err(Error::Config(format!(
+                "cache.fill_budget ({}) must be at least limits.max_result_size ({}), or the largest result \
+                 could never be loaded",
+                self.cache.fill_budget, self.limits.max_result_size
+            )));
+        }
+        if !(5 << 20..=64 << 20).contains(&self.limits.stream_chunk_size.0) {
+            return Err(Error::Config(
+                "limits.stream_chunk_size must be between 5MiB (the smallest multipart part S3 and GCS take) and 64MiB"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -74,6 +74,21 @@ pub enum Error {
     #[error("corrupt result `{key}` in block `{block}`: {reason}")]
     CorruptRecord { block: String, key: String, reason: String },
 
+    /// A streamed read met another version of the object than the one it started on.
+    #[error(
+        "result `{key}` in block `{block}` was overwritten while it was being streamed; discard what was received \
+         and read it again"
+    )]
+    ChangedWhileReading { block: String, key: String },
+
+    /// A streamed upload's bytes are not the ones its header described.
+    #[error("the uploaded payload does not match the header: {0}; nothing was stored")]
+    UploadMismatch(String),
+
+    /// A streamed upload ended before its payload did (the client went away).
+    #[error("the upload stream broke before its end: {0}; nothing was stored")]
+    UploadInterrupted(String),
+
     /// The block's storage could not be reached or failed.
     #[error("storage of block `{block}` is unavailable: {reason}")]
     StorageUnavailable { block: String, reason: String },

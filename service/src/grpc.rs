@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use resultstore_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{Span, instrument};
 
 use crate::error::Error;
@@ -16,6 +18,7 @@ use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::SerializerConfig;
 use crate::settings::ResultSettings;
 use crate::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode};
+use crate::stream::{PutStreamHeader, StreamOutcome, StreamPart, StreamPayload};
 
 /// Maps a domain error to its gRPC status, once, here.
 pub fn status_of(e: Error) -> Status {
@@ -32,7 +35,10 @@ pub fn status_of(e: Error) -> Status {
         }
         Error::AlreadyExists { .. } => Status::already_exists(msg),
         Error::TooLarge { .. } => Status::resource_exhausted(msg),
-        Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } => Status::data_loss(msg),
+        Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } | Error::UploadMismatch(_) => {
+            Status::data_loss(msg)
+        }
+        Error::ChangedWhileReading { .. } | Error::UploadInterrupted(_) => Status::aborted(msg),
         Error::StorageUnavailable { .. } => Status::unavailable(msg),
         Error::Config(_) => Status::internal(msg),
     }
@@ -51,14 +57,51 @@ impl ResultStoreService {
         ResultStoreService { store, max_message }
     }
 
-    fn check_reply_size(&self, len: usize) -> Result<(), Status> {
+    /// Refuses a unary reply too large for one message, naming the RPC that streams it.
+    fn check_reply_size(&self, len: usize, instead: &str) -> Result<(), Status> {
         // Room for the reference and framing around the value.
         let limit = self.max_message.saturating_sub(16 * 1024);
         if len > limit {
-            return Err(status_of(Error::TooLarge { what: "the reply".into(), size: len as u64, limit: limit as u64 }));
+            return Err(status_of(Error::TooLarge {
+                what: format!("the reply (above the unary message limit, limits.max_message_size; {instead})"),
+                size: len as u64,
+                limit: limit as u64,
+            }));
         }
         Ok(())
     }
+}
+
+fn write_mode_of(mode: i32) -> Result<WriteMode, Error> {
+    match pb::WriteMode::try_from(mode) {
+        Ok(pb::WriteMode::Overwrite) => Ok(WriteMode::Overwrite),
+        Ok(pb::WriteMode::CreateOnly) => Ok(WriteMode::CreateOnly),
+        Err(_) => Err(Error::InvalidRequest(format!("unknown write mode {mode}"))),
+    }
+}
+
+fn put_stream_header(h: pb::PutStreamHeader) -> Result<PutStreamHeader, Error> {
+    let payload = match pb::StreamPayload::try_from(h.payload) {
+        Ok(pb::StreamPayload::Data) => StreamPayload::Data,
+        Ok(pb::StreamPayload::Object) => StreamPayload::Object,
+        Err(_) => return Err(Error::InvalidRequest(format!("unknown stream payload {}", h.payload))),
+    };
+    let sha256 = Some(h.sha256).filter(|s| !s.is_empty());
+    if let Some(s) = &sha256
+        && (s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::InvalidRequest(format!("the header's sha256 `{s}` is not 64 hex digits")));
+    }
+    Ok(PutStreamHeader {
+        payload,
+        task: settings_of(h.task.as_ref())?,
+        flow: h.flow.as_ref().map(|f| settings_of(Some(f))).transpose()?,
+        key: Some(h.key).filter(|k| !k.is_empty()),
+        expiration: time_of(h.expiration.as_ref())?,
+        mode: write_mode_of(h.mode)?,
+        size: h.size,
+        sha256,
+    })
 }
 
 fn time_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
@@ -148,13 +191,7 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
             ));
         }
     };
-    let mode = match pb::WriteMode::try_from(req.mode) {
-        Ok(pb::WriteMode::Overwrite) => WriteMode::Overwrite,
-        Ok(pb::WriteMode::CreateOnly) => WriteMode::CreateOnly,
-        Err(_) => {
-            return Err(Error::InvalidRequest(format!("unknown write mode {}", req.mode)));
-        }
-    };
+    let mode = write_mode_of(req.mode)?;
     Ok(PutInput {
         payload,
         task: settings_of(req.task.as_ref())?,
@@ -163,6 +200,12 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
         expiration: time_of(req.expiration.as_ref())?,
         mode,
     })
+}
+
+fn literal_has_no_record() -> Status {
+    Status::failed_precondition(
+        "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
+    )
 }
 
 /// A read target of Get or Resolve.
@@ -247,9 +290,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
         };
         match self.store.read(target, opts).await.map_err(status_of)? {
-            ReadOutcome::Literal(_) => Err(Status::failed_precondition(
-                "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
-            )),
+            ReadOutcome::Literal(_) => Err(literal_has_no_record()),
             ReadOutcome::Loaded { result, .. } => {
                 Span::current().record("size", result.reference.size);
                 let data = if req.as_stored {
@@ -257,7 +298,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 } else {
                     result.record.data.clone()
                 };
-                self.check_reply_size(data.len())?;
+                self.check_reply_size(data.len(), "read it with GetStream")?;
                 Ok(Response::new(pb::GetResponse {
                     reference: Some(reference_pb(&result.reference)),
                     data,
@@ -265,6 +306,86 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 }))
             }
         }
+    }
+
+    #[instrument(skip_all, fields(block, key, size))]
+    async fn put_stream(
+        &self,
+        request: Request<Streaming<pb::PutStreamRequest>>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let mut messages = request.into_inner();
+        let header = match messages.message().await? {
+            Some(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(h)) }) => h,
+            _ => {
+                return Err(status_of(Error::InvalidRequest(
+                    "a PutStream starts with one `header` message, then `chunk` messages".into(),
+                )));
+            }
+        };
+        let header = put_stream_header(header).map_err(status_of)?;
+        if let Some(key) = &header.key {
+            Span::current().record("key", key.as_str());
+        }
+        let chunks = messages
+            .map(|m| match m {
+                Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => Ok(c),
+                Ok(_) => Err(Error::InvalidRequest(
+                    "a PutStream has one `header` message, first; every later message is a `chunk`".into(),
+                )),
+                Err(status) => Err(Error::UploadInterrupted(status.message().to_owned())),
+            })
+            .boxed();
+        let outcome = self.store.put_stream(header, chunks).await.map_err(status_of)?;
+        let result = match outcome {
+            PutOutcome::Literal(l) => pb::put_response::Result::Literal(literal_pb(l)),
+            PutOutcome::Stored(r) => {
+                let span = Span::current();
+                span.record("block", r.block.as_str());
+                span.record("key", r.key.as_str());
+                span.record("size", r.size);
+                pb::put_response::Result::Reference(reference_pb(&r))
+            }
+        };
+        Ok(Response::new(pb::PutResponse { result: Some(result) }))
+    }
+
+    type GetStreamStream = BoxStream<'static, Result<pb::GetStreamResponse, Status>>;
+
+    #[instrument(skip_all, fields(block, key, size))]
+    async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
+        let req = request.into_inner();
+        let target = read_target(req.target.map(|t| match t {
+            pb::get_request::Target::Reference(r) => Target::Reference(Box::new(r)),
+            pb::get_request::Target::Location(l) => Target::Location(l),
+            pb::get_request::Target::Prefect(p) => Target::Prefect(p),
+        }))
+        .map_err(status_of)?;
+        record_target(&Span::current(), &target);
+        let opts = ReadOptions {
+            as_stored: req.as_stored,
+            ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
+        };
+        let stream = match self.store.read_stream(target, opts).await.map_err(status_of)? {
+            StreamOutcome::Literal(_) => return Err(literal_has_no_record()),
+            StreamOutcome::Stream(s) => s,
+        };
+        Span::current().record("size", stream.reference.size);
+        let header = pb::GetStreamResponse {
+            part: Some(pb::get_stream_response::Part::Header(pb::GetStreamHeader {
+                reference: Some(reference_pb(&stream.reference)),
+                metadata_json: stream.metadata_json,
+            })),
+        };
+        let body = stream.parts.map_ok(|part| pb::GetStreamResponse {
+            part: Some(match part {
+                StreamPart::Chunk(c) => pb::get_stream_response::Part::Chunk(c),
+                StreamPart::End { size, sha256 } => {
+                    pb::get_stream_response::Part::Trailer(pb::GetStreamTrailer { size, sha256 })
+                }
+            }),
+        });
+        let messages = futures::stream::once(async { Ok(header) }).chain(body.map_err(status_of));
+        Ok(Response::new(messages.boxed()))
     }
 
     #[instrument(skip_all, fields(block, key, size))]
@@ -289,12 +410,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 Span::current().record("size", result.reference.size);
                 let value = match want {
                     pb::Want::Raw => {
-                        self.check_reply_size(result.value.bytes.len())?;
+                        self.check_reply_size(result.value.bytes.len(), "read its serializer bytes with GetStream")?;
                         pb::resolve_response::Value::Data(result.value.bytes.clone())
                     }
                     pb::Want::Json => {
                         let json = self.store.to_json(&result).map_err(status_of)?;
-                        self.check_reply_size(json.len())?;
+                        self.check_reply_size(json.len(), "read its serializer bytes with GetStream")?;
                         pb::resolve_response::Value::Json(String::from_utf8_lossy(&json).into_owned())
                     }
                 };

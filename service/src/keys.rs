@@ -12,6 +12,15 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// documents; no key may start with it.
 pub const RESERVED_METADATA_PREFIX: &str = ".resultstore-metadata";
 
+/// The prefix under which streamed create-only uploads are staged before they are moved to
+/// their key (see `stream`); no key may start with it.
+pub const RESERVED_STAGING_PREFIX: &str = ".resultstore-staging";
+
+/// Whether `key` lies under a prefix reserved for the service's own objects.
+pub fn is_reserved(key: &str) -> bool {
+    matches!(key.split('/').next(), Some(RESERVED_METADATA_PREFIX | RESERVED_STAGING_PREFIX))
+}
+
 /// Longest block name (the part after the `/`), in bytes.
 pub const MAX_BLOCK_NAME_LEN: usize = 128;
 
@@ -97,8 +106,8 @@ pub fn validate_key(key: &str) -> Result<()> {
         // everywhere, so keys stay portable between block types.
         return bad("the key holds `#`, which is reserved");
     }
-    if key.split('/').next() == Some(RESERVED_METADATA_PREFIX) {
-        return bad("the key starts with `.resultstore-metadata`, which is reserved for metadata documents");
+    if is_reserved(key) {
+        return bad("the key starts with `.resultstore-metadata` or `.resultstore-staging`, which are reserved");
     }
     for segment in key.split('/') {
         match segment {

@@ -11,6 +11,8 @@
 //! - [`store`]: the operations (put, get/resolve, exists, delete, list), and objects:
 //!   Prefect's files stored and read back as they are, for the Prefect storage block
 //!   in `client/python`.
+//! - [`stream`]: PutStream and GetStream: multipart uploads and ranged reads in bounded
+//!   memory, past the cache for results larger than an entry.
 //! - [`settings`]: persist/storage/serializer inheritance, as Prefect's rules.
 //! - [`cache`]: the moka cache of loaded results, with singleflight fills.
 //! - [`record`]: on-storage formats (`prefect3`, `split`, Prefect 2 blobs, bare payloads).
@@ -33,6 +35,7 @@ pub mod serializer;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 
 pub use config::Config;

@@ -186,6 +186,54 @@ impl ResultRecord {
         out.push(b'}');
         Some(out)
     }
+
+    /// A `prefect3` record in pieces, for results streamed through in chunks: the bytes
+    /// before the result string (this prefix), each chunk through [`escape_json_chunk`],
+    /// then [`PREFECT3_SUFFIX`]. The pieces make exactly what [`Self::encode_prefect3`]
+    /// makes of the whole (string results).
+    pub fn prefect3_prefix(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"metadata\":");
+        // A map of JSON values always serializes.
+        serde_json::to_writer(&mut out, &self.metadata).unwrap_or_default();
+        out.extend_from_slice(b",\"result\":\"");
+        out
+    }
+}
+
+/// What ends a `prefect3` record written in pieces (see [`ResultRecord::prefect3_prefix`]).
+pub const PREFECT3_SUFFIX: &[u8] = b"\"}";
+
+/// Appends `chunk` to `out` escaped as serde_json escapes string contents (so a record
+/// written in pieces is byte-identical to one written whole): `"` and `\`, the short
+/// escapes `\b \t \n \f \r`, other control bytes as `\u00xx`; everything else, UTF-8
+/// included, as is. Byte-wise escaping is exact because no escaped byte occurs inside a
+/// multi-byte UTF-8 sequence; the caller checks the bytes are UTF-8.
+pub fn escape_json_chunk(chunk: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(chunk.len() + chunk.len() / 16);
+    let mut start = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            0x0c => b"\\f",
+            b'\r' => b"\\r",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&chunk[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&chunk[start..]);
 }
 
 #[cfg(test)]
@@ -205,6 +253,27 @@ mod tests {
             String::from_utf8(rec.encode_prefect3().unwrap()).unwrap(),
             r#"{"metadata":{"storage_key":"k","expiration":null,"serializer":{"type":"pickle","picklelib":"cloudpickle","picklelib_version":null},"prefect_version":"3.9.1","storage_block_id":null},"result":"gAVLKi4=\n"}"#
         );
+    }
+
+    #[test]
+    fn records_written_in_pieces_equal_records_written_whole() {
+        let text: Vec<u8> = (0u8..=0x7f).chain("é✓\"\\".bytes()).collect();
+        let data = Bytes::from(text.repeat(3));
+        let rec = ResultRecord::new(
+            RecordFormat::Prefect3,
+            "k",
+            SerializerConfig::from_type("json").unwrap(),
+            None,
+            data.clone(),
+        );
+        for piece in [1, 7, 1000] {
+            let mut out = rec.prefect3_prefix();
+            for chunk in data.chunks(piece) {
+                escape_json_chunk(chunk, &mut out);
+            }
+            out.extend_from_slice(PREFECT3_SUFFIX);
+            assert_eq!(out, rec.encode_prefect3().unwrap(), "pieces of {piece}");
+        }
     }
 
     #[test]

@@ -104,13 +104,20 @@ pub async fn start(
 /// tonic answers a message above the size limit with `OUT_OF_RANGE`; gRPC's convention,
 /// and this service's contract, is `RESOURCE_EXHAUSTED`. No handler of ours returns
 /// `OUT_OF_RANGE`, so the code is rewritten wherever it appears (the message, which names
-/// the size and the limit, is kept).
+/// the size and the limit, is kept, and names the streaming RPC).
 fn size_limit_is_resource_exhausted(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     const OUT_OF_RANGE: &str = "11";
+    const HINT: &str = " (above the unary limit, limits.max_message_size: send larger payloads with PutStream)";
     if response.headers().get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
-        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        // grpc-message is percent-encoded; the hint is plain ASCII, which needs none.
+        let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("message too large");
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{message}{HINT}")) {
+            headers.insert("grpc-message", v);
+        }
     }
     response
 }

@@ -19,7 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use sha2::{Digest, Sha256};
 
 use crate::blocks::{Block, BlockRegistry};
-use crate::cache::{LoadedResult, ResolveCache};
+use crate::cache::{FillPermit, LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::keys::validate_key;
@@ -111,6 +111,20 @@ pub enum ReadOutcome {
     },
 }
 
+/// Where a read target points (see [`ResultStore::locate`]).
+pub(crate) enum Located {
+    /// A Prefect 2 literal document: nothing to read.
+    Literal(LiteralValue),
+    At {
+        block: Arc<Block>,
+        key: String,
+        expect: Expectation,
+        hint: Option<SerializerConfig>,
+        /// The expiration a Prefect document names (the record's own wins).
+        doc_expiration: Option<DateTime<Utc>>,
+    },
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -124,13 +138,15 @@ pub const MAX_PAGE_SIZE: usize = 10_000;
 
 /// The service's domain: blocks, cache and limits.
 pub struct ResultStore {
-    blocks: BlockRegistry,
-    cache: ResolveCache,
-    defaults: settings::Defaults,
-    max_result_size: u64,
+    pub(crate) blocks: BlockRegistry,
+    pub(crate) cache: ResolveCache,
+    pub(crate) defaults: settings::Defaults,
+    pub(crate) max_result_size: u64,
+    /// Multipart part and ranged-read size of streams.
+    pub(crate) stream_chunk: usize,
 }
 
-fn put_mode(mode: WriteMode) -> PutMode {
+pub(crate) fn put_mode(mode: WriteMode) -> PutMode {
     match mode {
         WriteMode::Overwrite => PutMode::Overwrite,
         WriteMode::CreateOnly => PutMode::Create,
@@ -138,7 +154,7 @@ fn put_mode(mode: WriteMode) -> PutMode {
 }
 
 /// The reference to `record` at `key`: its digest, size and serializer, as written or read.
-fn reference_of(
+pub(crate) fn reference_of(
     block: &Block,
     key: &str,
     record: &ResultRecord,
@@ -161,7 +177,7 @@ fn reference_of(
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
@@ -177,6 +193,7 @@ impl ResultStore {
                 persist_by_default: config.persist_by_default,
             },
             max_result_size: config.limits.max_result_size.0,
+            stream_chunk: usize::try_from(config.limits.stream_chunk_size.0).unwrap_or(64 << 20),
         })
     }
 
@@ -367,9 +384,9 @@ impl ResultStore {
         }
     }
 
-    /// Reads one result (cache first), checks it against what the caller expects, and
-    /// enforces its expiration.
-    pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
+    /// Where a read target points: a block and a valid key, what the caller expects of
+    /// the result there, and the serializer assumed for a bare payload.
+    pub(crate) fn locate(&self, target: ReadTarget, opts: &ReadOptions) -> Result<Located> {
         let (block, key, expect, mut hint, doc_expiration) = match target {
             ReadTarget::Reference { block, key, expect, serializer } => {
                 (self.blocks.get(&block)?, key, expect, serializer, None)
@@ -378,7 +395,7 @@ impl ResultStore {
                 (self.blocks.get(&block)?, key, Expectation { persisted: true, ..Default::default() }, None, None)
             }
             ReadTarget::Prefect { block, document } => match parse_prefect_document(&document)? {
-                PrefectDocument::Literal(l) => return Ok(ReadOutcome::Literal(l)),
+                PrefectDocument::Literal(l) => return Ok(Located::Literal(l)),
                 PrefectDocument::Reference { storage_key, serializer, expiration } => {
                     let block = self.blocks.get(&block)?;
                     let key = block.key_from_storage_key(&storage_key)?;
@@ -390,6 +407,16 @@ impl ResultStore {
             hint = opts.serializer_hint.clone();
         }
         validate_key(&key)?;
+        Ok(Located::At { block, key, expect, hint, doc_expiration })
+    }
+
+    /// Reads one result (cache first), checks it against what the caller expects, and
+    /// enforces its expiration.
+    pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
+        let (block, key, expect, hint, doc_expiration) = match self.locate(target, &opts)? {
+            Located::Literal(l) => return Ok(ReadOutcome::Literal(l)),
+            Located::At { block, key, expect, hint, doc_expiration } => (block, key, expect, hint, doc_expiration),
+        };
         let cache_key = block.cache_key(key.as_str());
 
         let (result, cache_hit) = if !expect.persisted {
@@ -443,7 +470,7 @@ impl ResultStore {
         if split_first && let Some(meta) = &block.metadata_store {
             metadata = self.get_optional(&block, meta.as_ref(), &path, &key).await?;
         }
-        let (data, meta) = self.get_bytes(&block, block.store.as_ref(), &path, &key).await?;
+        let (data, meta, _fill) = self.get_bytes(&block, block.store.as_ref(), &path, &key).await?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let raw = data.clone();
         let record = match metadata {
@@ -468,28 +495,33 @@ impl ResultStore {
         Ok(LoadedResult { record, value, reference, stored })
     }
 
-    /// Reads a whole object, refusing objects above `max_result_size` before reading them.
+    /// Reads a whole object, refusing objects above `max_result_size` before reading them,
+    /// and holding the object's share of the cache's fill budget while it is read.
     async fn get_bytes(
         &self,
         block: &Block,
         store: &dyn ObjectStore,
         path: &Path,
         key: &str,
-    ) -> Result<(Bytes, object_store::ObjectMeta)> {
+    ) -> Result<(Bytes, object_store::ObjectMeta, FillPermit)> {
         let got = store.get(path).await.map_err(|e| Error::from_store(&block.slug, key, e))?;
         if got.meta.size > self.max_result_size {
             return Err(Error::TooLarge {
-                what: format!("stored result `{key}`"),
+                what: format!(
+                    "stored result `{key}` (a record read in one piece; results in split blocks stream past this \
+                     limit through GetStream)"
+                ),
                 size: got.meta.size,
                 limit: self.max_result_size,
             });
         }
+        let permit = self.cache.fill_permit(got.meta.size).await;
         let meta = got.meta.clone();
         let bytes = got.bytes().await.map_err(|e| Error::from_store(&block.slug, key, e))?;
-        Ok((bytes, meta))
+        Ok((bytes, meta, permit))
     }
 
-    async fn get_optional(
+    pub(crate) async fn get_optional(
         &self,
         block: &Block,
         store: &dyn ObjectStore,
@@ -497,7 +529,7 @@ impl ResultStore {
         key: &str,
     ) -> Result<Option<Bytes>> {
         match self.get_bytes(block, store, path, key).await {
-            Ok((b, _)) => Ok(Some(b)),
+            Ok((b, _, _)) => Ok(Some(b)),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -594,7 +626,7 @@ impl ResultStore {
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
         while let Some(meta) = stream.try_next().await.map_err(|e| Error::from_store(&block.slug, prefix, e))? {
             let key = meta.location.as_ref();
-            let reserved = key.split('/').next() == Some(crate::keys::RESERVED_METADATA_PREFIX);
+            let reserved = crate::keys::is_reserved(key);
             if reserved || !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
                 continue;
             }

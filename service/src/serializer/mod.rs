@@ -315,6 +315,131 @@ pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// [`check_data`] for serializer bytes that arrive in chunks (streamed puts), in constant
+/// memory. It checks what can be checked without holding the whole payload: JSON text is
+/// UTF-8; pickle and compressed payloads are base64 (standard alphabet and whitespace, `=`
+/// only at the end, a length that is a multiple of four). Whether the pickle or the
+/// compressed stream inside is whole is not checked: reading it needs all of it at once.
+#[derive(Debug)]
+pub struct StreamCheck {
+    kind: StreamCheckKind,
+    type_name: String,
+    utf8: Utf8Stream,
+    /// Base64 symbols seen, and whether padding has begun.
+    symbols: u64,
+    padding: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamCheckKind {
+    Utf8,
+    Base64,
+    None,
+}
+
+impl StreamCheck {
+    pub fn new(config: &SerializerConfig) -> Result<Self> {
+        let kind = match config.kind()? {
+            SerializerKind::Json { .. } => StreamCheckKind::Utf8,
+            SerializerKind::Pickle | SerializerKind::Compressed { .. } => StreamCheckKind::Base64,
+            SerializerKind::Unknown(_) => StreamCheckKind::None,
+        };
+        Ok(StreamCheck {
+            kind,
+            type_name: config.type_name().to_owned(),
+            utf8: Utf8Stream::default(),
+            symbols: 0,
+            padding: 0,
+        })
+    }
+
+    fn bad(&self, m: String) -> Error {
+        Error::InvalidRequest(format!("`data` is not {} serializer output: {m}", self.type_name))
+    }
+
+    /// Checks the next chunk.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<()> {
+        match self.kind {
+            StreamCheckKind::None => Ok(()),
+            StreamCheckKind::Utf8 => match self.utf8.update(chunk) {
+                Ok(()) => Ok(()),
+                Err(at) => Err(self.bad(format!("JSON text must be UTF-8 (invalid byte near offset {at})"))),
+            },
+            StreamCheckKind::Base64 => {
+                for &b in chunk {
+                    match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if self.padding == 0 => self.symbols += 1,
+                        b'=' if self.padding < 2 => self.padding += 1,
+                        b if b.is_ascii_whitespace() => {}
+                        _ => {
+                            return Err(self.bad(format!(
+                                "invalid base64 (byte {b:#04x} after {} symbols)",
+                                self.symbols + self.padding
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the end of the payload.
+    pub fn finish(&self) -> Result<()> {
+        match self.kind {
+            StreamCheckKind::Utf8 if !self.utf8.is_complete() => {
+                Err(self.bad("JSON text must be UTF-8 (it ends inside a character)".into()))
+            }
+            StreamCheckKind::Base64 if !(self.symbols + self.padding).is_multiple_of(4) => {
+                Err(self.bad("invalid base64 (its length is not a multiple of four)".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// UTF-8 validation of bytes that arrive in chunks, in constant memory: a character split
+/// between chunks is carried over (at most three bytes).
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+    seen: u64,
+}
+
+impl Utf8Stream {
+    /// Checks the next chunk; the error is the offset of the bad byte in the whole stream.
+    pub fn update(&mut self, mut chunk: &[u8]) -> std::result::Result<(), u64> {
+        while !self.carry.is_empty() {
+            let Some((&b, rest)) = chunk.split_first() else {
+                return Ok(());
+            };
+            self.carry.push(b);
+            chunk = rest;
+            self.seen += 1;
+            match std::str::from_utf8(&self.carry) {
+                Ok(_) => self.carry.clear(),
+                Err(e) if e.error_len().is_none() => {}
+                Err(_) => return Err(self.seen),
+            }
+        }
+        let start = self.seen;
+        self.seen += chunk.len() as u64;
+        match std::str::from_utf8(chunk) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.carry.extend_from_slice(&chunk[e.valid_up_to()..]);
+                Ok(())
+            }
+            Err(e) => Err(start + e.valid_up_to() as u64),
+        }
+    }
+
+    /// Whether the stream so far ends on a character boundary.
+    pub fn is_complete(&self) -> bool {
+        self.carry.is_empty()
+    }
+}
+
 /// `base64.encodebytes`: standard alphabet, a newline after every 76 characters and at the end.
 pub fn b64_encodebytes(data: &[u8]) -> Vec<u8> {
     let text = base64::engine::general_purpose::STANDARD.encode(data);

@@ -1,0 +1,625 @@
+//! Streams: results larger than one gRPC message, moved in pieces in bounded memory.
+//!
+//! **PutStream** ([`ResultStore::put_stream`]). A stream whose payload fits in one
+//! `limits.stream_chunk_size` piece is stored exactly as a unary Put stores it (full
+//! checks, write-through to the cache). Larger payloads go to an object-store multipart
+//! upload, `stream_chunk_size` per part with at most two parts in flight, so a stream holds
+//! about three pieces whatever its size:
+//! - serializer bytes (`data`) in a `split` block are uploaded as they are, then the
+//!   metadata document is written beside them;
+//! - in a `prefect3` block they are wrapped into the record on the fly (the record's prefix,
+//!   the bytes escaped as a JSON string, the suffix), byte-identical to a record written
+//!   whole. Records are read back in one piece, so a record above `limits.max_result_size`
+//!   is refused (RESOURCE_EXHAUSTED, naming split blocks) and its upload aborted;
+//! - an object (a storage block's `write_path`) that is a Prefect record is buffered up to
+//!   `max_result_size` and stored as Put stores objects; any other object is a bare
+//!   payload and is uploaded as it is.
+//!
+//! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 for JSON, base64 for
+//! pickles), against the header's optional size and sha256, and a multipart upload only
+//! becomes visible when it completes: a stream that fails, breaks or lies leaves whatever
+//! the key held before. Create-only streams are uploaded under the reserved
+//! `.resultstore-staging/` prefix and moved to their key with the store's conditional
+//! copy; stores without one (S3 unless configured otherwise) are checked just before the
+//! copy instead, which leaves a window in which a concurrent writer's result can be
+//! replaced. A streamed result is not put in the cache (its bytes were not kept); the
+//! entry of the key is dropped, and the next read fills it.
+//!
+//! **GetStream** ([`ResultStore::read_stream`]). Results up to the cache's
+//! `max_entry_size` are read through the cache as Get reads them, then sent in pieces.
+//! Larger ones stream past the cache in ranged reads of `stream_chunk_size` (one read
+//! ahead), each pinned to the object's etag so a concurrent overwrite ends the stream with
+//! ABORTED instead of mixing two versions. Which layout a large object has is found
+//! without reading it whole: `split` blocks look for the metadata document first; in
+//! `prefect3` blocks an object that starts like a JSON object is read whole (it may be a
+//! record; records are read in one piece, up to `max_result_size`), anything else streams
+//! as a split payload (when a metadata document exists) or a bare payload. The sha256 of
+//! what was sent ends the stream; a reference's digest that does not match makes the
+//! stream end with DATA_LOSS, so a client keeps the bytes only when the stream ends well.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::blocks::Block;
+use crate::cache::LoadedResult;
+use crate::config::BlockFormat;
+use crate::error::{Error, Result};
+use crate::keys::{RESERVED_STAGING_PREFIX, validate_key};
+use crate::record::{PREFECT3_SUFFIX, RecordFormat, ResultRecord, escape_json_chunk};
+use crate::reference::{LiteralValue, ResultReference};
+use crate::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
+use crate::settings::{self, ResultSettings};
+use crate::store::{
+    Located, Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode, reference_of,
+};
+
+/// What a PutStream's chunks carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPayload {
+    /// Serializer bytes (Put's `data`).
+    Data,
+    /// An object as a storage block's `write_path` receives it (Put's `object`).
+    Object,
+}
+
+/// The first message of a PutStream: a Put without its payload.
+#[derive(Debug, Clone)]
+pub struct PutStreamHeader {
+    pub payload: StreamPayload,
+    pub task: ResultSettings,
+    pub flow: Option<ResultSettings>,
+    pub key: Option<String>,
+    pub expiration: Option<DateTime<Utc>>,
+    pub mode: WriteMode,
+    /// The payload size the client announced, checked at the end.
+    pub size: Option<u64>,
+    /// The payload's lowercase hex sha256 the client announced, checked at the end.
+    pub sha256: Option<String>,
+}
+
+/// The payload of a PutStream, as the transport delivers it.
+pub type ChunkStream = BoxStream<'static, Result<Bytes>>;
+
+/// One item of a GetStream's body.
+#[derive(Debug, Clone)]
+pub enum StreamPart {
+    Chunk(Bytes),
+    /// The end of a whole stream: what was sent.
+    End {
+        size: u64,
+        sha256: String,
+    },
+}
+
+/// A GetStream: what the header says, then the body.
+pub struct ReadStream {
+    pub reference: ResultReference,
+    pub metadata_json: String,
+    pub parts: BoxStream<'static, Result<StreamPart>>,
+}
+
+/// What a GetStream found.
+pub enum StreamOutcome {
+    /// A Prefect 2 literal document: nothing stored to stream.
+    Literal(LiteralValue),
+    Stream(ReadStream),
+}
+
+/// The largest piece of a stream in one message: under every gRPC client's default 4 MiB
+/// receive limit, so clients that never set their limit can still stream.
+pub const MESSAGE_CHUNK: usize = 1 << 20;
+
+/// Multipart parts uploading at once, beside the one being filled.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Whether bytes start like a Prefect record (3 or 2), as Prefect writes them.
+fn starts_like_record(head: &[u8]) -> bool {
+    let start = head.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(head.len());
+    let head = &head[start..];
+    head.starts_with(b"{\"metadata\"") || head.starts_with(b"{\"serializer\"")
+}
+
+/// Whether bytes start like a JSON object (after whitespace).
+fn starts_like_object(head: &[u8]) -> bool {
+    head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+impl ResultStore {
+    /// Stores one result sent in pieces (see the module docs).
+    pub async fn put_stream(&self, header: PutStreamHeader, mut chunks: ChunkStream) -> Result<PutOutcome> {
+        let object = header.payload == StreamPayload::Object;
+        let explicit_key = object || header.key.as_deref().is_some_and(|k| !k.is_empty());
+        let eff = settings::resolve(&header.task, header.flow.as_ref(), &self.defaults, explicit_key)?;
+        // A result that is not persisted lives only in the cache: it must fit an entry.
+        let memory_only = !eff.persist && !object;
+        let in_memory = if memory_only { self.cache.max_entry() } else { self.stream_chunk as u64 };
+        if memory_only && header.size.is_some_and(|s| s > in_memory) {
+            return Err(Error::TooLarge {
+                what: "a result that is not persisted (it lives only in the cache)".into(),
+                size: header.size.unwrap_or_default(),
+                limit: in_memory,
+            });
+        }
+
+        // Read the first piece; a stream that ends within it is a plain Put.
+        let mut head = BytesMut::new();
+        let mut ended = false;
+        while head.len() as u64 <= in_memory {
+            match chunks.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk?),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let record_object = object && starts_like_record(&head);
+        if record_object && !ended {
+            // Records are stored (and read) in one piece.
+            ended = self.buffer_rest(&mut head, &mut chunks).await?;
+        }
+        if ended {
+            let head = head.freeze();
+            check_announced(&header, head.len() as u64, &sha256_of(&head))?;
+            let payload = if object { Payload::Object(head) } else { Payload::Data(head) };
+            let input = PutInput {
+                payload,
+                task: header.task,
+                flow: header.flow,
+                key: header.key,
+                expiration: header.expiration,
+                mode: header.mode,
+            };
+            return self.put(input).await;
+        }
+        if memory_only {
+            return Err(Error::TooLarge {
+                what: "a result that is not persisted (it lives only in the cache)".into(),
+                size: head.len() as u64,
+                limit: in_memory,
+            });
+        }
+        if object && header.expiration.is_some() {
+            return Err(Error::InvalidRequest(
+                "an object carries its own expiration (in its record); leave `expiration` unset".into(),
+            ));
+        }
+
+        let block = self.blocks.get(&eff.storage)?;
+        let key = header
+            .key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or(eff.cache_key.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        validate_key(&key)?;
+        let (serializer, format) = if object {
+            let explicit = header
+                .task
+                .result_serializer
+                .clone()
+                .or_else(|| header.flow.as_ref().and_then(|f| f.result_serializer.clone()));
+            (explicit.unwrap_or_else(SerializerConfig::opaque), RecordFormat::Bare)
+        } else if block.format == BlockFormat::Split {
+            (eff.serializer, RecordFormat::Split)
+        } else {
+            (eff.serializer, RecordFormat::Prefect3)
+        };
+        let prefect3 = format == RecordFormat::Prefect3;
+        if prefect3 && header.size.is_some_and(|s| s > self.max_result_size) {
+            return Err(self.record_too_large(header.size.unwrap_or_default()));
+        }
+        let mut check = StreamCheck::new(&serializer)?;
+        let record = ResultRecord::new(format, &key, serializer, header.expiration, Bytes::new());
+
+        let mut upload = Upload::begin(&block, &key, header.mode, self.stream_chunk).await?;
+        let sent = async {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut written = 0u64;
+            let mut escaped = Vec::new();
+            if prefect3 {
+                let prefix = record.prefect3_prefix();
+                written += prefix.len() as u64;
+                upload.write(&prefix).await?;
+            }
+            let mut next = Some(head.freeze());
+            loop {
+                let chunk = match next.take() {
+                    Some(c) => c,
+                    None => match chunks.next().await {
+                        Some(c) => c?,
+                        None => break,
+                    },
+                };
+                size += chunk.len() as u64;
+                if header.size.is_some_and(|s| size > s) {
+                    return Err(Error::InvalidRequest(format!(
+                        "the stream sent more than the {} bytes its header announced; nothing was stored",
+                        header.size.unwrap_or_default()
+                    )));
+                }
+                hasher.update(&chunk);
+                check.update(&chunk)?;
+                if prefect3 {
+                    for piece in chunk.chunks(MESSAGE_CHUNK) {
+                        escaped.clear();
+                        escape_json_chunk(piece, &mut escaped);
+                        written += escaped.len() as u64;
+                        if written > self.max_result_size {
+                            return Err(self.record_too_large(written));
+                        }
+                        upload.write(&escaped).await?;
+                    }
+                } else {
+                    upload.write(&chunk).await?;
+                }
+            }
+            check.finish()?;
+            let sha256 = hex::encode(hasher.finalize());
+            check_announced(&header, size, &sha256)?;
+            if prefect3 {
+                upload.write(PREFECT3_SUFFIX).await?;
+            }
+            Ok((size, sha256))
+        }
+        .await;
+        let (size, sha256) = match sent {
+            Ok(s) => s,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        let version = upload.complete().await?;
+        if format == RecordFormat::Split
+            && let Some(meta) = &block.metadata_store
+        {
+            meta.put(&Path::from(key.as_str()), record.metadata_json().into())
+                .await
+                .map_err(|e| Error::from_store(&block.slug, &key, e))?;
+        }
+        self.cache.invalidate(&block.cache_key(key.as_str())).await;
+        let mut reference = reference_of(&block, &key, &record, version, Utc::now(), true);
+        reference.size = size;
+        reference.sha256 = sha256;
+        Ok(PutOutcome::Stored(Box::new(reference)))
+    }
+
+    /// Reads the rest of a stream into `buf`, up to `max_result_size`. Returns true.
+    async fn buffer_rest(&self, buf: &mut BytesMut, chunks: &mut ChunkStream) -> Result<bool> {
+        while let Some(chunk) = chunks.next().await {
+            buf.extend_from_slice(&chunk?);
+            if buf.len() as u64 > self.max_result_size {
+                return Err(Error::TooLarge {
+                    what: "a Prefect record sent as an object (records are stored and read in one piece)".into(),
+                    size: buf.len() as u64,
+                    limit: self.max_result_size,
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    fn record_too_large(&self, size: u64) -> Error {
+        Error::TooLarge {
+            what: "the prefect3 record (records are read in one piece; stream larger results into a block with \
+                   format = \"split\")"
+                .into(),
+            size,
+            limit: self.max_result_size,
+        }
+    }
+
+    /// Reads one result in pieces (see the module docs).
+    pub async fn read_stream(&self, target: ReadTarget, opts: ReadOptions) -> Result<StreamOutcome> {
+        let (block, key, expect, hint, doc_expiration) = match self.locate(target.clone(), &opts)? {
+            Located::Literal(l) => return Ok(StreamOutcome::Literal(l)),
+            Located::At { block, key, expect, hint, doc_expiration } => (block, key, expect, hint, doc_expiration),
+        };
+        if !expect.persisted {
+            return self.stream_through_cache(target, opts).await;
+        }
+        let path = Path::from(key.as_str());
+        let map = |e| Error::from_store(&block.slug, &key, e);
+        let meta = block.store.head(&path).await.map_err(map)?;
+        if meta.size <= self.cache.max_entry() {
+            return self.stream_through_cache(target, opts).await;
+        }
+
+        // A large object: find its layout from its metadata document or its first bytes.
+        let mut metadata = None;
+        if block.format == BlockFormat::Split
+            && let Some(store) = &block.metadata_store
+        {
+            metadata = self.get_optional(&block, store.as_ref(), &path, &key).await?;
+        }
+        if metadata.is_none() {
+            let head = block.store.get_range(&path, 0..meta.size.min(64)).await.map_err(map)?;
+            if starts_like_object(&head) {
+                if starts_like_record(&head) && meta.size > self.max_result_size {
+                    return Err(self.record_too_large(meta.size));
+                }
+                if meta.size <= self.max_result_size {
+                    return self.stream_through_cache(target, opts).await;
+                }
+            }
+            if block.format != BlockFormat::Split
+                && let Some(store) = &block.metadata_store
+            {
+                metadata = self.get_optional(&block, store.as_ref(), &path, &key).await?;
+            }
+        }
+        let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
+        let record = match metadata {
+            Some(doc) => ResultRecord::decode_split(&doc, Bytes::new()).map_err(corrupt)?,
+            None => {
+                let serializer = hint
+                    .or_else(|| opts.as_stored.then(SerializerConfig::opaque))
+                    .unwrap_or_else(|| block.default_serializer.clone());
+                let mut record = ResultRecord::new(RecordFormat::Bare, &key, serializer, None, Bytes::new());
+                record.metadata.insert("prefect_version".into(), serde_json::Value::Null);
+                record
+            }
+        };
+        let expiration = record.expiration.or(doc_expiration);
+        if !opts.allow_expired
+            && let Some(exp) = expiration
+            && exp <= Utc::now()
+        {
+            return Err(Error::Expired { block: block.slug.clone(), key, expiration: exp.to_rfc3339() });
+        }
+        let version = meta.e_tag.clone().or(meta.version.clone());
+        let mut reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
+        reference.size = meta.size;
+        reference.sha256 = String::new();
+        let metadata_json = String::from_utf8_lossy(&record.metadata_json()).into_owned();
+
+        // The bytes as stored, or for `as_stored` of a split result, the record they make.
+        let wrap = (opts.as_stored && record.format == RecordFormat::Split).then(|| record.prefect3_prefix());
+        let expected = expect.sha256.clone();
+        let ranges = ranged_reads(block.clone(), key.clone(), meta.size, meta.e_tag.clone(), self.stream_chunk);
+        let (tx, rx) = mpsc::channel::<Result<StreamPart>>(2);
+        let slug = block.slug.clone();
+        tokio::spawn(async move {
+            let sent = send_ranges(ranges, wrap, &tx).await;
+            let last = sent.and_then(|(size, sha256, payload_sha)| match expected {
+                Some(e) if e != payload_sha => {
+                    Err(Error::IntegrityMismatch { block: slug, key, expected: e, actual: payload_sha })
+                }
+                _ => Ok(StreamPart::End { size, sha256 }),
+            });
+            let _ = tx.send(last).await;
+        });
+        Ok(StreamOutcome::Stream(ReadStream { reference, metadata_json, parts: ReceiverStream::new(rx).boxed() }))
+    }
+
+    /// A result read as Get reads it (through the cache), sent in pieces.
+    async fn stream_through_cache(&self, target: ReadTarget, opts: ReadOptions) -> Result<StreamOutcome> {
+        let as_stored = opts.as_stored;
+        let result: Arc<LoadedResult> = match self.read(target, opts).await? {
+            ReadOutcome::Literal(l) => return Ok(StreamOutcome::Literal(l)),
+            ReadOutcome::Loaded { result, .. } => result,
+        };
+        let bytes = if as_stored { self.stored_object(&result)? } else { result.record.data.clone() };
+        let sha256 = if as_stored { sha256_of(&bytes) } else { result.reference.sha256.clone() };
+        let size = bytes.len() as u64;
+        let pieces: Vec<Result<StreamPart>> = (0..bytes.len())
+            .step_by(MESSAGE_CHUNK)
+            .map(|at| Ok(StreamPart::Chunk(bytes.slice(at..bytes.len().min(at + MESSAGE_CHUNK)))))
+            .chain(std::iter::once(Ok(StreamPart::End { size, sha256 })))
+            .collect();
+        Ok(StreamOutcome::Stream(ReadStream {
+            reference: result.reference.clone(),
+            metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
+            parts: futures::stream::iter(pieces).boxed(),
+        }))
+    }
+}
+
+fn sha256_of(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Checks a finished upload against what its header announced.
+fn check_announced(header: &PutStreamHeader, size: u64, sha256: &str) -> Result<()> {
+    if let Some(expected) = header.size
+        && expected != size
+    {
+        return Err(Error::InvalidRequest(format!(
+            "the stream sent {size} bytes but its header announced {expected}; nothing was stored"
+        )));
+    }
+    if let Some(expected) = &header.sha256
+        && !expected.eq_ignore_ascii_case(sha256)
+    {
+        return Err(Error::UploadMismatch(format!("its sha256 is {sha256}, the header announced {expected}")));
+    }
+    Ok(())
+}
+
+/// Ranged reads of a whole object, one read ahead, each pinned to `etag` when the store
+/// gives one.
+fn ranged_reads(
+    block: Arc<Block>,
+    key: String,
+    size: u64,
+    etag: Option<String>,
+    chunk: usize,
+) -> BoxStream<'static, Result<Bytes>> {
+    let path = Path::from(key.as_str());
+    let starts = (0..size).step_by(chunk.max(1));
+    futures::stream::iter(starts)
+        .map(move |start| {
+            let (block, key, path, etag) = (block.clone(), key.clone(), path.clone(), etag.clone());
+            async move {
+                let map = |e| match e {
+                    object_store::Error::Precondition { .. } => {
+                        Error::ChangedWhileReading { block: block.slug.clone(), key: key.clone() }
+                    }
+                    e => Error::from_store(&block.slug, &key, e),
+                };
+                let range = start..size.min(start + chunk as u64);
+                let opts = GetOptions { range: Some(range.into()), if_match: etag, ..Default::default() };
+                let got = block.store.get_opts(&path, opts).await.map_err(map)?;
+                got.bytes().await.map_err(map)
+            }
+        })
+        .buffered(2)
+        .boxed()
+}
+
+/// Sends the ranges in message-sized pieces (wrapped into a record when `wrap` holds the
+/// record's prefix). Returns the size and sha256 of what was sent, and the sha256 of the
+/// payload read.
+async fn send_ranges(
+    mut ranges: BoxStream<'static, Result<Bytes>>,
+    wrap: Option<Vec<u8>>,
+    tx: &mpsc::Sender<Result<StreamPart>>,
+) -> Result<(u64, String, String)> {
+    let mut sent = Sha256::new();
+    let mut payload = Sha256::new();
+    let mut size = 0u64;
+    let mut utf8 = wrap.as_ref().map(|_| Utf8Stream::default());
+    let not_utf8 = || {
+        Error::CannotTranscode(
+            "the serializer bytes are not UTF-8, which a Prefect 3 record cannot hold; read them without `as_stored`"
+                .into(),
+        )
+    };
+    let send = async |bytes: Bytes, sent: &mut Sha256, size: &mut u64| -> Result<bool> {
+        for at in (0..bytes.len()).step_by(MESSAGE_CHUNK) {
+            let piece = bytes.slice(at..bytes.len().min(at + MESSAGE_CHUNK));
+            sent.update(&piece);
+            *size += piece.len() as u64;
+            if tx.send(Ok(StreamPart::Chunk(piece))).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if let Some(prefix) = &wrap
+        && !send(Bytes::from(prefix.clone()), &mut sent, &mut size).await?
+    {
+        return Ok((size, String::new(), String::new()));
+    }
+    let mut escaped = Vec::new();
+    while let Some(bytes) = ranges.try_next().await? {
+        payload.update(&bytes);
+        let out = match &mut utf8 {
+            Some(check) => {
+                check.update(&bytes).map_err(|_| not_utf8())?;
+                escaped.clear();
+                escape_json_chunk(&bytes, &mut escaped);
+                Bytes::from(std::mem::take(&mut escaped))
+            }
+            None => bytes,
+        };
+        if !send(out, &mut sent, &mut size).await? {
+            // The client went away.
+            return Ok((size, String::new(), String::new()));
+        }
+    }
+    if let Some(check) = &utf8 {
+        if !check.is_complete() {
+            return Err(not_utf8());
+        }
+        send(Bytes::from_static(PREFECT3_SUFFIX), &mut sent, &mut size).await?;
+    }
+    Ok((size, hex::encode(sent.finalize()), hex::encode(payload.finalize())))
+}
+
+/// A multipart upload to a key, or for create-only writes to a staging key moved into
+/// place when complete.
+struct Upload {
+    writer: WriteMultipart,
+    block: Arc<Block>,
+    key: String,
+    staging: Option<Path>,
+    part: usize,
+}
+
+impl Upload {
+    async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, part: usize) -> Result<Self> {
+        let map = |e| Error::from_store(&block.slug, key, e);
+        let target = Path::from(key);
+        let staging = match mode {
+            WriteMode::Overwrite => None,
+            WriteMode::CreateOnly => {
+                // Refuse early when the key is taken; the move into place checks again.
+                match block.store.head(&target).await {
+                    Ok(_) => return Err(Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() }),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(map(e)),
+                }
+                Some(Path::from(format!("{RESERVED_STAGING_PREFIX}/{}", uuid::Uuid::new_v4().simple())))
+            }
+        };
+        let upload = block.store.put_multipart(staging.as_ref().unwrap_or(&target)).await.map_err(map)?;
+        Ok(Upload {
+            writer: WriteMultipart::new_with_chunk_size(upload, part),
+            block: block.clone(),
+            key: key.to_owned(),
+            staging,
+            part,
+        })
+    }
+
+    fn map(&self, e: object_store::Error) -> Error {
+        Error::from_store(&self.block.slug, &self.key, e)
+    }
+
+    /// Buffers `data`, waiting while [`PARTS_IN_FLIGHT`] parts upload.
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        for piece in data.chunks(self.part) {
+            self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.map(e))?;
+            self.writer.write(piece);
+        }
+        Ok(())
+    }
+
+    async fn abort(self) {
+        let (block, key) = (self.block.slug.clone(), self.key.clone());
+        if let Err(e) = self.writer.abort().await {
+            tracing::warn!(block, key, error = %e, "aborting a multipart upload failed; the store may keep its parts");
+        }
+    }
+
+    /// Completes the upload (and moves a staged one into place); returns the version.
+    async fn complete(self) -> Result<Option<String>> {
+        let Upload { writer, block, key, staging, .. } = self;
+        let map = |e| Error::from_store(&block.slug, &key, e);
+        let put = writer.finish().await.map_err(map)?;
+        let Some(staging) = staging else {
+            return Ok(put.e_tag.or(put.version));
+        };
+        let target = Path::from(key.as_str());
+        let moved = match block.store.copy_if_not_exists(&staging, &target).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. }) => {
+                // No conditional copy here: check, then copy.
+                match block.store.head(&target).await {
+                    Ok(_) => Err(Error::AlreadyExists { block: block.slug.clone(), key: key.clone() }),
+                    Err(object_store::Error::NotFound { .. }) => block.store.copy(&staging, &target).await.map_err(map),
+                    Err(e) => Err(map(e)),
+                }
+            }
+            Err(e) => Err(map(e)),
+        };
+        if let Err(e) = block.store.delete(&staging).await {
+            tracing::warn!(block = block.slug, key, error = %e, "removing a staged upload failed");
+        }
+        moved?;
+        let meta = block.store.head(&target).await.map_err(map)?;
+        Ok(meta.e_tag.or(meta.version))
+    }
+}
