@@ -23,7 +23,9 @@ pub const STREAM_CHUNK: usize = 1 << 20;
 impl Client {
     /// Stores a result sent in chunks: `put`'s settings, key and mode make the header; its
     /// payload must be [`Put::data`] or [`Put::object`], whose bytes are sent first,
-    /// followed by `chunks`.
+    /// followed by `chunks`. When `chunks` may end before the payload does (a source that
+    /// can fail), announce the size with [`Put::size`]: a stream that just ends looks whole
+    /// to the server.
     pub async fn put_stream<S>(&self, put: Put, chunks: S) -> Result<Stored>
     where
         S: Stream<Item = Bytes> + Send + 'static,

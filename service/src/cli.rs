@@ -49,7 +49,8 @@ enum Command {
         /// A JSON document for the server to serialize.
         #[arg(long, conflicts_with_all = ["file", "literal"])]
         json: Option<String>,
-        /// A file holding serializer bytes, stored as they are.
+        /// A file holding serializer bytes, stored as they are. Streamed (PutStream), so a
+        /// file of any size is held a chunk at a time.
         #[arg(long, conflicts_with = "literal")]
         file: Option<PathBuf>,
         /// A literal result: true, false or null.
@@ -78,7 +79,8 @@ enum Command {
         server: ServerArg,
         #[command(flatten)]
         target: TargetArgs,
-        /// Write the serializer bytes to this file instead of printing them.
+        /// Write the serializer bytes to this file instead of printing them. Streamed
+        /// (GetStream) through `FILE.partial`, renamed only when whole.
         #[arg(long)]
         out: Option<PathBuf>,
         /// With --out: write the object as stored (the record Prefect reads) instead.
@@ -215,11 +217,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             retries,
             cache_key,
         } => {
-            let mut put = match (json, file, literal) {
-                (Some(doc), None, None) => Put::json(doc),
-                (None, Some(path), None) => {
-                    Put::data(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
-                }
+            let mut put = match (&json, &file, literal) {
+                (Some(doc), None, None) => Put::json(doc.clone()),
+                (None, Some(_), None) => Put::data(Vec::new()),
                 (None, None, Some(l)) => Put::literal(match l.as_str() {
                     "true" => resultstore_client::Literal::True,
                     "false" => resultstore_client::Literal::False,
@@ -250,7 +250,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 put = put.create_only();
             }
             let client = Client::connect(server.server).await?;
-            let stored = client.put(put).await?;
+            let stored = match &file {
+                Some(path) => {
+                    client.put_file(put, path).await.with_context(|| format!("storing {}", path.display()))?
+                }
+                None => client.put(put).await?,
+            };
             println!("{}", stored.to_json());
             Ok(())
         }
@@ -260,10 +265,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(t) => t,
                 Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
             };
-            let reply = client.get(t, ReadOptions { as_stored, ..target.options() }).await?;
-            if out.is_some() {
-                output(&out, &reply.data)?;
+            let opts = ReadOptions { as_stored, ..target.options() };
+            if let Some(path) = &out {
+                let stream = client.get_to_file(t, opts, path).await?;
+                let mut reference = stream.reference.clone();
+                if let Some(trailer) = stream.trailer()
+                    && reference.0.sha256.is_empty()
+                    && !as_stored
+                {
+                    reference.0.sha256 = trailer.sha256.clone();
+                }
+                let doc = serde_json::json!({
+                    "reference": reference.to_json(),
+                    "metadata": serde_json::from_str::<serde_json::Value>(&stream.metadata_json).unwrap_or_default(),
+                    "written": {
+                        "path": path.display().to_string(),
+                        "size": stream.trailer().map(|t| t.size),
+                        "sha256": stream.trailer().map(|t| t.sha256.clone()),
+                    },
+                });
+                println!("{doc}");
+                return Ok(());
             }
+            let reply = client.get(t, opts).await?;
             let mut doc = serde_json::json!({
                 "reference": reply.reference.map(|r| Reference(Box::new(r)).to_json()),
                 "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),

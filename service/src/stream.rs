@@ -149,6 +149,12 @@ impl ResultStore {
                 limit: in_memory,
             });
         }
+        let block = self.blocks.get(&eff.storage)?;
+        // Serializer bytes in a prefect3 block become a record, which is read in one piece.
+        let prefect3 = !object && block.format != BlockFormat::Split;
+        if prefect3 && header.size.is_some_and(|s| s > self.max_result_size) {
+            return Err(self.record_too_large(header.size.unwrap_or_default()));
+        }
 
         // Read the first piece; a stream that ends within it is a plain Put.
         let mut head = BytesMut::new();
@@ -194,7 +200,6 @@ impl ResultStore {
             ));
         }
 
-        let block = self.blocks.get(&eff.storage)?;
         let key = header
             .key
             .clone()
@@ -209,15 +214,11 @@ impl ResultStore {
                 .clone()
                 .or_else(|| header.flow.as_ref().and_then(|f| f.result_serializer.clone()));
             (explicit.unwrap_or_else(SerializerConfig::opaque), RecordFormat::Bare)
-        } else if block.format == BlockFormat::Split {
-            (eff.serializer, RecordFormat::Split)
-        } else {
+        } else if prefect3 {
             (eff.serializer, RecordFormat::Prefect3)
+        } else {
+            (eff.serializer, RecordFormat::Split)
         };
-        let prefect3 = format == RecordFormat::Prefect3;
-        if prefect3 && header.size.is_some_and(|s| s > self.max_result_size) {
-            return Err(self.record_too_large(header.size.unwrap_or_default()));
-        }
         let mut check = StreamCheck::new(&serializer)?;
         let record = ResultRecord::new(format, &key, serializer, header.expiration, Bytes::new());
 
