@@ -21,7 +21,8 @@
 //! - [`blocks`]: slug → object store, and the counting store wrapper.
 //! - [`keys`]: slug and key validation; [`config`]: the strict config file;
 //!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
-//!   [`telemetry`]: counters and logging.
+//!   [`telemetry`]: counters and logging; [`memory`]: the allocator setting that returns
+//!   stream buffers to the OS.
 
 pub mod blocks;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod memory;
 pub mod record;
 pub mod reference;
 pub mod serializer;
