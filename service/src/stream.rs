@@ -111,7 +111,7 @@ pub struct ReadStream {
 pub enum StreamOutcome {
     /// A Prefect 2 literal document: nothing stored to stream.
     Literal(LiteralValue),
-    Stream(ReadStream),
+    Stream(Box<ReadStream>),
 }
 
 /// The largest piece of a stream in one message: under every gRPC client's default 4 MiB
@@ -401,7 +401,11 @@ impl ResultStore {
             });
             let _ = tx.send(last).await;
         });
-        Ok(StreamOutcome::Stream(ReadStream { reference, metadata_json, parts: ReceiverStream::new(rx).boxed() }))
+        Ok(StreamOutcome::Stream(Box::new(ReadStream {
+            reference,
+            metadata_json,
+            parts: ReceiverStream::new(rx).boxed(),
+        })))
     }
 
     /// A result read as Get reads it (through the cache), sent in pieces.
@@ -419,11 +423,11 @@ impl ResultStore {
             .map(|at| Ok(StreamPart::Chunk(bytes.slice(at..bytes.len().min(at + MESSAGE_CHUNK)))))
             .chain(std::iter::once(Ok(StreamPart::End { size, sha256 })))
             .collect();
-        Ok(StreamOutcome::Stream(ReadStream {
+        Ok(StreamOutcome::Stream(Box::new(ReadStream {
             reference: result.reference.clone(),
             metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
             parts: futures::stream::iter(pieces).boxed(),
-        }))
+        })))
     }
 }
 
