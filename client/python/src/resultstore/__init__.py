@@ -11,7 +11,7 @@
 - `resultstore.v1`: the generated protobuf and gRPC stubs, for the raw API.
 """
 
-from resultstore.client import ResultLiteral, ResultReference, ResultStoreClient
+from resultstore.client import ResultLiteral, ResultReference, ResultStoreClient, ResultStream
 from resultstore.errors import ResultStoreError
 from resultstore.serializers import (
     CompressedJSONSerializer,
@@ -24,6 +24,7 @@ from resultstore.serializers import (
 
 __all__ = [
     "ResultStoreClient",
+    "ResultStream",
     "ResultReference",
     "ResultLiteral",
     "ResultStoreError",

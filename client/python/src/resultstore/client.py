@@ -10,13 +10,15 @@ here with the library the result's serializer config names.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
-from typing import Any, Iterator, Optional, Union
+import os
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from resultstore.errors import ResultStoreError, error_from_rpc
+from resultstore.errors import IncompleteStream, ResourceExhausted, ResultStoreError, error_from_rpc
 from resultstore.serializers import (
     CompressedSerializer,
     JSONSerializer,
@@ -30,6 +32,8 @@ from resultstore.v1 import resultstore_pb2_grpc as pb_grpc
 __all__ = ["ResultStoreClient", "ResultReference", "ResultLiteral"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Bytes per PutStream message (every server accepts it, whatever its message limit).
+STREAM_CHUNK = 1024 * 1024
 _LITERAL_OF_VALUE = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}
 _VALUE_OF_LITERAL = {code: value for value, code in _LITERAL_OF_VALUE.items()}
 _UNSET: Any = object()
@@ -238,6 +242,7 @@ class ResultStoreClient:
     ):
         self.url = url
         self.timeout = timeout
+        self.max_message_size = max_message_size
         self._channel = grpc.insecure_channel(
             _target(url),
             options=[
@@ -332,9 +337,117 @@ class ResultStoreClient:
 
     def write_object(self, storage: str, key: str, content: bytes) -> ResultReference:
         """Stores bytes as Prefect's `ResultStore` wrote them (a record, a bare payload
-        or a metadata document), byte for byte: a storage block's `write_path`."""
+        or a metadata document), byte for byte: a storage block's `write_path`. Objects
+        above the unary message limit go through PutStream."""
+        if len(content) > self._unary_payload_limit():
+            chunks = (content[i : i + STREAM_CHUNK] for i in range(0, len(content), STREAM_CHUNK))
+            return self.put_stream(chunks, storage=storage, key=key, object=True, size=len(content))
         request = pb.PutRequest(object=content, key=key, task=pb.ResultSettings(result_storage=storage))
         return ResultReference(self._call("Put", request).reference, self)
+
+    def _unary_payload_limit(self) -> int:
+        # Room for the settings and framing around the payload.
+        return self.max_message_size - 64 * 1024
+
+    # Streams: results above the unary message limit, a chunk at a time.
+    def put_stream(
+        self,
+        chunks: Iterable[bytes],
+        serializer: Optional[SerializerSpec] = None,
+        storage: Optional[str] = None,
+        persist: Optional[bool] = None,
+        key: Optional[str] = None,
+        expiration: Optional[Union[_dt.datetime, _dt.timedelta]] = None,
+        *,
+        create_only: bool = False,
+        object: bool = False,
+        size: Optional[int] = None,
+        sha256: Optional[str] = None,
+    ) -> ResultReference:
+        """Stores serializer bytes (or, with `object=True`, an object as `write_object`
+        takes it) sent as `chunks`, any number of bytes each. Memory on both sides stays a
+        few chunks whatever the total. Give `size` (and `sha256`) when the source may stop
+        early: the server then refuses a stream that does not match, and nothing is stored;
+        a stream that just ends looks whole to it."""
+        header = pb.PutStreamHeader(
+            payload=pb.STREAM_PAYLOAD_OBJECT if object else pb.STREAM_PAYLOAD_DATA,
+            task=pb.ResultSettings(result_storage=storage or ""),
+            key=key or "",
+            mode=pb.WRITE_MODE_CREATE_ONLY if create_only else pb.WRITE_MODE_OVERWRITE,
+            sha256=sha256 or "",
+        )
+        if serializer is not None or not object:
+            header.task.result_serializer.CopyFrom(_serializer_pb(serializer_from(serializer or "pickle")))
+        if persist is not None:
+            header.task.persist_result = persist
+        if size is not None:
+            header.size = size
+        ts = _timestamp(expiration)
+        if ts is not None:
+            header.expiration.CopyFrom(ts)
+
+        def messages() -> Iterator[pb.PutStreamRequest]:
+            yield pb.PutStreamRequest(header=header)
+            for chunk in chunks:
+                for i in range(0, len(chunk), STREAM_CHUNK):
+                    yield pb.PutStreamRequest(chunk=bytes(chunk[i : i + STREAM_CHUNK]))
+
+        try:
+            reply = self._stub.PutStream(messages(), timeout=None)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        return self._stored(reply)
+
+    def put_file(self, path: Union[str, os.PathLike], serializer: Optional[SerializerSpec] = None, **kwargs: Any) -> ResultReference:
+        """Streams a file of serializer bytes into a result (its size is announced)."""
+        size = os.stat(path).st_size
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(STREAM_CHUNK)
+                    if not chunk:
+                        return
+                    yield chunk
+
+        return self.put_stream(chunks(), serializer, size=size, **kwargs)
+
+    def get_stream(
+        self,
+        target: Union[ResultReference, tuple],
+        *,
+        as_stored: bool = False,
+        allow_expired: bool = False,
+        bypass_cache: bool = False,
+    ) -> "ResultStream":
+        """Reads a stored record in chunks: `target` is a reference or `(block, key)`.
+        Iterate the returned `ResultStream` for the bytes (serializer bytes, or with
+        `as_stored` the object as stored); the last iteration checks them against the
+        server's trailer, so only a loop that ends without an exception read them whole."""
+        request = pb.GetRequest(allow_expired=allow_expired, bypass_cache=bypass_cache, as_stored=as_stored)
+        if isinstance(target, ResultReference):
+            request.reference.CopyFrom(target.message)
+        else:
+            block, key = target
+            request.location.CopyFrom(pb.Location(block=block, key=key))
+        return ResultStream(self._stub.GetStream(request, timeout=None), self)
+
+    def get_to_file(self, target: Union[ResultReference, tuple], path: Union[str, os.PathLike], **kwargs: Any) -> "ResultStream":
+        """Reads a stored record into `path`, through `PATH.partial`, renamed only when
+        the stream ended whole. Returns the finished stream (its `trailer` says what was
+        written)."""
+        partial = f"{os.fspath(path)}.partial"
+        stream = self.get_stream(target, **kwargs)
+        try:
+            with open(partial, "wb") as f:
+                for chunk in stream:
+                    f.write(chunk)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        os.replace(partial, path)
+        return stream
 
     # Reading.
     def get(
@@ -417,7 +530,11 @@ class ResultStoreClient:
         through the server's cache. Expired records are returned too: Prefect checks
         expiration itself."""
         request = pb.GetRequest(location=pb.Location(block=storage, key=key), as_stored=True, allow_expired=True)
-        return self._call("Get", request).data
+        try:
+            return self._call("Get", request).data
+        except ResourceExhausted:
+            # Above the unary message limit: the same object, streamed.
+            return b"".join(self.get_stream((storage, key), as_stored=True, allow_expired=True))
 
     def exists(self, storage: str, key: str) -> bool:
         return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key))).exists
@@ -443,3 +560,52 @@ class ResultStoreClient:
             {"slug": b.slug, "block_type": b.block_type, "format": b.format, "url": b.url, "is_default": b.is_default}
             for b in reply.blocks
         ]
+
+
+class ResultStream:
+    """A GetStream being read: `reference` and `metadata` from its header, then the bytes
+    by iteration. Iteration ends only when the trailer arrived and matched every byte
+    (`IncompleteStream` otherwise); a server error mid-way raises its status's error."""
+
+    def __init__(self, call: Any, client: ResultStoreClient):
+        self._call = call
+        self._hash = hashlib.sha256()
+        self._received = 0
+        self.trailer: Optional[pb.GetStreamTrailer] = None
+        try:
+            first = next(call)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        except StopIteration:
+            raise IncompleteStream("the stream ended before its header") from None
+        if first.WhichOneof("part") != "header":
+            raise IncompleteStream("the stream did not start with a header")
+        self.reference = ResultReference(first.header.reference, client)
+        self.metadata = json.loads(first.header.metadata_json or "{}")
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for message in self._call:
+                part = message.WhichOneof("part")
+                if part == "chunk":
+                    self._hash.update(message.chunk)
+                    self._received += len(message.chunk)
+                    yield message.chunk
+                elif part == "trailer":
+                    t = message.trailer
+                    if t.size != self._received or t.sha256 != self._hash.hexdigest():
+                        raise IncompleteStream(
+                            f"received {self._received} bytes with sha256 {self._hash.hexdigest()}; "
+                            f"the server sent {t.size} bytes with sha256 {t.sha256}"
+                        )
+                    self.trailer = t
+                    return
+                else:
+                    raise IncompleteStream("a second header arrived")
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        raise IncompleteStream("the stream ended without its trailer")
+
+    def read(self) -> bytes:
+        """All remaining bytes, for results known to fit in memory."""
+        return b"".join(self)

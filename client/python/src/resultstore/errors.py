@@ -18,7 +18,9 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "DataLoss",
+    "Aborted",
     "Unavailable",
+    "IncompleteStream",
     "error_from_rpc",
 ]
 
@@ -77,6 +79,19 @@ class DataLoss(ResultStoreError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class Aborted(ResultStoreError):
+    """A stream met another version of the result mid-way (overwritten while read), or an
+    upload broke: read or send it again."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class IncompleteStream(ResultStoreError):
+    """A GetStream that ended without its trailer, or whose bytes do not match it."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class Unavailable(ResultStoreError):
     """The service, or the storage behind it, cannot be reached; retrying may help."""
 
@@ -94,6 +109,7 @@ _BY_CODE = {
         PermissionDenied,
         Unauthenticated,
         DataLoss,
+        Aborted,
         Unavailable,
     )
 }
