@@ -3,7 +3,12 @@
 //! short warm-up. Every request's latency is kept (microseconds), so percentiles are exact.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Failed requests in this run, all scenarios together: a run with any fails (a benchmark
+/// whose requests fail measures nothing, and CI's quick run must notice).
+pub static FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// What one run measured.
 #[derive(Debug, Clone, Default)]
@@ -101,6 +106,7 @@ where
                             eprintln!("bench: a request failed: {e:#}");
                         }
                         s.errors += 1;
+                        FAILED.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -141,6 +147,7 @@ where
             Err(e) => {
                 eprintln!("bench: a request failed: {e:#}");
                 s.errors += 1;
+                FAILED.fetch_add(1, Ordering::Relaxed);
             }
         }
         if start.elapsed() >= duration {

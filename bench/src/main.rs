@@ -204,6 +204,10 @@ fn main() -> anyhow::Result<()> {
     drop(load_rt);
     drop(bare_rt);
     drop(server_rt);
+    let failed = load::FAILED.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} benchmark requests failed (see the first error of each scenario above)");
+    }
     Ok(())
 }
 
