@@ -169,6 +169,8 @@ fn main() -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return rt.block_on(reader(url, block, prefix, count));
     }
+    // The logging `resultstore serve` runs with, so the server here pays for its spans too.
+    resultstore::telemetry::init_logging();
     let dir = tempfile::tempdir()?;
     let config = Config::from_toml(&config(dir.path(), cli.quick))?;
 
