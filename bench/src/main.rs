@@ -51,6 +51,10 @@ struct Cli {
     /// Also write the table (markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run only the scenario groups whose name contains this (`hit`, `put`, `cold`,
+    /// `streams`, `stampede`, `many`, `prefect`, `memory`), e.g. to profile one.
+    #[arg(long)]
+    only: Option<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -105,6 +109,7 @@ impl Row {
 /// The suite's shared parts.
 struct Bench {
     quick: bool,
+    only: Option<String>,
     dir: PathBuf,
     ours: Vec<Client>,
     bare: Vec<Client>,
@@ -163,7 +168,7 @@ fn loc(block: &str, key: &str) -> Target {
 }
 
 fn main() -> anyhow::Result<()> {
-    resultstore::memory::return_large_buffers_to_the_os();
+    resultstore::memory::bound_allocator_arenas();
     let cli = Cli::parse();
     if let Some(Sub::Reader { url, block, prefix, count }) = cli.command {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -190,6 +195,7 @@ fn main() -> anyhow::Result<()> {
         let url = format!("http://{}", handle.local_addr);
         let b = Bench {
             quick: cli.quick,
+            only: cli.only.clone(),
             dir: dir.path().to_owned(),
             ours: connections(&url).await?,
             bare: connections(&format!("http://{bare_addr}")).await?,
@@ -227,23 +233,38 @@ async fn connections(url: &str) -> anyhow::Result<Vec<Client>> {
 
 async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    eprintln!("bench: cache-hit Resolve");
-    cache_hits(b, values, &mut rows).await?;
-    eprintln!("bench: Put");
-    puts(b, &mut rows).await?;
-    eprintln!("bench: cold Resolve");
-    cold_local(b, &mut rows).await?;
-    cold_s3(b, &mut rows).await?;
-    eprintln!("bench: streams");
-    streams(b, &mut rows).await?;
-    eprintln!("bench: stampede");
-    stampede(b, &mut rows).await?;
-    eprintln!("bench: many clients");
-    many_clients(b, &mut rows).await?;
-    eprintln!("bench: Prefect's read path");
-    prefect_read_path(b, &mut rows).await?;
-    eprintln!("bench: 1 GiB stream memory");
-    stream_memory(b, &mut rows).await?;
+    let on = |group: &str| {
+        let run = b.only.as_deref().is_none_or(|o| group.contains(o));
+        if run {
+            eprintln!("bench: {group}");
+        }
+        run
+    };
+    if on("hit: cache-hit Resolve") {
+        cache_hits(b, values, &mut rows).await?;
+    }
+    if on("put: Put") {
+        puts(b, &mut rows).await?;
+    }
+    if on("cold: cold Resolve") {
+        cold_local(b, &mut rows).await?;
+        cold_s3(b, &mut rows).await?;
+    }
+    if on("streams: GetStream and PutStream") {
+        streams(b, &mut rows).await?;
+    }
+    if on("stampede") {
+        stampede(b, &mut rows).await?;
+    }
+    if on("many clients") {
+        many_clients(b, &mut rows).await?;
+    }
+    if on("prefect: Prefect's read path") {
+        prefect_read_path(b, &mut rows).await?;
+    }
+    if on("memory: stream memory") {
+        stream_memory(b, &mut rows).await?;
+    }
     Ok(rows)
 }
 

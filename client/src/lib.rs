@@ -108,7 +108,13 @@ impl Client {
 
     /// Connects with both gRPC message limits set to `max_message_size`.
     pub async fn connect_with_limit(url: impl Into<String>, max_message_size: usize) -> Result<Self> {
-        let channel = Endpoint::from_shared(url.into())?.connect_timeout(Duration::from_secs(10)).connect().await?;
+        // Flow-control windows large enough for streams of megabyte chunks (see the server's).
+        let channel = Endpoint::from_shared(url.into())?
+            .connect_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect()
+            .await?;
         Ok(Client {
             inner: ResultStoreClient::new(channel)
                 .max_decoding_message_size(max_message_size)

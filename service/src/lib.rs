@@ -21,8 +21,8 @@
 //! - [`blocks`]: slug → object store, and the counting store wrapper.
 //! - [`keys`]: slug and key validation; [`config`]: the strict config file;
 //!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
-//!   [`telemetry`]: counters and logging; [`memory`]: the allocator setting that returns
-//!   stream buffers to the OS.
+//!   [`telemetry`]: counters and logging; [`memory`]: the allocator setting that keeps
+//!   freed stream buffers from piling up.
 
 pub mod blocks;
 pub mod cache;

@@ -85,7 +85,13 @@ pub async fn start(
         health_reporter.set_not_serving::<ResultStoreServer<ResultStoreService>>().await;
         tracing::info!("shutting down: draining in-flight calls");
     };
+    // HTTP/2 flow-control windows: hyper's defaults (1 MiB per stream) stall a stream every
+    // window on large transfers; 8 MiB per stream, 16 MiB per connection keep PutStream
+    // and large replies flowing (measured with `scripts/bench --only streams`). They bound
+    // what a client can make the server buffer per connection, too.
     let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)

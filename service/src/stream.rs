@@ -519,7 +519,10 @@ async fn send_ranges(
     }
     let mut escaped = Vec::new();
     while let Some(bytes) = ranges.try_next().await? {
-        payload.update(&bytes);
+        // Unwrapped, what is sent is the payload: hash it once (below).
+        if wrap.is_some() {
+            payload.update(&bytes);
+        }
         let out = match &mut utf8 {
             Some(check) => {
                 check.update(&bytes).map_err(|_| not_utf8())?;
@@ -540,7 +543,9 @@ async fn send_ranges(
         }
         send(Bytes::from_static(PREFECT3_SUFFIX), &mut sent, &mut size).await?;
     }
-    Ok((size, hex::encode(sent.finalize()), hex::encode(payload.finalize())))
+    let sent = hex::encode(sent.finalize());
+    let payload = if wrap.is_some() { hex::encode(payload.finalize()) } else { sent.clone() };
+    Ok((size, sent, payload))
 }
 
 /// A multipart upload to a key, or for create-only writes to a staging key moved into

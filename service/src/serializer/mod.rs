@@ -188,7 +188,8 @@ impl SerializerConfig {
     }
 
     pub fn to_json_string(&self) -> String {
-        Value::Object(self.0.clone()).to_string()
+        // A map of JSON values always serializes.
+        serde_json::to_string(&self.0).unwrap_or_default()
     }
 
     /// What the service understands of this config.
