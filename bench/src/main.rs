@@ -159,6 +159,11 @@ fn json_doc(len: usize, seed: u8) -> Bytes {
     Bytes::from(v)
 }
 
+/// The large cold result: 64 MiB, 8 MiB in quick mode.
+fn cold_size(quick: bool) -> usize {
+    if quick { 8 * MIB } else { 64 * MIB }
+}
+
 fn size_name(n: usize) -> String {
     if n >= MIB { format!("{} MiB", n / MIB) } else { format!("{} KiB", n / 1024) }
 }
@@ -185,7 +190,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(resultstore::server::start(&config, listener, std::future::pending()).await?)
     })?;
     let sizes = [1024, 64 * 1024, MIB];
-    let values: HashMap<String, Bytes> = sizes.iter().map(|&n| (format!("hit/{n}"), json_doc(n, 0))).collect();
+    let mut values: HashMap<String, Bytes> = sizes.iter().map(|&n| (format!("hit/{n}"), json_doc(n, 0))).collect();
+    values.insert("cold/big".into(), json_doc(cold_size(cli.quick), 2));
     let bare_rt = runtime("bare")?;
     let bare_addr = bare_rt.block_on(bare::serve(values.clone(), MAX_MESSAGE))?;
 
@@ -268,6 +274,21 @@ async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<V
     Ok(rows)
 }
 
+/// Measures `a` and `b` in alternating rounds (a, b, a, b) and keeps each one's better
+/// round, so neither pays alone for whatever else the machine was doing at the time.
+async fn alternate<FA, FB, A, B>(a: FA, b: FB) -> (load::Stats, load::Stats)
+where
+    FA: Fn() -> A,
+    FB: Fn() -> B,
+    A: Future<Output = load::Stats>,
+    B: Future<Output = load::Stats>,
+{
+    let (a1, b1) = (a().await, b().await);
+    let (a2, b2) = (a().await, b().await);
+    let best = |x: load::Stats, y: load::Stats| if x.rps() >= y.rps() { x } else { y };
+    (best(a1, a2), best(b1, b2))
+}
+
 async fn resolve_raw(c: Client, block: &'static str, key: String, bypass: bool) -> anyhow::Result<usize> {
     let opts = ReadOptions { bypass_cache: bypass, ..Default::default() };
     let r = c.resolve(loc(block, &key), Want::Raw, opts).await?;
@@ -281,15 +302,22 @@ async fn cache_hits(b: &Bench, values: &HashMap<String, Bytes>, rows: &mut Vec<R
         let put = Put::data(values[&key].clone()).serializer("json").storage("local-file-system/bench").key(&key);
         b.ours[0].put(put.persist(true)).await?;
         for &c in &[1usize, 64] {
-            let k = key.clone();
-            let ours = closed_loop(&b.ours, c, b.secs(), move |cl, _| {
-                resolve_raw(cl, "local-file-system/bench", k.clone(), false)
-            })
+            let (ko, kb) = (key.clone(), key.clone());
+            let (ours, bare) = alternate(
+                || {
+                    let k = ko.clone();
+                    closed_loop(&b.ours, c, b.secs() / 2, move |cl, _| {
+                        resolve_raw(cl, "local-file-system/bench", k.clone(), false)
+                    })
+                },
+                || {
+                    let k = kb.clone();
+                    closed_loop(&b.bare, c, b.secs() / 2, move |cl, _| {
+                        resolve_raw(cl, "memory/default", k.clone(), false)
+                    })
+                },
+            )
             .await;
-            let k = key.clone();
-            let bare =
-                closed_loop(&b.bare, c, b.secs(), move |cl, _| resolve_raw(cl, "memory/default", k.clone(), false))
-                    .await;
             let ratio = ours.rps() / bare.rps();
             let p99 = ours.p_ms(0.99) / bare.p_ms(0.99);
             let mut row = Row::new(
@@ -318,11 +346,18 @@ async fn put_one(c: Client, block: &'static str, data: Bytes, n: u64) -> anyhow:
 async fn puts(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for (size, c) in [(1024usize, 64usize), (MIB, 8)] {
         let data = json_doc(size, 1);
-        let d = data.clone();
-        let bare = closed_loop(&b.bare, c, b.secs(), move |cl, n| put_one(cl, "memory/default", d.clone(), n)).await;
         for block in ["memory/bench", "local-file-system/bench"] {
-            let d = data.clone();
-            let ours = closed_loop(&b.ours, c, b.secs(), move |cl, n| put_one(cl, block, d.clone(), n)).await;
+            let (ours, bare) = alternate(
+                || {
+                    let d = data.clone();
+                    closed_loop(&b.ours, c, b.secs() / 2, move |cl, n| put_one(cl, block, d.clone(), n))
+                },
+                || {
+                    let d = data.clone();
+                    closed_loop(&b.bare, c, b.secs() / 2, move |cl, n| put_one(cl, "memory/default", d.clone(), n))
+                },
+            )
+            .await;
             let ratio = ours.rps() / bare.rps();
             let mut row = Row::new(
                 format!("Put {} to {block}, concurrency {c}", size_name(size)),
@@ -342,7 +377,7 @@ async fn puts(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// Cold Resolve (every request reads storage) of a large result in local files, against
 /// object_store reading the same file.
 async fn cold_local(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let size = if b.quick { 8 * MIB } else { 64 * MIB };
+    let size = cold_size(b.quick);
     let data = json_doc(size, 2);
     let put = Put::data(Bytes::new()).serializer("json").storage("local-file-system/split").key("cold/big");
     b.ours[0].put_stream(put, futures::stream::iter([data.clone()])).await?;
@@ -351,12 +386,18 @@ async fn cold_local(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let store = object_store::local::LocalFileSystem::new_with_prefix(b.dir.join("split"))?;
     let path = StorePath::from("cold/big");
     let direct = repeat(b.secs(), || async { Ok(store.get(&path).await?.bytes().await?.len()) }).await;
+    // The transport's own ceiling for a reply this size: the bare server sends the same bytes.
+    let bare = repeat(b.secs(), || resolve_raw(b.bare[0].clone(), "memory/default", "cold/big".into(), false)).await;
     let ratio = ours.mib_s() / direct.mib_s();
     rows.push(
         Row::new(
             format!("cold Resolve {} from local-file-system (split), concurrency 1", size_name(size)),
             ours.summary(),
-            format!("object_store get: {}", direct.summary()),
+            format!(
+                "object_store get: {}; bare tonic reply of the same bytes from memory: {}",
+                direct.summary(),
+                bare.summary()
+            ),
         )
         .ratio(ratio)
         .target("≥0.7× MiB/s", ratio >= 0.7),
