@@ -202,6 +202,37 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
     })
 }
 
+/// A Get's or GetStream's target and options; records the target in the current span.
+fn get_target_and_options(req: &pb::GetRequest) -> Result<(ReadTarget, ReadOptions), Status> {
+    let target = read_target(req.target.clone().map(|t| match t {
+        pb::get_request::Target::Reference(r) => Target::Reference(Box::new(r)),
+        pb::get_request::Target::Location(l) => Target::Location(l),
+        pb::get_request::Target::Prefect(p) => Target::Prefect(p),
+    }))
+    .map_err(status_of)?;
+    record_target(&Span::current(), &target);
+    let opts = ReadOptions {
+        as_stored: req.as_stored,
+        ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
+    };
+    Ok((target, opts))
+}
+
+/// A Put's or PutStream's reply; records the stored result in the current span.
+fn put_response(outcome: PutOutcome) -> pb::PutResponse {
+    let result = match outcome {
+        PutOutcome::Literal(l) => pb::put_response::Result::Literal(literal_pb(l)),
+        PutOutcome::Stored(r) => {
+            let span = Span::current();
+            span.record("block", r.block.as_str());
+            span.record("key", r.key.as_str());
+            span.record("size", r.size);
+            pb::put_response::Result::Reference(reference_pb(&r))
+        }
+    };
+    pb::PutResponse { result: Some(result) }
+}
+
 fn literal_has_no_record() -> Status {
     Status::failed_precondition(
         "the Prefect document is a literal: it has no stored record; use Resolve to read its value",
@@ -262,33 +293,13 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let input = put_input(request.into_inner()).map_err(status_of)?;
         let outcome = self.store.put(input).await.map_err(status_of)?;
-        let result = match outcome {
-            PutOutcome::Literal(l) => pb::put_response::Result::Literal(literal_pb(l)),
-            PutOutcome::Stored(r) => {
-                let span = Span::current();
-                span.record("block", r.block.as_str());
-                span.record("key", r.key.as_str());
-                span.record("size", r.size);
-                pb::put_response::Result::Reference(reference_pb(&r))
-            }
-        };
-        Ok(Response::new(pb::PutResponse { result: Some(result) }))
+        Ok(Response::new(put_response(outcome)))
     }
 
     #[instrument(skip_all, fields(block, key, size))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
-        let target = read_target(req.target.map(|t| match t {
-            pb::get_request::Target::Reference(r) => Target::Reference(Box::new(r)),
-            pb::get_request::Target::Location(l) => Target::Location(l),
-            pb::get_request::Target::Prefect(p) => Target::Prefect(p),
-        }))
-        .map_err(status_of)?;
-        record_target(&Span::current(), &target);
-        let opts = ReadOptions {
-            as_stored: req.as_stored,
-            ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
-        };
+        let (target, opts) = get_target_and_options(&req)?;
         match self.store.read(target, opts).await.map_err(status_of)? {
             ReadOutcome::Literal(_) => Err(literal_has_no_record()),
             ReadOutcome::Loaded { result, .. } => {
@@ -336,17 +347,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             })
             .boxed();
         let outcome = self.store.put_stream(header, chunks).await.map_err(status_of)?;
-        let result = match outcome {
-            PutOutcome::Literal(l) => pb::put_response::Result::Literal(literal_pb(l)),
-            PutOutcome::Stored(r) => {
-                let span = Span::current();
-                span.record("block", r.block.as_str());
-                span.record("key", r.key.as_str());
-                span.record("size", r.size);
-                pb::put_response::Result::Reference(reference_pb(&r))
-            }
-        };
-        Ok(Response::new(pb::PutResponse { result: Some(result) }))
+        Ok(Response::new(put_response(outcome)))
     }
 
     type GetStreamStream = BoxStream<'static, Result<pb::GetStreamResponse, Status>>;
@@ -354,17 +355,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     #[instrument(skip_all, fields(block, key, size))]
     async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
         let req = request.into_inner();
-        let target = read_target(req.target.map(|t| match t {
-            pb::get_request::Target::Reference(r) => Target::Reference(Box::new(r)),
-            pb::get_request::Target::Location(l) => Target::Location(l),
-            pb::get_request::Target::Prefect(p) => Target::Prefect(p),
-        }))
-        .map_err(status_of)?;
-        record_target(&Span::current(), &target);
-        let opts = ReadOptions {
-            as_stored: req.as_stored,
-            ..read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?
-        };
+        let (target, opts) = get_target_and_options(&req)?;
         let stream = match self.store.read_stream(target, opts).await.map_err(status_of)? {
             StreamOutcome::Literal(_) => return Err(literal_has_no_record()),
             StreamOutcome::Stream(s) => s,
