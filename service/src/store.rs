@@ -19,7 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use sha2::{Digest, Sha256};
 
 use crate::blocks::{Block, BlockRegistry};
-use crate::cache::{FillPermit, LoadedResult, ResolveCache};
+use crate::cache::{LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::keys::validate_key;
@@ -470,7 +470,12 @@ impl ResultStore {
         if split_first && let Some(meta) = &block.metadata_store {
             metadata = self.get_optional(&block, meta.as_ref(), &path, &key).await?;
         }
-        let (data, meta, _fill) = self.get_bytes(&block, block.store.as_ref(), &path, &key).await?;
+        let got = self.get_checked(&block, block.store.as_ref(), &path, &key).await?;
+        // The result's share of the fill budget, held until its entry is built. Metadata
+        // documents (small) take none: a fill never waits for budget while holding some.
+        let _fill = self.cache.fill_permit(got.meta.size).await;
+        let meta = got.meta.clone();
+        let data = got.bytes().await.map_err(|e| Error::from_store(&block.slug, &key, e))?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let raw = data.clone();
         let record = match metadata {
@@ -495,15 +500,15 @@ impl ResultStore {
         Ok(LoadedResult { record, value, reference, stored })
     }
 
-    /// Reads a whole object, refusing objects above `max_result_size` before reading them,
-    /// and holding the object's share of the cache's fill budget while it is read.
-    async fn get_bytes(
+    /// Starts reading a whole object, refusing objects above `max_result_size` before
+    /// their bytes are read.
+    async fn get_checked(
         &self,
         block: &Block,
         store: &dyn ObjectStore,
         path: &Path,
         key: &str,
-    ) -> Result<(Bytes, object_store::ObjectMeta, FillPermit)> {
+    ) -> Result<object_store::GetResult> {
         let got = store.get(path).await.map_err(|e| Error::from_store(&block.slug, key, e))?;
         if got.meta.size > self.max_result_size {
             return Err(Error::TooLarge {
@@ -515,12 +520,10 @@ impl ResultStore {
                 limit: self.max_result_size,
             });
         }
-        let permit = self.cache.fill_permit(got.meta.size).await;
-        let meta = got.meta.clone();
-        let bytes = got.bytes().await.map_err(|e| Error::from_store(&block.slug, key, e))?;
-        Ok((bytes, meta, permit))
+        Ok(got)
     }
 
+    /// A metadata document (small; read outside the fill budget), or `None` when absent.
     pub(crate) async fn get_optional(
         &self,
         block: &Block,
@@ -528,8 +531,8 @@ impl ResultStore {
         path: &Path,
         key: &str,
     ) -> Result<Option<Bytes>> {
-        match self.get_bytes(block, store, path, key).await {
-            Ok((b, _, _)) => Ok(Some(b)),
+        match self.get_checked(block, store, path, key).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(|e| Error::from_store(&block.slug, key, e))?)),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }

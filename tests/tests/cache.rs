@@ -132,3 +132,40 @@ async fn overwrites_and_deletes_through_this_replica_are_seen_at_once() {
     let err = s.client.resolve(loc(), Want::Json, ReadOptions::default()).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
 }
+
+/// A fill holds its share of the fill budget while it reads and decodes; reading a Prefect
+/// split record's metadata document must not need a second share. A payload as large as
+/// the whole budget, with its metadata document beside it, once waited forever for that
+/// second share.
+#[tokio::test]
+async fn a_fill_the_size_of_the_whole_budget_still_reads_its_metadata_document() {
+    let s = TestServer::start_with(|d| {
+        format!(
+            "{}\n[blocks.\"local-file-system/p3meta\"]\nurl = \"file://{}/p3meta\"\nmetadata_url = \"file://{}/p3meta-meta\"\n\
+             [cache]\ncapacity = \"8MiB\"\nmax_entry_size = \"2MiB\"\nfill_budget = \"1MiB\"\n[limits]\nmax_result_size = \"1MiB\"\n",
+            base_config(d),
+            d.display(),
+            d.display()
+        )
+    })
+    .await;
+    let mut payload = vec![b'a'; 1 << 20];
+    payload[0] = b'"';
+    payload[(1 << 20) - 1] = b'"';
+    std::fs::create_dir_all(s.path("p3meta")).unwrap();
+    std::fs::create_dir_all(s.path("p3meta-meta")).unwrap();
+    std::fs::write(s.path("p3meta/big"), &payload).unwrap();
+    std::fs::write(
+        s.path("p3meta-meta/big"),
+        r#"{"storage_key":"big","expiration":null,"serializer":{"type":"json"},"prefect_version":"3.9.1","storage_block_id":null}"#,
+    )
+    .unwrap();
+    let target = Target::Location { block: "local-file-system/p3meta".into(), key: "big".into() };
+    let read = s.client.resolve(target, Want::Raw, ReadOptions::default());
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the read finished (it waited for fill budget it already held)")
+        .unwrap();
+    assert_eq!(got.data.unwrap().len(), 1 << 20);
+    assert_eq!(got.reference.unwrap().0.format, "split");
+}
