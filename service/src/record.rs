@@ -150,7 +150,8 @@ impl ResultRecord {
         Ok(rec)
     }
 
-    fn bare(data: Bytes, serializer: SerializerConfig, key: &str, expiration: Option<DateTime<Utc>>) -> Self {
+    /// Serializer bytes with no record around them, as read (no Prefect version).
+    pub fn bare(data: Bytes, serializer: SerializerConfig, key: &str, expiration: Option<DateTime<Utc>>) -> Self {
         let mut rec = ResultRecord::new(RecordFormat::Bare, key, serializer, expiration, data);
         rec.metadata.insert("prefect_version".into(), Value::Null);
         rec

@@ -146,7 +146,7 @@ pub struct ResultStore {
     pub(crate) stream_chunk: usize,
 }
 
-pub(crate) fn put_mode(mode: WriteMode) -> PutMode {
+fn put_mode(mode: WriteMode) -> PutMode {
     match mode {
         WriteMode::Overwrite => PutMode::Overwrite,
         WriteMode::CreateOnly => PutMode::Create,
@@ -174,6 +174,36 @@ pub(crate) fn reference_of(
         persisted,
         uri: if persisted { block.uri(key) } else { String::new() },
         format: record.format,
+    }
+}
+
+/// The serializer of an object's bare payload: the one the settings name (task's, else
+/// flow's), else the opaque serializer. Objects never take the server's default: Prefect
+/// decided their bytes.
+pub(crate) fn object_serializer(task: &ResultSettings, flow: Option<&ResultSettings>) -> SerializerConfig {
+    task.result_serializer
+        .clone()
+        .or_else(|| flow.and_then(|f| f.result_serializer.clone()))
+        .unwrap_or_else(SerializerConfig::opaque)
+}
+
+/// The key of an object: the request's, else the cache key, else a new uuid4 hex.
+pub(crate) fn object_key(key: Option<String>, cache_key: Option<String>) -> String {
+    key.filter(|k| !k.is_empty()).or(cache_key).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// `Expired` when `expiration` has passed, unless the caller allows expired reads.
+pub(crate) fn check_not_expired(
+    block: &Block,
+    key: &str,
+    expiration: Option<DateTime<Utc>>,
+    allow_expired: bool,
+) -> Result<()> {
+    match expiration {
+        Some(exp) if !allow_expired && exp <= Utc::now() => {
+            Err(Error::Expired { block: block.slug.clone(), key: key.to_owned(), expiration: exp.to_rfc3339() })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -304,21 +334,12 @@ impl ResultStore {
                 limit: self.max_result_size,
             });
         }
-        let explicit_serializer = input
-            .task
-            .result_serializer
-            .clone()
-            .or_else(|| input.flow.as_ref().and_then(|f| f.result_serializer.clone()));
+        let hint = object_serializer(&input.task, input.flow.as_ref());
         let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, true)?;
         let block = self.blocks.get(&eff.storage)?;
-        let key = input
-            .key
-            .filter(|k| !k.is_empty())
-            .or(eff.cache_key)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let key = object_key(input.key, eff.cache_key);
         validate_key(&key)?;
 
-        let hint = explicit_serializer.unwrap_or_else(SerializerConfig::opaque);
         let mut record = ResultRecord::decode(object.clone(), &hint, &key)
             .map_err(|m| Error::InvalidRequest(format!("the object is not a readable record: {m}")))?;
         serializer::check_data(&record.serializer, &record.data)?;
@@ -451,13 +472,7 @@ impl ResultStore {
                 actual: result.reference.sha256.clone(),
             });
         }
-        let expiration = result.record.expiration.or(doc_expiration);
-        if !opts.allow_expired
-            && let Some(exp) = expiration
-            && exp <= Utc::now()
-        {
-            return Err(Error::Expired { block: block.slug.clone(), key, expiration: exp.to_rfc3339() });
-        }
+        check_not_expired(&block, &key, result.record.expiration.or(doc_expiration), opts.allow_expired)?;
         Ok(ReadOutcome::Loaded { result, cache_hit })
     }
 

@@ -59,7 +59,8 @@ use crate::reference::{LiteralValue, ResultReference};
 use crate::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
 use crate::settings::{self, ResultSettings};
 use crate::store::{
-    Located, Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode, reference_of,
+    Located, Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode,
+    check_not_expired, object_key, object_serializer, reference_of, sha256_hex,
 };
 
 /// What a PutStream's chunks carry.
@@ -142,12 +143,16 @@ impl ResultStore {
         // A result that is not persisted lives only in the cache: it must fit an entry.
         let memory_only = !eff.persist && !object;
         let in_memory = if memory_only { self.cache.max_entry() } else { self.stream_chunk as u64 };
-        if memory_only && header.size.is_some_and(|s| s > in_memory) {
-            return Err(Error::TooLarge {
-                what: "a result that is not persisted (it lives only in the cache)".into(),
-                size: header.size.unwrap_or_default(),
-                limit: in_memory,
-            });
+        let not_persisted_too_large = |size| Error::TooLarge {
+            what: "a result that is not persisted (it lives only in the cache)".into(),
+            size,
+            limit: in_memory,
+        };
+        if let Some(size) = header.size
+            && memory_only
+            && size > in_memory
+        {
+            return Err(not_persisted_too_large(size));
         }
         let block = self.blocks.get(&eff.storage)?;
         // Serializer bytes in a prefect3 block become a record, which is read in one piece.
@@ -171,11 +176,12 @@ impl ResultStore {
         let record_object = object && starts_like_record(&head);
         if record_object && !ended {
             // Records are stored (and read) in one piece.
-            ended = self.buffer_rest(&mut head, &mut chunks).await?;
+            self.buffer_rest(&mut head, &mut chunks).await?;
+            ended = true;
         }
         if ended {
             let head = head.freeze();
-            check_announced(&header, head.len() as u64, &sha256_of(&head))?;
+            check_announced(&header, head.len() as u64, || sha256_hex(&head))?;
             let payload = if object { Payload::Object(head) } else { Payload::Data(head) };
             let input = PutInput {
                 payload,
@@ -188,11 +194,7 @@ impl ResultStore {
             return self.put(input).await;
         }
         if memory_only {
-            return Err(Error::TooLarge {
-                what: "a result that is not persisted (it lives only in the cache)".into(),
-                size: head.len() as u64,
-                limit: in_memory,
-            });
+            return Err(not_persisted_too_large(head.len() as u64));
         }
         if object && header.expiration.is_some() {
             return Err(Error::InvalidRequest(
@@ -200,20 +202,10 @@ impl ResultStore {
             ));
         }
 
-        let key = header
-            .key
-            .clone()
-            .filter(|k| !k.is_empty())
-            .or(eff.cache_key.clone())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let key = object_key(header.key.clone(), eff.cache_key.clone());
         validate_key(&key)?;
         let (serializer, format) = if object {
-            let explicit = header
-                .task
-                .result_serializer
-                .clone()
-                .or_else(|| header.flow.as_ref().and_then(|f| f.result_serializer.clone()));
-            (explicit.unwrap_or_else(SerializerConfig::opaque), RecordFormat::Bare)
+            (object_serializer(&header.task, header.flow.as_ref()), RecordFormat::Bare)
         } else if prefect3 {
             (eff.serializer, RecordFormat::Prefect3)
         } else {
@@ -267,7 +259,7 @@ impl ResultStore {
             }
             check.finish()?;
             let sha256 = hex::encode(hasher.finalize());
-            check_announced(&header, size, &sha256)?;
+            check_announced(&header, size, || sha256.clone())?;
             if prefect3 {
                 upload.write(PREFECT3_SUFFIX).await?;
             }
@@ -296,8 +288,8 @@ impl ResultStore {
         Ok(PutOutcome::Stored(Box::new(reference)))
     }
 
-    /// Reads the rest of a stream into `buf`, up to `max_result_size`. Returns true.
-    async fn buffer_rest(&self, buf: &mut BytesMut, chunks: &mut ChunkStream) -> Result<bool> {
+    /// Reads the rest of a stream into `buf`, up to `max_result_size`.
+    async fn buffer_rest(&self, buf: &mut BytesMut, chunks: &mut ChunkStream) -> Result<()> {
         while let Some(chunk) = chunks.next().await {
             buf.extend_from_slice(&chunk?);
             if buf.len() as u64 > self.max_result_size {
@@ -308,7 +300,7 @@ impl ResultStore {
                 });
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     fn record_too_large(&self, size: u64) -> Error {
@@ -367,18 +359,10 @@ impl ResultStore {
                 let serializer = hint
                     .or_else(|| opts.as_stored.then(SerializerConfig::opaque))
                     .unwrap_or_else(|| block.default_serializer.clone());
-                let mut record = ResultRecord::new(RecordFormat::Bare, &key, serializer, None, Bytes::new());
-                record.metadata.insert("prefect_version".into(), serde_json::Value::Null);
-                record
+                ResultRecord::bare(Bytes::new(), serializer, &key, None)
             }
         };
-        let expiration = record.expiration.or(doc_expiration);
-        if !opts.allow_expired
-            && let Some(exp) = expiration
-            && exp <= Utc::now()
-        {
-            return Err(Error::Expired { block: block.slug.clone(), key, expiration: exp.to_rfc3339() });
-        }
+        check_not_expired(&block, &key, record.expiration.or(doc_expiration), opts.allow_expired)?;
         let version = meta.e_tag.clone().or(meta.version.clone());
         let mut reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
         reference.size = meta.size;
@@ -416,7 +400,7 @@ impl ResultStore {
             ReadOutcome::Loaded { result, .. } => result,
         };
         let bytes = if as_stored { self.stored_object(&result)? } else { result.record.data.clone() };
-        let sha256 = if as_stored { sha256_of(&bytes) } else { result.reference.sha256.clone() };
+        let sha256 = if as_stored { sha256_hex(&bytes) } else { result.reference.sha256.clone() };
         let size = bytes.len() as u64;
         let pieces: Vec<Result<StreamPart>> = (0..bytes.len())
             .step_by(MESSAGE_CHUNK)
@@ -431,12 +415,9 @@ impl ResultStore {
     }
 }
 
-fn sha256_of(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// Checks a finished upload against what its header announced.
-fn check_announced(header: &PutStreamHeader, size: u64, sha256: &str) -> Result<()> {
+/// Checks a finished upload against what its header announced (`sha256` is asked for only
+/// when the header announced one).
+fn check_announced(header: &PutStreamHeader, size: u64, sha256: impl FnOnce() -> String) -> Result<()> {
     if let Some(expected) = header.size
         && expected != size
     {
@@ -444,10 +425,11 @@ fn check_announced(header: &PutStreamHeader, size: u64, sha256: &str) -> Result<
             "the stream sent {size} bytes but its header announced {expected}; nothing was stored"
         )));
     }
-    if let Some(expected) = &header.sha256
-        && !expected.eq_ignore_ascii_case(sha256)
-    {
-        return Err(Error::UploadMismatch(format!("its sha256 is {sha256}, the header announced {expected}")));
+    if let Some(expected) = &header.sha256 {
+        let sha256 = sha256();
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            return Err(Error::UploadMismatch(format!("its sha256 is {sha256}, the header announced {expected}")));
+        }
     }
     Ok(())
 }
