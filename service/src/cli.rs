@@ -292,13 +292,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "reference": reply.reference.map(|r| Reference(Box::new(r)).to_json()),
                 "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
             });
-            if out.is_none() {
-                match std::str::from_utf8(&reply.data) {
-                    Ok(s) => doc["data"] = s.into(),
-                    Err(_) => {
-                        use base64::Engine;
-                        doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into();
-                    }
+            match std::str::from_utf8(&reply.data) {
+                Ok(s) => doc["data"] = s.into(),
+                Err(_) => {
+                    use base64::Engine;
+                    doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into();
                 }
             }
             println!("{doc}");
