@@ -159,6 +159,30 @@ fn json_doc(len: usize, seed: u8) -> Bytes {
     Bytes::from(v)
 }
 
+/// A JSON string document of about `size` bytes as 1 MiB pieces that share one buffer, so
+/// a large payload costs 1 MiB of the load generator's memory.
+fn json_doc_pieces(size: usize, seed: u8) -> Vec<Bytes> {
+    let piece = json_doc(MIB, seed).slice(1..MIB - 1);
+    let mut v = vec![Bytes::from_static(b"\"")];
+    v.extend(std::iter::repeat_n(piece, size / MIB));
+    v.push(Bytes::from_static(b"\""));
+    v
+}
+
+/// object_store reads of `{prefix}{i % n}` from `concurrency` tasks: the storage's ceiling.
+async fn direct_gets(
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: &'static str,
+    n: u64,
+    concurrency: usize,
+    secs: Duration,
+) -> load::Stats {
+    closed_loop(&[store], concurrency, secs, move |s, i| async move {
+        Ok(s.get(&StorePath::from(format!("{prefix}{}", i % n))).await?.bytes().await?.len())
+    })
+    .await
+}
+
 /// The large cold result: 64 MiB, 8 MiB in quick mode.
 fn cold_size(quick: bool) -> usize {
     if quick { 8 * MIB } else { 64 * MIB }
@@ -413,10 +437,7 @@ async fn cold_local(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     })
     .await;
     let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(b.dir.join("local"))?);
-    let direct = closed_loop(&[store], 16, b.secs(), move |s, i| async move {
-        Ok(s.get(&StorePath::from(format!("cold/small/{}", i % n))).await?.bytes().await?.len())
-    })
-    .await;
+    let direct = direct_gets(store, "cold/small/", n, 16, b.secs()).await;
     rows.push(
         Row::new(
             "cold Resolve 64 KiB records from local-file-system (prefect3), concurrency 16",
@@ -458,11 +479,7 @@ async fn cold_s3(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .with_access_key_id("test")
         .with_secret_access_key("test")
         .build()?;
-    let s3 = Arc::new(s3);
-    let direct = closed_loop(&[s3], 8, b.secs(), move |s, i| async move {
-        Ok(s.get(&StorePath::from(format!("r/cold/{}", i % n))).await?.bytes().await?.len())
-    })
-    .await;
+    let direct = direct_gets(Arc::new(s3), "r/cold/", n, 8, b.secs()).await;
     rows.push(
         Row::new(
             "cold Resolve 1 MiB records from S3 (moto), concurrency 8",
@@ -479,13 +496,7 @@ async fn cold_s3(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// own get and multipart put of the same bytes.
 async fn streams(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let size = if b.quick { 32 * MIB } else { 256 * MIB };
-    let piece = json_doc(MIB, 5).slice(1..MIB - 1);
-    let pieces = move || {
-        let mut v: Vec<Bytes> = vec![Bytes::from_static(b"\"")];
-        v.extend(std::iter::repeat_n(piece.clone(), size / MIB));
-        v.push(Bytes::from_static(b"\""));
-        futures::stream::iter(v)
-    };
+    let pieces = move || futures::stream::iter(json_doc_pieces(size, 5));
     let c = b.ours[0].clone();
     let put = || Put::data(Bytes::new()).serializer("json").storage("local-file-system/split").key("stream/big");
     let ours_put = repeat(b.secs(), || async {
@@ -792,12 +803,9 @@ async fn stream_memory(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let addr = line.trim().strip_prefix("resultstore listening on ").context("the service's address")?.to_owned();
     let measured = async {
         let c = Client::connect(format!("http://{addr}")).await?;
-        let piece = json_doc(MIB, 9).slice(1..MIB - 1);
-        let mut v: Vec<Bytes> = vec![Bytes::from_static(b"\"")];
-        v.extend(std::iter::repeat_n(piece, size / MIB));
-        v.push(Bytes::from_static(b"\""));
         let t0 = Instant::now();
-        c.put_stream(Put::data(Bytes::new()).serializer("json").key("big"), futures::stream::iter(v)).await?;
+        let pieces = futures::stream::iter(json_doc_pieces(size, 9));
+        c.put_stream(Put::data(Bytes::new()).serializer("json").key("big"), pieces).await?;
         let put_s = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let mut s = c.get_stream(loc("", "big"), ReadOptions::default()).await?;
