@@ -68,6 +68,15 @@ def _datetime(ts: Timestamp, present: bool) -> Optional[_dt.datetime]:
     return ts.ToDatetime(tzinfo=_dt.timezone.utc)
 
 
+def _set_target(request: Any, target: Union["ResultReference", tuple]) -> None:
+    """Points a Get or Resolve request at a reference or a `(block, key)` pair."""
+    if isinstance(target, ResultReference):
+        request.reference.CopyFrom(target.message)
+    else:
+        block, key = target
+        request.location.CopyFrom(pb.Location(block=block, key=key))
+
+
 def _serializer_pb(s: Serializer) -> pb.Serializer:
     return pb.Serializer(type=s.type, config_json=json.dumps(s.config()))
 
@@ -425,11 +434,7 @@ class ResultStoreClient:
         `as_stored` the object as stored); the last iteration checks them against the
         server's trailer, so only a loop that ends without an exception read them whole."""
         request = pb.GetRequest(allow_expired=allow_expired, bypass_cache=bypass_cache, as_stored=as_stored)
-        if isinstance(target, ResultReference):
-            request.reference.CopyFrom(target.message)
-        else:
-            block, key = target
-            request.location.CopyFrom(pb.Location(block=block, key=key))
+        _set_target(request, target)
         return ResultStream(self._stub.GetStream(request, timeout=None), self)
 
     def get_to_file(self, target: Union[ResultReference, tuple], path: Union[str, os.PathLike], **kwargs: Any) -> "ResultStream":
@@ -512,11 +517,7 @@ class ResultStoreClient:
         clients without a Python runtime's view of the value. `target` is a reference or
         a `(block, key)` pair."""
         request = pb.ResolveRequest(want=pb.WANT_JSON, allow_expired=allow_expired)
-        if isinstance(target, ResultReference):
-            request.reference.CopyFrom(target.message)
-        else:
-            block, key = target
-            request.location.CopyFrom(pb.Location(block=block, key=key))
+        _set_target(request, target)
         return self._call("Resolve", request).json
 
     def read_record(self, storage: str, key: str, *, allow_expired: bool = False) -> tuple:
