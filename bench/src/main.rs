@@ -229,7 +229,7 @@ fn main() -> anyhow::Result<()> {
             dir: dir.path().to_owned(),
             ours: connections(&url).await?,
             bare: connections(&format!("http://{bare_addr}")).await?,
-            store: handle.store.clone(),
+            store: handle.store(),
             url,
         };
         run_all(&b, &values).await

@@ -23,7 +23,12 @@ use resultstore_proto::v1 as pb;
 use resultstore_proto::v1::result_store_client::ResultStoreClient;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use std::path::Path;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use resultstore_proto::v1 as proto;
 
@@ -91,10 +96,73 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// The generated client this crate wraps: a channel whose every call carries the
+/// connection's token.
+pub type RawClient = ResultStoreClient<InterceptedService<Channel, Credentials>>;
+
 /// A connection to one server. Cheap to clone; clones share the HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: ResultStoreClient<Channel>,
+    inner: RawClient,
+}
+
+/// How to reach a server: message limit, TLS, token.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Both gRPC message limits; set it to the server's `limits.max_message_size`.
+    pub max_message_size: usize,
+    /// Bearer token sent with every call (`authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// TLS, for `https://` URLs.
+    pub tls: Option<TlsOptions>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { max_message_size: DEFAULT_MAX_MESSAGE_SIZE, token: None, tls: None }
+    }
+}
+
+/// TLS settings of a connection, as PEM text.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// The CA that signed the server's certificate (this crate trusts no system roots).
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and key, for servers that require mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify the server's certificate against, when it differs from the URL's host.
+    pub domain: Option<String>,
+}
+
+impl TlsOptions {
+    /// Reads the CA, and the client certificate and key when given, from PEM files.
+    pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| ClientError::Io(io_context(e, p)));
+        Ok(TlsOptions {
+            ca_pem: read(ca)?,
+            identity: identity.map(|(c, k)| Ok::<_, ClientError>((read(c)?, read(k)?))).transpose()?,
+            domain: None,
+        })
+    }
+}
+
+fn io_context(e: std::io::Error, p: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+}
+
+/// Adds the connection's token to every call.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.authorization {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// Default message limit, matching the server's default `limits.max_message_size`.
@@ -108,22 +176,45 @@ impl Client {
 
     /// Connects with both gRPC message limits set to `max_message_size`.
     pub async fn connect_with_limit(url: impl Into<String>, max_message_size: usize) -> Result<Self> {
+        Self::connect_with(url, ConnectOptions { max_message_size, ..Default::default() }).await
+    }
+
+    /// Connects with TLS, a token, or another message limit.
+    pub async fn connect_with(url: impl Into<String>, options: ConnectOptions) -> Result<Self> {
         // Flow-control windows large enough for streams of megabyte chunks (see the server's).
-        let channel = Endpoint::from_shared(url.into())?
+        let mut endpoint = Endpoint::from_shared(url.into())?
             .connect_timeout(Duration::from_secs(10))
             .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            .connect()
-            .await?;
+            .initial_connection_window_size(Some(16 << 20));
+        if let Some(tls) = &options.tls {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(config)?;
+        }
+        let authorization = options
+            .token
+            .as_deref()
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::Document("the token holds characters a header cannot carry".into()))
+            })
+            .transpose()?;
+        let channel = endpoint.connect().await?;
         Ok(Client {
-            inner: ResultStoreClient::new(channel)
-                .max_decoding_message_size(max_message_size)
-                .max_encoding_message_size(max_message_size),
+            inner: ResultStoreClient::with_interceptor(channel, Credentials { authorization })
+                .max_decoding_message_size(options.max_message_size)
+                .max_encoding_message_size(options.max_message_size),
         })
     }
 
     /// The generated client, for what this API does not cover.
-    pub fn raw(&self) -> ResultStoreClient<Channel> {
+    pub fn raw(&self) -> RawClient {
         self.inner.clone()
     }
 

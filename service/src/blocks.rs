@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -51,6 +52,10 @@ pub struct Block {
     /// Absolute root of a local block, to map Prefect's absolute `storage_key`s back to keys.
     local_root: Option<PathBuf>,
     pub counters: Arc<StorageCounters>,
+    /// What the block was built from: a reload keeps a block whose config and server
+    /// default serializer did not change (its connections, counters, and a memory
+    /// block's contents).
+    built_from: (BlockConfig, SerializerConfig),
 }
 
 impl Block {
@@ -98,13 +103,24 @@ pub struct BlockRegistry {
 impl BlockRegistry {
     /// Builds every block of `config`; local block folders are created.
     pub fn from_config(config: &Config) -> Result<Self> {
+        Self::rebuilt(config, None)
+    }
+
+    /// Builds the blocks of `config`, keeping those of `previous` that did not change.
+    pub fn rebuilt(config: &Config, previous: Option<&BlockRegistry>) -> Result<Self> {
         let mut blocks = BTreeMap::new();
         let server_default = SerializerConfig::from_type(&config.default_serializer)
             .map_err(|e| Error::Config(format!("default_serializer: {e}")))?;
         for (slug, bc) in &config.blocks {
             let (slug, block_type) = parse_slug(slug).map_err(|e| Error::Config(e.to_string()))?;
-            let block = build_block(&slug, block_type, bc, &server_default)?;
-            blocks.insert(slug, Arc::new(block));
+            let kept = previous
+                .and_then(|p| p.blocks.get(&slug))
+                .filter(|b| b.built_from.0 == *bc && b.built_from.1 == server_default);
+            let block = match kept {
+                Some(b) => b.clone(),
+                None => Arc::new(build_block(&slug, block_type, bc, &server_default)?),
+            };
+            blocks.insert(slug, block);
         }
         let (default, _) = parse_slug(&config.default_block).map_err(|e| Error::Config(e.to_string()))?;
         Ok(BlockRegistry { blocks, default })
@@ -134,6 +150,11 @@ impl BlockRegistry {
 
     pub fn default_slug(&self) -> &str {
         &self.default
+    }
+
+    /// Whether every block of `previous` is here, unchanged (the very same block).
+    pub fn keeps_all_of(&self, previous: &BlockRegistry) -> bool {
+        previous.blocks.iter().all(|(slug, b)| self.blocks.get(slug).is_some_and(|n| Arc::ptr_eq(n, b)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Block>> {
@@ -169,6 +190,7 @@ fn build_block(
         default_serializer,
         local_root,
         counters,
+        built_from: (bc.clone(), server_default.clone()),
     })
 }
 
@@ -272,8 +294,15 @@ fn outcome_of<T>(r: &object_store::Result<T>) -> Outcome {
 }
 
 impl CountingStore {
-    fn counted<T>(&self, op: StorageOp, r: object_store::Result<T>) -> object_store::Result<T> {
-        self.counters.record(op, outcome_of(&r));
+    /// Runs one storage call, counting its outcome and latency.
+    async fn counted<T>(
+        &self,
+        op: StorageOp,
+        call: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let started = Instant::now();
+        let r = call.await;
+        self.counters.record(op, outcome_of(&r), started.elapsed());
         r
     }
 
@@ -283,6 +312,7 @@ impl CountingStore {
         stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let counters = self.counters.clone();
+        let started = Instant::now();
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = failed.clone();
         stream
@@ -295,7 +325,7 @@ impl CountingStore {
             .chain(futures::stream::once(async move {
                 let outcome =
                     if failed.load(std::sync::atomic::Ordering::Relaxed) { Outcome::Failed } else { Outcome::Ok };
-                counters.record(StorageOp::List, outcome);
+                counters.record(StorageOp::List, outcome, started.elapsed());
                 None
             }))
             .filter_map(futures::future::ready)
@@ -317,7 +347,7 @@ impl ObjectStore for CountingStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.counted(StorageOp::Put, self.inner.put_opts(location, payload, opts).await)
+        self.counted(StorageOp::Put, self.inner.put_opts(location, payload, opts)).await
     }
 
     async fn put_multipart_opts(
@@ -325,12 +355,12 @@ impl ObjectStore for CountingStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.counted(StorageOp::Put, self.inner.put_multipart_opts(location, opts).await)
+        self.counted(StorageOp::Put, self.inner.put_multipart_opts(location, opts)).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let op = if options.head { StorageOp::Head } else { StorageOp::Get };
-        self.counted(op, self.inner.get_opts(location, options).await)
+        self.counted(op, self.inner.get_opts(location, options)).await
     }
 
     fn delete_stream(
@@ -338,7 +368,11 @@ impl ObjectStore for CountingStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let counters = self.counters.clone();
-        self.inner.delete_stream(locations).inspect(move |r| counters.record(StorageOp::Delete, outcome_of(r))).boxed()
+        let started = Instant::now();
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |r| counters.record(StorageOp::Delete, outcome_of(r), started.elapsed()))
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -354,10 +388,10 @@ impl ObjectStore for CountingStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.counted(StorageOp::List, self.inner.list_with_delimiter(prefix).await)
+        self.counted(StorageOp::List, self.inner.list_with_delimiter(prefix)).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.counted(StorageOp::Copy, self.inner.copy_opts(from, to, options).await)
+        self.counted(StorageOp::Copy, self.inner.copy_opts(from, to, options)).await
     }
 }

@@ -123,6 +123,23 @@ impl Expiry<CacheKey, Arc<LoadedResult>> for EntryExpiry {
     }
 }
 
+/// Counts a running fill in `fills_in_flight` until dropped (also when the fill is
+/// cancelled).
+struct FillGauge<'a>(&'a CacheCounters);
+
+impl<'a> FillGauge<'a> {
+    fn enter(c: &'a CacheCounters) -> Self {
+        incr(&c.fills_in_flight);
+        FillGauge(c)
+    }
+}
+
+impl Drop for FillGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fills_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The cache of loaded results.
 pub struct ResolveCache {
     inner: Cache<CacheKey, Arc<LoadedResult>>,
@@ -167,6 +184,10 @@ impl ResolveCache {
     /// budget, which config validation keeps at or below `max_result_size`).
     pub async fn fill_permit(&self, size: u64) -> FillPermit {
         let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.fill_budget_kib);
+        if let Ok(p) = self.fills.clone().try_acquire_many_owned(kib) {
+            return FillPermit(p);
+        }
+        incr(&self.counters.fill_budget_waits);
         // The semaphore is never closed.
         match self.fills.clone().acquire_many_owned(kib).await {
             Ok(p) => FillPermit(p),
@@ -204,9 +225,11 @@ impl ResolveCache {
         }
         incr(&self.counters.misses);
         let max_entry = self.max_entry;
+        let counters = self.counters.clone();
         let filled = self
             .inner
             .try_get_with(key, async move {
+                let _running = FillGauge::enter(&counters);
                 let loaded = Arc::new(load.await.map_err(FillError::Failed)?);
                 if loaded.weight() > max_entry {
                     return Err(FillError::TooLarge(loaded));
@@ -243,6 +266,11 @@ impl ResolveCache {
 
     pub async fn invalidate(&self, key: &CacheKey) {
         self.inner.invalidate(key).await;
+    }
+
+    /// Drops every entry (a reload changed or removed blocks the entries came from).
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
     }
 
     /// Runs moka's pending maintenance (evictions), so sizes read after it are settled.

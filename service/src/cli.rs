@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use resultstore::config::Config;
-use resultstore_client::{Client, Put, ReadOptions, Reference, Settings, Stored, Target, Want, serializer_pb};
+use resultstore_client::{
+    Client, ConnectOptions, Put, ReadOptions, Reference, Settings, Stored, Target, TlsOptions, Want, serializer_pb,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "resultstore", version, about = "A result store and shared cache for task and flow results")]
@@ -17,9 +19,38 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct ServerArg {
-    /// The server to talk to.
+    /// The server to talk to (`https://` with TLS).
     #[arg(long, env = "RESULTSTORE_URL", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
+    /// Bearer token for servers with `[auth]`.
+    #[arg(long, env = "RESULTSTORE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM CA that signed the server's certificate (TLS).
+    #[arg(long, env = "RESULTSTORE_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with --tls-key).
+    #[arg(long, env = "RESULTSTORE_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM client key, for mutual TLS (with --tls-cert).
+    #[arg(long, env = "RESULTSTORE_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServerArg {
+    async fn connect(self) -> anyhow::Result<Client> {
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+                Some(TlsOptions::from_files(ca, identity)?)
+            }
+            None if self.server.starts_with("https://") => {
+                bail!("an https:// server needs --tls-ca (the CA that signed its certificate)")
+            }
+            None => None,
+        };
+        let options = ConnectOptions { token: self.token, tls, ..Default::default() };
+        Ok(Client::connect_with(self.server, options).await?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +63,14 @@ enum Command {
         /// Address to listen on (overrides the config's `listen`).
         #[arg(long, env = "RESULTSTORE_LISTEN")]
         listen: Option<String>,
+        /// Address of the Prometheus endpoint (overrides the config's `metrics.listen`).
+        #[arg(long, env = "RESULTSTORE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
+    },
+    /// Make or hash bearer tokens for the config's `[auth]` table.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Store a result; prints the literal or reference as one JSON object.
     Put {
@@ -132,6 +171,14 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token, and the sha256 line for the config.
+    New,
+    /// Read a token from stdin and print its sha256, as `[[auth.tokens]]` stores it.
+    Hash,
+}
+
 #[derive(Debug, Args)]
 struct TargetArgs {
     /// A reference as `put` printed it (JSON); `-` or nothing reads it from stdin.
@@ -202,7 +249,23 @@ fn output(out: &Option<PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Serve { config, listen, metrics_listen } => serve(config, listen, metrics_listen).await,
+        Command::Token { command: TokenCommand::New } => {
+            // Two v4 UUIDs: 244 random bits from the OS generator.
+            let token = format!("rs_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            println!("token:  {token}");
+            println!("sha256 = \"{}\"", resultstore::auth::token_hash(&token));
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Hash } => {
+            let mut token = String::new();
+            std::io::stdin().read_to_string(&mut token)?;
+            if token.trim().is_empty() {
+                bail!("no token on stdin");
+            }
+            println!("{}", resultstore::auth::token_hash(&token));
+            Ok(())
+        }
         Command::Put {
             server,
             block,
@@ -249,7 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if create_only {
                 put = put.create_only();
             }
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             let stored = match &file {
                 Some(path) => {
                     client.put_file(put, path).await.with_context(|| format!("storing {}", path.display()))?
@@ -260,7 +323,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Get { server, target, out, as_stored } => {
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             let t = match target.target()? {
                 Ok(t) => t,
                 Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
@@ -310,7 +373,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Err(Stored::Reference(_)) => unreachable!("references are targets"),
             };
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             let resolved = client.resolve(t, if json { Want::Json } else { Want::Raw }, target.options()).await?;
             if let Some(l) = resolved.literal {
                 return output(&out, format!("{}\n", l.to_json()).as_bytes());
@@ -322,25 +385,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Exists { server, block, key } => {
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             let exists = client.exists(&block, &key).await?;
             println!("{exists}");
             if exists { Ok(()) } else { std::process::exit(1) }
         }
         Command::Delete { server, block, key } => {
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             client.delete(&block, &key).await?;
             Ok(())
         }
         Command::Ls { server, block, prefix } => {
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             for entry in client.list_all(&block, &prefix).await? {
                 println!("{}\t{}", entry.key, entry.size);
             }
             Ok(())
         }
         Command::Blocks { server } => {
-            let client = Client::connect(server.server).await?;
+            let client = server.connect().await?;
             for b in client.list_blocks().await? {
                 println!("{}\t{}\t{}{}", b.slug, b.format, b.url, if b.is_default { "\t(default)" } else { "" });
             }
@@ -349,19 +412,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: Option<String>) -> anyhow::Result<()> {
+/// Serves until SIGTERM or Ctrl-C (then drains and returns, so the process exits 0);
+/// SIGHUP re-reads the config file and reloads it.
+async fn serve(path: Option<PathBuf>, listen: Option<String>, metrics_listen: Option<String>) -> anyhow::Result<()> {
     resultstore::telemetry::init_logging();
-    let config = Config::load(config.as_deref())?;
-    let addr = listen.or_else(|| config.listen.clone()).unwrap_or_else(|| "127.0.0.1:50051".to_owned());
+    let overrides = |mut config: Config| {
+        if let Some(m) = &metrics_listen {
+            config.metrics.listen = Some(m.clone());
+        }
+        if let Some(l) = &listen {
+            config.listen = Some(l.clone());
+        }
+        config
+    };
+    let config = overrides(Config::load(path.as_deref())?);
+    let addr = config.listen.clone().unwrap_or_else(|| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-    let handle = resultstore::server::start(&config, listener, resultstore::server::termination_signal()).await?;
-    for block in handle.store.blocks().iter() {
+    let mut handle = resultstore::server::start(&config, listener, resultstore::server::termination_signal()).await?;
+    for block in handle.store().blocks().iter() {
         tracing::info!(block = %block.slug, url = %block.url, format = block.format.as_str(), "block ready");
     }
-    // One line on stdout, so scripts and tests know the address (also with port 0).
+    // Lines on stdout, so scripts and tests know the addresses (also with port 0).
     println!("resultstore listening on {}", handle.local_addr);
+    if let Some(m) = handle.metrics_addr {
+        println!("resultstore metrics on http://{m}/metrics");
+    }
     std::io::stdout().flush()?;
-    handle.wait().await?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            ended = handle.wait() => {
+                ended?;
+                break;
+            }
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = match Config::load(path.as_deref()) {
+                    Ok(config) => handle.reload(overrides(config)),
+                    Err(e) => handle.refused_reload(e),
+                };
+            }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,6 +14,20 @@
 //! max_message_size = "16MiB"   # gRPC message limit, both directions: the unary limit
 //! max_result_size = "256MiB"   # largest result read or decompressed in one piece
 //! stream_chunk_size = "8MiB"   # storage reads and multipart parts of PutStream/GetStream
+//! max_concurrent_requests = 512 # calls in flight; more are shed with RESOURCE_EXHAUSTED
+//! request_timeout = "60s"      # a unary call, or a stream's silence, longer than this fails
+//! [tls]                        # no [tls] table: plaintext gRPC
+//! cert = "/etc/resultstore/tls/tls.crt"
+//! key = "/etc/resultstore/tls/tls.key"
+//! client_ca = "/etc/resultstore/tls/ca.crt"   # mutual TLS: clients need a certificate it signed
+//! [auth]                       # no [auth] table: every caller may do everything
+//! anonymous = { "memory/*" = ["read"] }       # what calls without a token may do
+//! [[auth.tokens]]
+//! name = "etl"                 # logged; the token itself never is
+//! sha256 = "9f86d081884c7d65..."  # `resultstore token hash`
+//! scopes = { "s3-bucket/*" = ["read", "write"], "local-file-system/default" = ["read"] }
+//! [metrics]
+//! listen = "0.0.0.0:9464"      # Prometheus text at /metrics; none unless set
 //! [blocks."local-file-system/default"]
 //! url = "file://.prefect-results"   # relative paths are relative to the working directory
 //! format = "prefect3"               # or "split" (metadata_url, or a reserved prefix)
@@ -27,11 +41,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{AccessPolicy, Operation};
 use crate::error::{Error, Result};
 use crate::keys::{BlockType, parse_slug};
 
@@ -60,6 +75,84 @@ pub struct Config {
     /// Storage blocks by slug.
     #[serde(default)]
     pub blocks: BTreeMap<String, BlockConfig>,
+    /// TLS for the gRPC listener. Without it the listener speaks plaintext: the absence
+    /// of this table is how the config says so. Certificates are re-read on SIGHUP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens and their scopes (see [`crate::auth`]). Without this table every
+    /// caller may do everything.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// After SIGTERM or Ctrl-C, in-flight calls get this long to finish before the
+    /// process exits anyway (with status 0). Keep it below the orchestrator's kill
+    /// deadline (Kubernetes' `terminationGracePeriodSeconds`, 30s by default). Default 20s.
+    #[serde(default = "default_grace_period")]
+    pub shutdown_grace_period: HumanDuration,
+}
+
+fn default_grace_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+/// TLS for the gRPC listener (rustls; TLS 1.2 and 1.3, ALPN `h2`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Relative paths are relative to the working
+    /// directory, as block paths are.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates. When set, TLS is mutual: a client must present a certificate
+    /// signed by one of them, or its handshake fails.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// A connection that has not finished its handshake after this long is closed.
+    /// Default 10s.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// Bearer tokens (see [`crate::auth`] for what each RPC needs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Scopes of calls that carry no token: block pattern → operations. Empty (the
+    /// default): every call needs a token.
+    #[serde(default)]
+    pub anonymous: BTreeMap<String, Vec<Operation>>,
+    /// The tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and refusals; unique.
+    pub name: String,
+    /// Hex SHA-256 of the token (`resultstore token hash` prints it). The token itself
+    /// is never stored.
+    pub sha256: String,
+    /// Block pattern (`*`, `type/*`, or a slug) → operations (`read`, `write`, `delete`).
+    pub scopes: BTreeMap<String, Vec<Operation>>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `/metrics` (Prometheus text format), unless
+    /// `--metrics-listen`/`RESULTSTORE_METRICS_LISTEN` says otherwise. None by default.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 fn default_block() -> String {
@@ -138,6 +231,30 @@ pub struct LimitsConfig {
     /// parts) and at most 64MiB.
     #[serde(default = "default_stream_chunk")]
     pub stream_chunk_size: ByteSize,
+    /// Calls of `resultstore.v1` in flight at once, all connections together. A call
+    /// beyond it is refused at once with RESOURCE_EXHAUSTED (load shedding: no queue
+    /// grows without bound); clients retry with backoff. Default 512.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams (calls) one connection may have open. Default 128. Applies to
+    /// connections made after a reload.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams_per_connection: u32,
+    /// A unary call that has not finished after this long fails with DEADLINE_EXCEEDED;
+    /// for PutStream and GetStream it bounds the silence between two messages, not the
+    /// whole transfer. A client's own deadline (`grpc-timeout`) applies too. Default 60s.
+    #[serde(default = "default_rpc_timeout")]
+    pub request_timeout: HumanDuration,
+}
+
+fn default_max_concurrent_requests() -> usize {
+    512
+}
+fn default_max_streams() -> u32 {
+    128
+}
+fn default_rpc_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 fn default_max_message() -> ByteSize {
@@ -156,6 +273,9 @@ impl Default for LimitsConfig {
             max_message_size: default_max_message(),
             max_result_size: default_max_result(),
             stream_chunk_size: default_stream_chunk(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_concurrent_streams_per_connection: default_max_streams(),
+            request_timeout: default_rpc_timeout(),
         }
     }
 }
@@ -182,7 +302,7 @@ impl BlockFormat {
 }
 
 /// One storage block.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockConfig {
     /// Object-store URL: `file://PATH` (relative to the working directory unless
@@ -234,7 +354,7 @@ fn default_connect_timeout() -> HumanDuration {
 }
 
 /// object_store's retry policy, in human units.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Retries after the first attempt. Default 3; 0 disables retries.
@@ -307,6 +427,10 @@ impl Config {
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
             blocks,
+            tls: None,
+            auth: None,
+            metrics: MetricsConfig::default(),
+            shutdown_grace_period: default_grace_period(),
         }
     }
 
@@ -394,6 +518,22 @@ impl Config {
                     .into(),
             ));
         }
+        if self.limits.max_concurrent_requests == 0 || self.limits.max_concurrent_streams_per_connection == 0 {
+            return Err(Error::Config(
+                "limits.max_concurrent_requests and limits.max_concurrent_streams_per_connection must be above zero"
+                    .into(),
+            ));
+        }
+        if self.limits.request_timeout.0.is_zero() || self.shutdown_grace_period.0.is_zero() {
+            return Err(Error::Config("limits.request_timeout and shutdown_grace_period must be above zero".into()));
+        }
+        if let Some(tls) = &self.tls
+            && tls.handshake_timeout.0.is_zero()
+        {
+            return Err(Error::Config("tls.handshake_timeout must be above zero".into()));
+        }
+        // Tokens and scopes are checked where they are built.
+        AccessPolicy::from_config(self.auth.as_ref())?;
         Ok(())
     }
 }

@@ -20,6 +20,27 @@ pub enum Error {
     #[error("invalid block slug `{slug}`: {reason}")]
     InvalidSlug { slug: String, reason: String },
 
+    /// The call carries no token, or one this server does not know.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// The caller's token does not grant this operation on this block. Decided before any
+    /// storage call, so it never tells whether a key exists.
+    #[error("{who} may not {operation} in block `{block}`")]
+    PermissionDenied { who: String, operation: &'static str, block: String },
+
+    /// More calls are in flight than `limits.max_concurrent_requests` allows: shed, not queued.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+
+    /// A call, or a stream's silence, outlasted `limits.request_timeout`.
+    #[error("{0} (limits.request_timeout)")]
+    TimedOut(String),
+
+    /// The server is draining before it stops: retry on another replica or after restart.
+    #[error("the server is shutting down; retry the call (another replica, or after the restart)")]
+    ShuttingDown,
+
     /// The key would leave its block, or is not a key at all.
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },

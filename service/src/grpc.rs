@@ -4,16 +4,25 @@
 //! Handlers are traced with the block, key and size of the request; payload bytes are
 //! never logged.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use resultstore_proto::v1 as pb;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Span, instrument};
 
+use crate::auth::Access;
 use crate::error::Error;
+use crate::live::Live;
+use crate::metrics::{Method, Metrics};
 use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::SerializerConfig;
 use crate::settings::ResultSettings;
@@ -39,37 +48,178 @@ pub fn status_of(e: Error) -> Status {
             Status::data_loss(msg)
         }
         Error::ChangedWhileReading { .. } | Error::UploadInterrupted(_) => Status::aborted(msg),
-        Error::StorageUnavailable { .. } => Status::unavailable(msg),
+        Error::StorageUnavailable { .. } | Error::ShuttingDown => Status::unavailable(msg),
+        Error::Unauthenticated(_) => Status::unauthenticated(msg),
+        Error::PermissionDenied { .. } => Status::permission_denied(msg),
+        Error::Overloaded(_) => Status::resource_exhausted(msg),
+        Error::TimedOut(_) => Status::deadline_exceeded(msg),
         Error::Config(_) => Status::internal(msg),
     }
 }
 
 /// The `resultstore.v1.ResultStore` service.
 pub struct ResultStoreService {
-    store: Arc<ResultStore>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
     max_message: usize,
+}
+
+/// What a handler gets once its call is admitted: the generation in force at the call's
+/// start, the caller's access, and a place among the calls in flight (released when the
+/// context is dropped).
+struct Ctx {
+    store: Arc<ResultStore>,
+    access: Access,
+    request_timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Records a call's end once: metrics by method and code, the code and duration on the
+/// call's span, and one log line (OK at debug, a caller's mistake at info, a server-side
+/// failure at warn). Dropped unfinished, the call counts as CANCELLED (the client went
+/// away, or a stream was dropped mid-way).
+struct CallEnd {
+    metrics: Arc<Metrics>,
+    method: Method,
+    started: Instant,
+    span: Span,
+    done: bool,
+}
+
+impl CallEnd {
+    fn start(metrics: &Arc<Metrics>, method: Method) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallEnd { metrics: metrics.clone(), method, started: Instant::now(), span: Span::current(), done: false }
+    }
+
+    fn finish(mut self, status: Option<&Status>) {
+        self.record(status.map_or(Code::Ok, Status::code), status.map(Status::message));
+    }
+
+    fn record(&mut self, code: Code, message: Option<&str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let took = self.started.elapsed();
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.finished(self.method, code, took);
+        if code == Code::ResourceExhausted && message.is_some_and(|m| m.starts_with("overloaded")) {
+            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        let code_name = resultstore_client::code_name(code);
+        let ms = took.as_secs_f64() * 1e3;
+        self.span.record("code", code_name).record("duration_ms", ms);
+        let _in = self.span.enter();
+        match code {
+            Code::Ok => tracing::debug!("call finished"),
+            Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown => {
+                tracing::warn!(error = message.unwrap_or_default(), "call failed")
+            }
+            _ => tracing::info!(error = message.unwrap_or_default(), "call refused"),
+        }
+    }
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        self.record(Code::Cancelled, Some("the call was dropped before it finished"));
+    }
 }
 
 impl ResultStoreService {
     /// `max_message` is the gRPC message limit; replies above it are refused up front
     /// with a clear status instead of failing mid-stream.
-    pub fn new(store: Arc<ResultStore>, max_message: usize) -> Self {
-        ResultStoreService { store, max_message }
+    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, max_message: usize) -> Self {
+        ResultStoreService { live, metrics, max_message }
+    }
+
+    /// Lets a call in: not while draining, only with a known token (or where anonymous
+    /// calls may go), and only while fewer than `limits.max_concurrent_requests` run.
+    fn admit(&self, metadata: &MetadataMap) -> Result<Ctx, Status> {
+        if self.live.is_draining() {
+            return Err(status_of(Error::ShuttingDown));
+        }
+        let generation = self.live.current();
+        let access =
+            generation.access.authenticate(metadata.get("authorization").map(|v| v.as_bytes())).map_err(status_of)?;
+        Span::current().record("caller", access.name());
+        let permit = generation.admit().map_err(status_of)?;
+        Ok(Ctx {
+            store: generation.store.clone(),
+            access,
+            request_timeout: generation.request_timeout,
+            _permit: permit,
+        })
+    }
+
+    /// Runs a call whose reply is one message: admit, run `body` (within
+    /// `limits.request_timeout` when `timed`), record the end.
+    async fn call<T, R, F, Fut>(
+        &self,
+        method: Method,
+        timed: bool,
+        request: Request<T>,
+        body: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Ctx, T) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let end = CallEnd::start(&self.metrics, method);
+        let result = async {
+            let ctx = self.admit(request.metadata())?;
+            let timeout = ctx.request_timeout;
+            let run = body(ctx, request.into_inner());
+            if !timed {
+                return run.await;
+            }
+            tokio::time::timeout(timeout, run)
+                .await
+                .unwrap_or_else(|_| Err(status_of(timed_out(timeout, "the call did not finish within"))))
+        }
+        .await;
+        end.finish(result.as_ref().err());
+        result.map(Response::new)
     }
 
     /// Refuses a unary reply too large for one message, naming the RPC that streams it.
     fn check_reply_size(&self, len: usize, instead: &str) -> Result<(), Status> {
-        // Room for the reference and framing around the value.
-        let limit = self.max_message.saturating_sub(16 * 1024);
-        if len > limit {
-            return Err(status_of(Error::TooLarge {
-                what: format!("the reply (above the unary message limit, limits.max_message_size; {instead})"),
-                size: len as u64,
-                limit: limit as u64,
-            }));
-        }
-        Ok(())
+        check_reply_size(self.max_message, len, instead)
     }
+}
+
+/// See [`ResultStoreService::check_reply_size`].
+fn check_reply_size(max_message: usize, len: usize, instead: &str) -> Result<(), Status> {
+    // Room for the reference and framing around the value.
+    let limit = max_message.saturating_sub(16 * 1024);
+    if len > limit {
+        return Err(status_of(Error::TooLarge {
+            what: format!("the reply (above the unary message limit, limits.max_message_size; {instead})"),
+            size: len as u64,
+            limit: limit as u64,
+        }));
+    }
+    Ok(())
+}
+
+/// Fails a stream that stays silent longer than `limit` (`limits.request_timeout`).
+fn idle_timeout<S: futures::Stream + Send + 'static>(
+    stream: S,
+    limit: Duration,
+    timed_out: impl Fn() -> S::Item + Send + 'static,
+) -> BoxStream<'static, S::Item> {
+    let stream = Box::pin(stream);
+    futures::stream::unfold((stream, timed_out, false), move |(mut s, timed_out, over)| async move {
+        if over {
+            return None;
+        }
+        match tokio::time::timeout(limit, s.next()).await {
+            Ok(Some(item)) => Some((item, (s, timed_out, false))),
+            Ok(None) => None,
+            Err(_) => Some((timed_out(), (s, timed_out, true))),
+        }
+    })
+    .boxed()
 }
 
 fn write_mode_of(mode: i32) -> Result<WriteMode, Error> {
@@ -287,78 +437,143 @@ fn record_target(span: &Span, t: &ReadTarget) {
     }
 }
 
+/// A GetStream reply that records its call's end when its last message is sent, or its
+/// first error; it holds the call's place among the calls in flight until then.
+struct TrackedStream {
+    inner: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
+    end: Option<CallEnd>,
+    _ctx: Ctx,
+}
+
+impl futures::Stream for TrackedStream {
+    type Item = Result<pb::GetStreamResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        match &next {
+            Poll::Ready(Some(Err(status))) => {
+                if let Some(end) = self.end.take() {
+                    end.finish(Some(status));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(end) = self.end.take() {
+                    end.finish(None);
+                }
+            }
+            _ => {}
+        }
+        next
+    }
+}
+
+fn timed_out(limit: Duration, what: &str) -> Error {
+    Error::TimedOut(format!("{what} {}", humantime::format_duration(limit)))
+}
+
 #[tonic::async_trait]
 impl pb::result_store_server::ResultStore for ResultStoreService {
-    #[instrument(skip_all, fields(block, key, size))]
+    #[instrument(name = "rpc", skip_all, fields(method = "Put", block, key, size, caller, code, duration_ms))]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let input = put_input(request.into_inner()).map_err(status_of)?;
-        let outcome = self.store.put(input).await.map_err(status_of)?;
-        Ok(Response::new(put_response(outcome)))
+        self.call(Method::Put, true, request, |ctx, req| async move {
+            let input = put_input(req).map_err(status_of)?;
+            let outcome = ctx.store.put(input, &ctx.access).await.map_err(status_of)?;
+            Ok(put_response(outcome))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(block, key, size))]
+    #[instrument(name = "rpc", skip_all, fields(method = "Get", block, key, size, caller, code, duration_ms))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let req = request.into_inner();
-        let (target, opts) = get_target_and_options(&req)?;
-        match self.store.read(target, opts).await.map_err(status_of)? {
-            ReadOutcome::Literal(_) => Err(literal_has_no_record()),
-            ReadOutcome::Loaded { result, .. } => {
-                Span::current().record("size", result.reference.size);
-                let data = if req.as_stored {
-                    self.store.stored_object(&result).map_err(status_of)?
-                } else {
-                    result.record.data.clone()
-                };
-                self.check_reply_size(data.len(), "read it with GetStream")?;
-                Ok(Response::new(pb::GetResponse {
-                    reference: Some(reference_pb(&result.reference)),
-                    data,
-                    metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
-                }))
+        self.call(Method::Get, true, request, |ctx, req| async move {
+            let (target, opts) = get_target_and_options(&req)?;
+            match ctx.store.read(target, opts, &ctx.access).await.map_err(status_of)? {
+                ReadOutcome::Literal(_) => Err(literal_has_no_record()),
+                ReadOutcome::Loaded { result, .. } => {
+                    Span::current().record("size", result.reference.size);
+                    let data = if req.as_stored {
+                        ctx.store.stored_object(&result).map_err(status_of)?
+                    } else {
+                        result.record.data.clone()
+                    };
+                    self.check_reply_size(data.len(), "read it with GetStream")?;
+                    Ok(pb::GetResponse {
+                        reference: Some(reference_pb(&result.reference)),
+                        data,
+                        metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
+                    })
+                }
             }
-        }
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(block, key, size))]
+    /// Not bounded as a whole by `limits.request_timeout` (a large upload takes its
+    /// time): the header, and each chunk after it, must arrive within it.
+    #[instrument(name = "rpc", skip_all, fields(method = "PutStream", block, key, size, caller, code, duration_ms))]
     async fn put_stream(
         &self,
         request: Request<Streaming<pb::PutStreamRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let mut messages = request.into_inner();
-        let header = match messages.message().await? {
-            Some(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(h)) }) => h,
-            _ => {
-                return Err(status_of(Error::InvalidRequest(
-                    "a PutStream starts with one `header` message, then `chunk` messages".into(),
-                )));
+        self.call(Method::PutStream, false, request, |ctx, mut messages| async move {
+            let limit = ctx.request_timeout;
+            let first = tokio::time::timeout(limit, messages.message())
+                .await
+                .map_err(|_| status_of(timed_out(limit, "no PutStream header arrived within")))??;
+            let header = match first {
+                Some(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(h)) }) => h,
+                _ => {
+                    return Err(status_of(Error::InvalidRequest(
+                        "a PutStream starts with one `header` message, then `chunk` messages".into(),
+                    )));
+                }
+            };
+            let header = put_stream_header(header).map_err(status_of)?;
+            if let Some(key) = &header.key {
+                Span::current().record("key", key.as_str());
             }
-        };
-        let header = put_stream_header(header).map_err(status_of)?;
-        if let Some(key) = &header.key {
-            Span::current().record("key", key.as_str());
-        }
-        let chunks = messages
-            .map(|m| match m {
+            let chunks = messages.map(|m| match m {
                 Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => Ok(c),
                 Ok(_) => Err(Error::InvalidRequest(
                     "a PutStream has one `header` message, first; every later message is a `chunk`".into(),
                 )),
                 Err(status) => Err(Error::UploadInterrupted(status.message().to_owned())),
-            })
-            .boxed();
-        let outcome = self.store.put_stream(header, chunks).await.map_err(status_of)?;
-        Ok(Response::new(put_response(outcome)))
+            });
+            let chunks = idle_timeout(chunks, limit, move || Err(timed_out(limit, "the stream sent nothing for")));
+            let outcome = ctx.store.put_stream(header, chunks, &ctx.access).await.map_err(status_of)?;
+            Ok(put_response(outcome))
+        })
+        .await
     }
 
     type GetStreamStream = BoxStream<'static, Result<pb::GetStreamResponse, Status>>;
 
-    #[instrument(skip_all, fields(block, key, size))]
+    /// `limits.request_timeout` bounds finding the result and each storage read after
+    /// it, not the whole transfer.
+    #[instrument(name = "rpc", skip_all, fields(method = "GetStream", block, key, size, caller, code, duration_ms))]
     async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
-        let req = request.into_inner();
-        let (target, opts) = get_target_and_options(&req)?;
-        let stream = match self.store.read_stream(target, opts).await.map_err(status_of)? {
-            StreamOutcome::Literal(_) => return Err(literal_has_no_record()),
-            StreamOutcome::Stream(s) => s,
+        let end = CallEnd::start(&self.metrics, Method::GetStream);
+        let opened = async {
+            let ctx = self.admit(request.metadata())?;
+            let req = request.into_inner();
+            let (target, opts) = get_target_and_options(&req)?;
+            let limit = ctx.request_timeout;
+            let outcome = tokio::time::timeout(limit, ctx.store.read_stream(target, opts, &ctx.access))
+                .await
+                .unwrap_or_else(|_| Err(timed_out(limit, "the result was not found within")))
+                .map_err(status_of)?;
+            match outcome {
+                StreamOutcome::Literal(_) => Err(literal_has_no_record()),
+                StreamOutcome::Stream(s) => Ok((ctx, s)),
+            }
+        }
+        .await;
+        let (ctx, stream) = match opened {
+            Ok(opened) => opened,
+            Err(status) => {
+                end.finish(Some(&status));
+                return Err(status);
+            }
         };
         Span::current().record("size", stream.reference.size);
         let header = pb::GetStreamResponse {
@@ -367,7 +582,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 metadata_json: stream.metadata_json,
             })),
         };
-        let body = stream.parts.map_ok(|part| pb::GetStreamResponse {
+        let limit = ctx.request_timeout;
+        let parts = idle_timeout(stream.parts, limit, move || Err(timed_out(limit, "storage sent nothing for")));
+        let body = parts.map_ok(|part| pb::GetStreamResponse {
             part: Some(match part {
                 StreamPart::Chunk(c) => pb::get_stream_response::Part::Chunk(c),
                 StreamPart::End { size, sha256 } => {
@@ -375,108 +592,125 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 }
             }),
         });
-        let messages = futures::stream::once(async { Ok(header) }).chain(body.map_err(status_of));
-        Ok(Response::new(messages.boxed()))
+        let messages = futures::stream::once(async { Ok(header) }).chain(body.map_err(status_of)).boxed();
+        Ok(Response::new(TrackedStream { inner: messages, end: Some(end), _ctx: ctx }.boxed()))
     }
 
-    #[instrument(skip_all, fields(block, key, size))]
+    #[instrument(name = "rpc", skip_all, fields(method = "Resolve", block, key, size, caller, code, duration_ms))]
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
-        let req = request.into_inner();
-        let want =
-            pb::Want::try_from(req.want).map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
-        let target = read_target(req.target.map(|t| match t {
-            pb::resolve_request::Target::Reference(r) => Target::Reference(Box::new(r)),
-            pb::resolve_request::Target::Location(l) => Target::Location(l),
-            pb::resolve_request::Target::Prefect(p) => Target::Prefect(p),
-        }))
-        .map_err(status_of)?;
-        record_target(&Span::current(), &target);
-        let opts = read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?;
-        let reply = match self.store.read(target, opts).await.map_err(status_of)? {
-            ReadOutcome::Literal(l) => pb::ResolveResponse {
-                value: Some(pb::resolve_response::Value::Literal(literal_pb(l))),
-                ..Default::default()
-            },
-            ReadOutcome::Loaded { result, cache_hit } => {
-                Span::current().record("size", result.reference.size);
-                let value = match want {
-                    pb::Want::Raw => {
-                        self.check_reply_size(result.value.bytes.len(), "read its serializer bytes with GetStream")?;
-                        pb::resolve_response::Value::Data(result.value.bytes.clone())
-                    }
-                    pb::Want::Json => {
-                        let json = self.store.to_json(&result).map_err(status_of)?;
-                        self.check_reply_size(json.len(), "read its serializer bytes with GetStream")?;
-                        pb::resolve_response::Value::Json(String::from_utf8_lossy(&json).into_owned())
-                    }
-                };
-                pb::ResolveResponse {
-                    reference: Some(reference_pb(&result.reference)),
-                    value: Some(value),
-                    value_serializer: result.value.serializer.clone(),
-                    cache_hit,
-                }
-            }
-        };
-        Ok(Response::new(reply))
-    }
-
-    #[instrument(skip_all, fields(block, key))]
-    async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
-        let loc = request.into_inner().location.unwrap_or_default();
-        Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
-        let exists = self.store.exists(&loc.block, &loc.key).await.map_err(status_of)?;
-        Ok(Response::new(pb::ExistsResponse { exists }))
-    }
-
-    #[instrument(skip_all, fields(block, key))]
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let loc = request.into_inner().location.unwrap_or_default();
-        Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
-        self.store.delete(&loc.block, &loc.key).await.map_err(status_of)?;
-        Ok(Response::new(pb::DeleteResponse {}))
-    }
-
-    #[instrument(skip_all, fields(block, prefix))]
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let req = request.into_inner();
-        Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
-        let page = self
-            .store
-            .list(&req.block, &req.prefix, req.page_size as usize, &req.page_token)
-            .await
+        self.call(Method::Resolve, true, request, |ctx, req| async move {
+            let want = pb::Want::try_from(req.want)
+                .map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
+            let target = read_target(req.target.map(|t| match t {
+                pb::resolve_request::Target::Reference(r) => Target::Reference(Box::new(r)),
+                pb::resolve_request::Target::Location(l) => Target::Location(l),
+                pb::resolve_request::Target::Prefect(p) => Target::Prefect(p),
+            }))
             .map_err(status_of)?;
-        Ok(Response::new(pb::ListResponse {
-            entries: page
-                .entries
-                .into_iter()
-                .map(|m| pb::ListEntry {
-                    key: m.location.to_string(),
-                    size: m.size,
-                    last_modified: Some(timestamp(&m.last_modified)),
-                    version: m.e_tag.or(m.version).unwrap_or_default(),
-                })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+            record_target(&Span::current(), &target);
+            let opts = read_options(req.allow_expired, req.bypass_cache, req.serializer_hint.as_ref())?;
+            Ok(match ctx.store.read(target, opts, &ctx.access).await.map_err(status_of)? {
+                ReadOutcome::Literal(l) => pb::ResolveResponse {
+                    value: Some(pb::resolve_response::Value::Literal(literal_pb(l))),
+                    ..Default::default()
+                },
+                ReadOutcome::Loaded { result, cache_hit } => {
+                    Span::current().record("size", result.reference.size);
+                    let value = match want {
+                        pb::Want::Raw => {
+                            self.check_reply_size(
+                                result.value.bytes.len(),
+                                "read its serializer bytes with GetStream",
+                            )?;
+                            pb::resolve_response::Value::Data(result.value.bytes.clone())
+                        }
+                        pb::Want::Json => {
+                            let json = ctx.store.to_json(&result).map_err(status_of)?;
+                            self.check_reply_size(json.len(), "read its serializer bytes with GetStream")?;
+                            pb::resolve_response::Value::Json(String::from_utf8_lossy(&json).into_owned())
+                        }
+                    };
+                    pb::ResolveResponse {
+                        reference: Some(reference_pb(&result.reference)),
+                        value: Some(value),
+                        value_serializer: result.value.serializer.clone(),
+                        cache_hit,
+                    }
+                }
+            })
+        })
+        .await
     }
 
-    #[instrument(skip_all)]
+    #[instrument(name = "rpc", skip_all, fields(method = "Exists", block, key, caller, code, duration_ms))]
+    async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
+        self.call(Method::Exists, true, request, |ctx, req| async move {
+            let loc = req.location.unwrap_or_default();
+            Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
+            let exists = ctx.store.exists(&loc.block, &loc.key, &ctx.access).await.map_err(status_of)?;
+            Ok(pb::ExistsResponse { exists })
+        })
+        .await
+    }
+
+    #[instrument(name = "rpc", skip_all, fields(method = "Delete", block, key, caller, code, duration_ms))]
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.call(Method::Delete, true, request, |ctx, req| async move {
+            let loc = req.location.unwrap_or_default();
+            Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
+            ctx.store.delete(&loc.block, &loc.key, &ctx.access).await.map_err(status_of)?;
+            Ok(pb::DeleteResponse {})
+        })
+        .await
+    }
+
+    #[instrument(name = "rpc", skip_all, fields(method = "List", block, prefix, caller, code, duration_ms))]
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        self.call(Method::List, true, request, |ctx, req| async move {
+            Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
+            let page = ctx
+                .store
+                .list(&req.block, &req.prefix, req.page_size as usize, &req.page_token, &ctx.access)
+                .await
+                .map_err(status_of)?;
+            Ok(pb::ListResponse {
+                entries: page
+                    .entries
+                    .into_iter()
+                    .map(|m| pb::ListEntry {
+                        key: m.location.to_string(),
+                        size: m.size,
+                        last_modified: Some(timestamp(&m.last_modified)),
+                        version: m.e_tag.or(m.version).unwrap_or_default(),
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    /// Only the blocks the caller holds some operation on.
+    #[instrument(name = "rpc", skip_all, fields(method = "ListBlocks", caller, code, duration_ms))]
     async fn list_blocks(
         &self,
-        _request: Request<pb::ListBlocksRequest>,
+        request: Request<pb::ListBlocksRequest>,
     ) -> Result<Response<pb::ListBlocksResponse>, Status> {
-        let registry = self.store.blocks();
-        let blocks = registry
-            .iter()
-            .map(|b| pb::BlockInfo {
-                slug: b.slug.clone(),
-                block_type: b.block_type.as_str().to_owned(),
-                format: b.format.as_str().to_owned(),
-                url: b.url.clone(),
-                is_default: b.slug == registry.default_slug(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListBlocksResponse { blocks }))
+        self.call(Method::ListBlocks, true, request, |ctx, _req| async move {
+            let registry = ctx.store.blocks();
+            let blocks = registry
+                .iter()
+                .filter(|b| ctx.access.sees(&b.slug))
+                .map(|b| pb::BlockInfo {
+                    slug: b.slug.clone(),
+                    block_type: b.block_type.as_str().to_owned(),
+                    format: b.format.as_str().to_owned(),
+                    url: b.url.clone(),
+                    is_default: b.slug == registry.default_slug(),
+                })
+                .collect();
+            Ok(pb::ListBlocksResponse { blocks })
+        })
+        .await
     }
 }

@@ -24,13 +24,16 @@
 //!   [`telemetry`]: counters and logging; [`memory`]: the allocator setting that keeps
 //!   freed stream buffers from piling up.
 
+pub mod auth;
 pub mod blocks;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod live;
 pub mod memory;
+pub mod metrics;
 pub mod record;
 pub mod reference;
 pub mod serializer;
@@ -39,6 +42,7 @@ pub mod settings;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

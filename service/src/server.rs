@@ -4,9 +4,10 @@
 //! Shutdown drains: health turns NOT_SERVING first, then tonic stops accepting and lets
 //! in-flight calls finish.
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::TryStreamExt;
 use resultstore_proto::v1::FILE_DESCRIPTOR_SET;
@@ -19,45 +20,100 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grpc::ResultStoreService;
+use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::store::ResultStore;
 
 /// A server running in this process (tests and the binary use it alike).
 pub struct ServerHandle {
     pub local_addr: SocketAddr,
-    pub store: Arc<ResultStore>,
+    /// Where `/metrics` is served, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
-    /// Stops accepting, lets in-flight calls finish, and waits for the server to end.
+    /// The store of the generation in force.
+    pub fn store(&self) -> Arc<ResultStore> {
+        self.live.current().store.clone()
+    }
+
+    /// Puts `config` in force (blocks, tokens, limits, TLS certificates), or refuses it
+    /// with the reason and keeps serving the old one. Logs either way.
+    pub fn reload(&self, config: Config) -> Result<()> {
+        match self.live.reload(config) {
+            Ok(needs_restart) => {
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                if needs_restart.is_empty() {
+                    tracing::info!("configuration reloaded");
+                } else {
+                    tracing::warn!(
+                        unchanged_until_restart = needs_restart.join(", "),
+                        "configuration reloaded; these settings changed but apply only after a restart"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => self.refused_reload(e),
+        }
+    }
+
+    /// Counts and logs a reload that could not even read its config.
+    pub fn refused_reload(&self, e: Error) -> Result<()> {
+        self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "configuration reload refused; the previous configuration keeps serving");
+        Err(e)
+    }
+
+    /// Stops accepting, lets in-flight calls finish (within the grace period), and waits
+    /// for the server to end.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.join).await??;
-        Ok(())
+        self.wait().await
     }
 
-    /// Waits until the server ends by itself (its shutdown future completed).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let ServerHandle { join, shutdown, .. } = self;
-        let _keep = shutdown;
-        join.await??;
+    /// Waits until the server ends by itself (its shutdown future completed and the
+    /// calls in flight finished or ran out of grace).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.join).await??;
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
         Ok(())
     }
 }
 
 /// Starts serving `config` on `listener`; the server stops when `stop` completes or
-/// [`ServerHandle::shutdown`] is called.
+/// [`ServerHandle::shutdown`] is called. Then: health turns NOT_SERVING, new calls are
+/// refused with UNAVAILABLE, calls in flight get `shutdown_grace_period` to finish, and
+/// the server ends (cutting off what is left).
 pub async fn start(
     config: &Config,
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServerHandle> {
-    let store = Arc::new(ResultStore::new(config)?);
+    let live = Arc::new(Live::new(config.clone())?);
+    let metrics = Arc::new(Metrics::default());
     let local_addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+    warn_if_exposed(local_addr, config, &live);
     let max_message = usize::try_from(config.limits.max_message_size.0).unwrap_or(usize::MAX);
+
+    let (metrics_addr, metrics_task) = match &config.metrics.listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("metrics.listen: cannot bind {addr}: {e}")))?;
+            let bound = l.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+            (Some(bound), Some(tokio::spawn(crate::metrics::serve(l, metrics.clone(), live.clone()))))
+        }
+        None => (None, None),
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ResultStoreServer<ResultStoreService>>().await;
@@ -71,19 +127,24 @@ pub async fn start(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let service = ResultStoreServer::new(ResultStoreService::new(store.clone(), max_message))
+    let service = ResultStoreServer::new(ResultStoreService::new(live.clone(), metrics.clone(), max_message))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
     let (tx, rx) = oneshot::channel::<()>();
+    let (draining_tx, draining_rx) = oneshot::channel::<()>();
+    let draining = live.clone();
     let shutdown = async move {
         tokio::select! {
             _ = stop => {}
             _ = rx => {}
         }
-        // Tell load balancers first, then drain.
+        // Tell load balancers first, refuse new calls, then let tonic drain.
         health_reporter.set_not_serving::<ResultStoreServer<ResultStoreService>>().await;
-        tracing::info!("shutting down: draining in-flight calls");
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        draining.start_draining();
+        tracing::info!("shutting down: refusing new calls, draining calls in flight");
+        let _ = draining_tx.send(());
     };
     // HTTP/2 flow-control windows: hyper's defaults (1 MiB per stream) stall a stream every
     // window on large transfers; 8 MiB per stream, 16 MiB per connection keep PutStream
@@ -92,19 +153,58 @@ pub async fn start(
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams_per_connection))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
-    // tonic sets TCP_NODELAY only on listeners it binds itself; without it, replies that
-    // span several segments wait ~40 ms on Nagle and delayed ACKs.
-    let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
-        let _ = stream.set_nodelay(true);
-        stream
+    let serve: Pin<Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>> =
+        if config.tls.is_some() {
+            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, live.clone()), shutdown))
+        } else {
+            // tonic sets TCP_NODELAY only on listeners it binds itself; without it, replies
+            // that span several segments wait ~40 ms on Nagle and delayed ACKs.
+            let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
+                let _ = stream.set_nodelay(true);
+                stream
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+        };
+    let grace_live = live.clone();
+    let join = tokio::spawn(async move {
+        let mut serve = serve;
+        tokio::select! {
+            ended = &mut serve => ended,
+            Ok(()) = draining_rx => {
+                let grace = grace_live.current().config.shutdown_grace_period.0;
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace = %humantime::format_duration(grace),
+                            "calls still in flight after shutdown_grace_period are cut off"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        }
     });
-    let join = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
-    Ok(ServerHandle { local_addr, store, shutdown: Some(tx), join })
+    Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task })
+}
+
+/// Says so at start when anyone who can reach the address could read or write results,
+/// or could read the tokens off the wire.
+fn warn_if_exposed(addr: SocketAddr, config: &Config, live: &Live) {
+    if addr.ip().is_loopback() || config.tls.is_some() {
+        return;
+    }
+    if live.current().access.is_enforced() {
+        tracing::warn!(%addr, "listening on a non-loopback address without TLS: tokens and results cross the network in plaintext; add a [tls] table");
+    } else {
+        tracing::warn!(%addr, "listening on a non-loopback address without TLS and without [auth]: anyone who can reach it can read, write and delete every result");
+    }
 }
 
 /// tonic answers a message above the size limit with `OUT_OF_RANGE`; gRPC's convention,

@@ -18,6 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
+use crate::auth::{Access, Operation};
 use crate::blocks::{Block, BlockRegistry};
 use crate::cache::{LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
@@ -139,7 +140,7 @@ pub const MAX_PAGE_SIZE: usize = 10_000;
 /// The service's domain: blocks, cache and limits.
 pub struct ResultStore {
     pub(crate) blocks: BlockRegistry,
-    pub(crate) cache: ResolveCache,
+    pub(crate) cache: Arc<ResolveCache>,
     pub(crate) defaults: settings::Defaults,
     pub(crate) max_result_size: u64,
     /// Multipart part and ranged-read size of streams.
@@ -214,9 +215,26 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 impl ResultStore {
     /// Builds the blocks and the cache of `config`.
     pub fn new(config: &Config) -> Result<Self> {
+        Self::build(config, BlockRegistry::from_config(config)?, Arc::new(ResolveCache::new(&config.cache)))
+    }
+
+    /// The store of a reloaded `config`: blocks that did not change and the cache are
+    /// kept; when a block changed or went away, every cache entry is dropped (entries
+    /// are keyed by slug, and the slug may now mean other storage). Cache sizes are not
+    /// reloaded: they apply at the next start.
+    pub fn reconfigured(&self, config: &Config) -> Result<Self> {
+        let blocks = BlockRegistry::rebuilt(config, Some(&self.blocks))?;
+        let store = Self::build(config, blocks, self.cache.clone())?;
+        if !store.blocks.keeps_all_of(&self.blocks) {
+            store.cache.invalidate_all();
+        }
+        Ok(store)
+    }
+
+    fn build(config: &Config, blocks: BlockRegistry, cache: Arc<ResolveCache>) -> Result<Self> {
         Ok(ResultStore {
-            blocks: BlockRegistry::from_config(config)?,
-            cache: ResolveCache::new(&config.cache),
+            blocks,
+            cache,
             defaults: settings::Defaults {
                 serializer: SerializerConfig::from_type(&config.default_serializer)
                     .map_err(|e| Error::Config(format!("default_serializer: {e}")))?,
@@ -231,18 +249,42 @@ impl ResultStore {
         &self.blocks
     }
 
+    /// The block `slug` names (empty: the default block), once `access` allows `op` on
+    /// it. The check comes first and looks at the slug alone, so a refused caller learns
+    /// nothing about keys, nor whether an unknown block exists.
+    pub(crate) fn block_for(&self, slug: &str, access: &Access, op: Operation) -> Result<Arc<Block>> {
+        let slug = if slug.is_empty() { self.blocks.default_slug() } else { slug };
+        access.check(slug, op)?;
+        self.blocks.get(slug).map_err(|e| match e {
+            // Name only the blocks this caller may see.
+            Error::UnknownBlock { block, .. } => Error::UnknownBlock {
+                block,
+                known: self
+                    .blocks
+                    .iter()
+                    .filter(|b| access.sees(&b.slug))
+                    .map(|b| b.slug.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            e => e,
+        })
+    }
+
     pub fn cache(&self) -> &ResolveCache {
         &self.cache
     }
 
     /// Stores one result, or returns it as a literal.
-    pub async fn put(&self, input: PutInput) -> Result<PutOutcome> {
+    pub async fn put(&self, input: PutInput, access: &Access) -> Result<PutOutcome> {
         if let Payload::Object(object) = &input.payload {
             let object = object.clone();
-            return self.put_object(input, object).await.map(|r| PutOutcome::Stored(Box::new(r)));
+            return self.put_object(input, object, access).await.map(|r| PutOutcome::Stored(Box::new(r)));
         }
         let explicit_key = input.key.as_deref().is_some_and(|k| !k.is_empty());
         let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, explicit_key)?;
+        // Checked first, literals included: a caller without write access learns nothing.
+        let block = self.block_for(&eff.storage, access, Operation::Write)?;
         let key = input.key.filter(|k| !k.is_empty()).or_else(|| eff.cache_key.clone());
 
         // Literals stay in the reply unless a key asks for them to be findable in storage.
@@ -286,7 +328,6 @@ impl ResultStore {
                 limit: self.max_result_size,
             });
         }
-        let block = self.blocks.get(&eff.storage)?;
         let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
@@ -315,7 +356,7 @@ impl ResultStore {
     /// is split as the block's format says (reading it `as_stored` rebuilds the record).
     /// Records are decoded first, so one that could never be read back is refused before
     /// it replaces anything.
-    async fn put_object(&self, input: PutInput, object: Bytes) -> Result<ResultReference> {
+    async fn put_object(&self, input: PutInput, object: Bytes, access: &Access) -> Result<ResultReference> {
         let said_no = |s: &ResultSettings| s.persist_result == Some(false);
         if said_no(&input.task) || input.flow.as_ref().is_some_and(said_no) {
             return Err(Error::InvalidSettings(
@@ -336,7 +377,7 @@ impl ResultStore {
         }
         let hint = object_serializer(&input.task, input.flow.as_ref());
         let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, true)?;
-        let block = self.blocks.get(&eff.storage)?;
+        let block = self.block_for(&eff.storage, access, Operation::Write)?;
         let key = object_key(input.key, eff.cache_key);
         validate_key(&key)?;
 
@@ -407,18 +448,26 @@ impl ResultStore {
 
     /// Where a read target points: a block and a valid key, what the caller expects of
     /// the result there, and the serializer assumed for a bare payload.
-    pub(crate) fn locate(&self, target: ReadTarget, opts: &ReadOptions) -> Result<Located> {
+    pub(crate) fn locate(&self, target: ReadTarget, opts: &ReadOptions, access: &Access) -> Result<Located> {
         let (block, key, expect, mut hint, doc_expiration) = match target {
             ReadTarget::Reference { block, key, expect, serializer } => {
-                (self.blocks.get(&block)?, key, expect, serializer, None)
+                (self.block_for(&block, access, Operation::Read)?, key, expect, serializer, None)
             }
-            ReadTarget::Location { block, key } => {
-                (self.blocks.get(&block)?, key, Expectation { persisted: true, ..Default::default() }, None, None)
-            }
+            ReadTarget::Location { block, key } => (
+                self.block_for(&block, access, Operation::Read)?,
+                key,
+                Expectation { persisted: true, ..Default::default() },
+                None,
+                None,
+            ),
             ReadTarget::Prefect { block, document } => match parse_prefect_document(&document)? {
-                PrefectDocument::Literal(l) => return Ok(Located::Literal(l)),
+                PrefectDocument::Literal(l) => {
+                    // A literal touches no storage, but the caller still names a block.
+                    self.block_for(&block, access, Operation::Read)?;
+                    return Ok(Located::Literal(l));
+                }
                 PrefectDocument::Reference { storage_key, serializer, expiration } => {
-                    let block = self.blocks.get(&block)?;
+                    let block = self.block_for(&block, access, Operation::Read)?;
                     let key = block.key_from_storage_key(&storage_key)?;
                     (block, key, Expectation { persisted: true, ..Default::default() }, serializer, expiration)
                 }
@@ -433,8 +482,8 @@ impl ResultStore {
 
     /// Reads one result (cache first), checks it against what the caller expects, and
     /// enforces its expiration.
-    pub async fn read(&self, target: ReadTarget, opts: ReadOptions) -> Result<ReadOutcome> {
-        let (block, key, expect, hint, doc_expiration) = match self.locate(target, &opts)? {
+    pub async fn read(&self, target: ReadTarget, opts: ReadOptions, access: &Access) -> Result<ReadOutcome> {
+        let (block, key, expect, hint, doc_expiration) = match self.locate(target, &opts, access)? {
             Located::Literal(l) => return Ok(ReadOutcome::Literal(l)),
             Located::At { block, key, expect, hint, doc_expiration } => (block, key, expect, hint, doc_expiration),
         };
@@ -590,8 +639,8 @@ impl ResultStore {
     }
 
     /// Whether `key` holds a stored result.
-    pub async fn exists(&self, block: &str, key: &str) -> Result<bool> {
-        let block = self.blocks.get(block)?;
+    pub async fn exists(&self, block: &str, key: &str, access: &Access) -> Result<bool> {
+        let block = self.block_for(block, access, Operation::Read)?;
         validate_key(key)?;
         match block.store.head(&Path::from(key)).await {
             Ok(_) => Ok(true),
@@ -601,8 +650,8 @@ impl ResultStore {
     }
 
     /// Deletes a stored result (and its metadata document); `NotFound` when there is none.
-    pub async fn delete(&self, block: &str, key: &str) -> Result<()> {
-        let block = self.blocks.get(block)?;
+    pub async fn delete(&self, block: &str, key: &str, access: &Access) -> Result<()> {
+        let block = self.block_for(block, access, Operation::Delete)?;
         validate_key(key)?;
         let path = Path::from(key);
         let map = |e| Error::from_store(&block.slug, key, e);
@@ -620,8 +669,15 @@ impl ResultStore {
 
     /// Keys starting with `prefix` (any string, not only whole segments), in
     /// lexicographic order, `page_size` at a time after `page_token`.
-    pub async fn list(&self, block: &str, prefix: &str, page_size: usize, page_token: &str) -> Result<ListPage> {
-        let block = self.blocks.get(block)?;
+    pub async fn list(
+        &self,
+        block: &str,
+        prefix: &str,
+        page_size: usize,
+        page_token: &str,
+        access: &Access,
+    ) -> Result<ListPage> {
+        let block = self.block_for(block, access, Operation::Read)?;
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),

@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::{Access, Operation};
 use crate::blocks::Block;
 use crate::cache::LoadedResult;
 use crate::config::BlockFormat;
@@ -136,10 +137,16 @@ fn starts_like_object(head: &[u8]) -> bool {
 
 impl ResultStore {
     /// Stores one result sent in pieces (see the module docs).
-    pub async fn put_stream(&self, header: PutStreamHeader, mut chunks: ChunkStream) -> Result<PutOutcome> {
+    pub async fn put_stream(
+        &self,
+        header: PutStreamHeader,
+        mut chunks: ChunkStream,
+        access: &Access,
+    ) -> Result<PutOutcome> {
         let object = header.payload == StreamPayload::Object;
         let explicit_key = object || header.key.as_deref().is_some_and(|k| !k.is_empty());
         let eff = settings::resolve(&header.task, header.flow.as_ref(), &self.defaults, explicit_key)?;
+        let block = self.block_for(&eff.storage, access, Operation::Write)?;
         // A result that is not persisted lives only in the cache: it must fit an entry.
         let memory_only = !eff.persist && !object;
         let in_memory = if memory_only { self.cache.max_entry() } else { self.stream_chunk as u64 };
@@ -154,7 +161,6 @@ impl ResultStore {
         {
             return Err(not_persisted_too_large(size));
         }
-        let block = self.blocks.get(&eff.storage)?;
         // Serializer bytes in a prefect3 block become a record, which is read in one piece.
         let prefect3 = !object && block.format != BlockFormat::Split;
         if prefect3 && header.size.is_some_and(|s| s > self.max_result_size) {
@@ -191,7 +197,7 @@ impl ResultStore {
                 expiration: header.expiration,
                 mode: header.mode,
             };
-            return self.put(input).await;
+            return self.put(input, access).await;
         }
         if memory_only {
             return Err(not_persisted_too_large(head.len() as u64));
@@ -314,19 +320,19 @@ impl ResultStore {
     }
 
     /// Reads one result in pieces (see the module docs).
-    pub async fn read_stream(&self, target: ReadTarget, opts: ReadOptions) -> Result<StreamOutcome> {
-        let (block, key, expect, hint, doc_expiration) = match self.locate(target.clone(), &opts)? {
+    pub async fn read_stream(&self, target: ReadTarget, opts: ReadOptions, access: &Access) -> Result<StreamOutcome> {
+        let (block, key, expect, hint, doc_expiration) = match self.locate(target.clone(), &opts, access)? {
             Located::Literal(l) => return Ok(StreamOutcome::Literal(l)),
             Located::At { block, key, expect, hint, doc_expiration } => (block, key, expect, hint, doc_expiration),
         };
         if !expect.persisted {
-            return self.stream_through_cache(target, opts).await;
+            return self.stream_through_cache(target, opts, access).await;
         }
         let path = Path::from(key.as_str());
         let map = |e| Error::from_store(&block.slug, &key, e);
         let meta = block.store.head(&path).await.map_err(map)?;
         if meta.size <= self.cache.max_entry() {
-            return self.stream_through_cache(target, opts).await;
+            return self.stream_through_cache(target, opts, access).await;
         }
 
         // A large object: find its layout from its metadata document or its first bytes.
@@ -343,7 +349,7 @@ impl ResultStore {
                     return Err(self.record_too_large(meta.size));
                 }
                 if meta.size <= self.max_result_size {
-                    return self.stream_through_cache(target, opts).await;
+                    return self.stream_through_cache(target, opts, access).await;
                 }
             }
             if block.format != BlockFormat::Split
@@ -393,9 +399,14 @@ impl ResultStore {
     }
 
     /// A result read as Get reads it (through the cache), sent in pieces.
-    async fn stream_through_cache(&self, target: ReadTarget, opts: ReadOptions) -> Result<StreamOutcome> {
+    async fn stream_through_cache(
+        &self,
+        target: ReadTarget,
+        opts: ReadOptions,
+        access: &Access,
+    ) -> Result<StreamOutcome> {
         let as_stored = opts.as_stored;
-        let result: Arc<LoadedResult> = match self.read(target, opts).await? {
+        let result: Arc<LoadedResult> = match self.read(target, opts, access).await? {
             ReadOutcome::Literal(l) => return Ok(StreamOutcome::Literal(l)),
             ReadOutcome::Loaded { result, .. } => result,
         };

@@ -1,9 +1,53 @@
-//! Counters and logging.
+//! Counters, latency histograms and logging.
 //!
-//! The counters exist now and are read in-process (tests, later a Prometheus exporter);
-//! each is a plain atomic so hot paths pay one relaxed add.
+//! Each counter is a plain atomic so hot paths pay one relaxed add; [`crate::metrics`]
+//! renders them as Prometheus text, tests read them in-process.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms' buckets: from half a millisecond
+/// (a cache hit) to a minute (a large stream's part on a slow store).
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A Prometheus histogram of durations, lock-free: one relaxed add per bucket hit.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative; the last one is `+Inf`).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Writes `NAME_bucket`, `NAME_sum` and `NAME_count` lines; `labels` is `k="v",...` or empty.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = LATENCY_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
 
 /// The kinds of storage operation counted per block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +70,42 @@ pub enum Outcome {
 
 const OPS: usize = 6;
 
+impl StorageOp {
+    pub const ALL: [StorageOp; OPS] =
+        [StorageOp::Get, StorageOp::Head, StorageOp::Put, StorageOp::Delete, StorageOp::List, StorageOp::Copy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageOp::Get => "get",
+            StorageOp::Head => "head",
+            StorageOp::Put => "put",
+            StorageOp::Delete => "delete",
+            StorageOp::List => "list",
+            StorageOp::Copy => "copy",
+        }
+    }
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::NotFound, Outcome::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::NotFound => "not_found",
+            Outcome::Failed => "error",
+        }
+    }
+}
+
 /// Storage operations of one block by kind and outcome, counted by
 /// [`crate::blocks::CountingStore`]. A listing counts one operation, failed if any page of
 /// it failed.
 #[derive(Debug, Default)]
 pub struct StorageCounters {
     by_outcome: [[AtomicU64; 3]; OPS],
+    /// Latency by kind, all outcomes together.
+    latency: [Histogram; OPS],
 }
 
 /// A point-in-time copy of [`StorageCounters`]: attempts by kind, and failures overall.
@@ -56,8 +130,14 @@ impl StorageSnapshot {
 }
 
 impl StorageCounters {
-    pub fn record(&self, op: StorageOp, outcome: Outcome) {
+    pub fn record(&self, op: StorageOp, outcome: Outcome, took: Duration) {
         self.by_outcome[op as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.latency[op as usize].observe(took);
+    }
+
+    /// The latency histogram of one kind of operation.
+    pub fn latency(&self, op: StorageOp) -> &Histogram {
+        &self.latency[op as usize]
     }
 
     pub fn snapshot(&self) -> StorageSnapshot {
@@ -90,6 +170,10 @@ pub struct CacheCounters {
     pub evictions: AtomicU64,
     /// Results served without being cached because they exceed the per-entry cap.
     pub bypassed_too_large: AtomicU64,
+    /// Fills (storage reads for a missing entry) running now.
+    pub fills_in_flight: AtomicU64,
+    /// Fills that had to wait for the fill budget.
+    pub fill_budget_waits: AtomicU64,
 }
 
 /// A point-in-time copy of [`CacheCounters`].
@@ -99,6 +183,8 @@ pub struct CacheSnapshot {
     pub misses: u64,
     pub evictions: u64,
     pub bypassed_too_large: u64,
+    pub fills_in_flight: u64,
+    pub fill_budget_waits: u64,
 }
 
 impl CacheCounters {
@@ -108,6 +194,8 @@ impl CacheCounters {
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             bypassed_too_large: self.bypassed_too_large.load(Ordering::Relaxed),
+            fills_in_flight: self.fills_in_flight.load(Ordering::Relaxed),
+            fill_budget_waits: self.fill_budget_waits.load(Ordering::Relaxed),
         }
     }
 }

@@ -91,8 +91,13 @@ impl TestServer {
     }
 
     /// The server's domain, for its storage and cache counters.
-    pub fn store(&self) -> &Arc<ResultStore> {
-        &self.handle.as_ref().expect("server running").store
+    pub fn store(&self) -> Arc<ResultStore> {
+        self.handle.as_ref().expect("server running").store()
+    }
+
+    /// The running server.
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("server running")
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -98,7 +98,8 @@ async fn capacity_is_respected_and_large_results_stream_past_the_cache() {
         let target = Target::Location { block: String::new(), key: format!("k{i}") };
         s.client.resolve(target, Want::Raw, ReadOptions::default()).await.unwrap();
     }
-    let cache = s.store().cache();
+    let store = s.store();
+    let cache = store.cache();
     cache.settle().await;
     assert!(cache.weighted_size() <= 256 * 1024, "weighted size {} over capacity", cache.weighted_size());
     assert!(cache.entry_count() > 10, "the cache holds what fits ({} entries)", cache.entry_count());

@@ -1,0 +1,133 @@
+//! The configuration in force, swapped whole on reload.
+//!
+//! A [`Generation`] is everything a call needs that a reload may change: the store (its
+//! blocks), the access policy, the request limits and the TLS certificate. A call takes
+//! the current generation once, at its start, and keeps it to its end, so a reload never
+//! changes the rules under a call in flight.
+//!
+//! [`Live::reload`] builds the whole new generation before it swaps anything: a config
+//! that does not parse, names a missing certificate or opens a block that cannot be
+//! opened is refused with the reason, and the old generation keeps serving. What a
+//! reload cannot change in a running process (listen addresses, TLS on or off, the
+//! message size limit, per-connection streams, cache sizes) keeps its old value, and the
+//! reload says so in the log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::AccessPolicy;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::ResultStore;
+
+/// One configuration's worth of serving state.
+pub struct Generation {
+    pub config: Config,
+    pub store: Arc<ResultStore>,
+    pub access: AccessPolicy,
+    /// Calls in flight, at most `limits.max_concurrent_requests`.
+    admission: Arc<Semaphore>,
+    pub request_timeout: Duration,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Generation {
+    fn build(config: Config, previous: Option<&Generation>) -> Result<Self> {
+        config.validate()?;
+        let store = match previous {
+            Some(p) => p.store.reconfigured(&config)?,
+            None => ResultStore::new(&config)?,
+        };
+        let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        Ok(Generation {
+            access: AccessPolicy::from_config(config.auth.as_ref())?,
+            admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            request_timeout: config.limits.request_timeout.0,
+            tls_handshake_timeout: config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout.0),
+            tls,
+            store: Arc::new(store),
+            config,
+        })
+    }
+
+    /// A place among the calls in flight, or `Overloaded` at once when all are taken.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit> {
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} calls are in flight (limits.max_concurrent_requests); retry with backoff",
+                self.config.limits.max_concurrent_requests
+            ))
+        })
+    }
+}
+
+/// The current generation, and whether the server is draining.
+pub struct Live {
+    current: RwLock<Arc<Generation>>,
+    draining: AtomicBool,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Result<Self> {
+        Ok(Live { current: RwLock::new(Arc::new(Generation::build(config, None)?)), draining: AtomicBool::new(false) })
+    }
+
+    /// The generation in force now.
+    pub fn current(&self) -> Arc<Generation> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The TLS config for a connection arriving now.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.current().tls.clone()
+    }
+
+    /// Builds a generation from `config` and puts it in force, or refuses it and keeps the
+    /// old one. Returns the settings that only a restart applies, if any changed.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>> {
+        let old = self.current();
+        if old.config.tls.is_some() != config.tls.is_some() {
+            return Err(Error::Config(
+                "a reload cannot turn TLS on or off (the listener speaks one or the other): restart instead".into(),
+            ));
+        }
+        let next = Generation::build(config, Some(&old))?;
+        let (a, b) = (&old.config, &next.config);
+        let mut needs_restart = Vec::new();
+        if a.listen != b.listen {
+            needs_restart.push("listen");
+        }
+        if a.metrics != b.metrics {
+            needs_restart.push("metrics.listen");
+        }
+        if a.limits.max_message_size != b.limits.max_message_size {
+            needs_restart.push("limits.max_message_size");
+        }
+        if a.limits.max_concurrent_streams_per_connection != b.limits.max_concurrent_streams_per_connection {
+            needs_restart.push("limits.max_concurrent_streams_per_connection");
+        }
+        if a.cache.capacity != b.cache.capacity
+            || a.cache.max_entry_size != b.cache.max_entry_size
+            || a.cache.time_to_live != b.cache.time_to_live
+            || a.cache.fill_budget != b.cache.fill_budget
+        {
+            needs_restart.push("cache");
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(needs_restart)
+    }
+
+    /// From now on, new calls are refused with UNAVAILABLE.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

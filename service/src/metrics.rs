@@ -1,0 +1,270 @@
+//! Prometheus metrics: counters kept by the RPC layer, the cache and each block's
+//! storage, rendered as Prometheus text on their own HTTP port (`metrics.listen`).
+//!
+//! The endpoint is a few lines of HTTP/1.1 over a TCP listener rather than a web
+//! framework: it answers `GET /metrics` (and `GET /healthz`, for a liveness check that
+//! needs no gRPC) and closes the connection. Request heads are bounded (8 KiB, 5 s), so a
+//! scraper cannot hold the server's memory or tasks.
+//!
+//! Every metric, with its labels:
+//! - `resultstore_rpc_requests_total{method,code}`: finished calls of `resultstore.v1`.
+//! - `resultstore_rpc_duration_seconds{method}`: histogram of their latency (streams:
+//!   until the last message).
+//! - `resultstore_rpc_in_flight`: calls running now; `resultstore_rpc_shed_total`: calls
+//!   refused by `limits.max_concurrent_requests`.
+//! - `resultstore_cache_hits_total`, `_misses_total`, `_evictions_total`,
+//!   `_bypassed_total` (results too large to cache), `resultstore_cache_bytes`,
+//!   `resultstore_cache_entries`, `resultstore_cache_capacity_bytes`.
+//! - `resultstore_cache_fills_in_flight`, `resultstore_cache_fill_budget_waits_total`.
+//! - `resultstore_storage_operations_total{block,operation,outcome}` and
+//!   `resultstore_storage_duration_seconds{block,operation}`: calls to the object stores.
+//! - `resultstore_config_reloads_total{outcome}`, `resultstore_draining` (1 while
+//!   shutting down), `resultstore_build_info{version}`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::live::Live;
+use crate::telemetry::{Histogram, Outcome, StorageOp};
+
+/// The RPCs of `resultstore.v1`, as metrics and logs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Put,
+    PutStream,
+    Get,
+    GetStream,
+    Resolve,
+    Exists,
+    Delete,
+    List,
+    ListBlocks,
+}
+
+impl Method {
+    pub const ALL: [Method; 9] = [
+        Method::Put,
+        Method::PutStream,
+        Method::Get,
+        Method::GetStream,
+        Method::Resolve,
+        Method::Exists,
+        Method::Delete,
+        Method::List,
+        Method::ListBlocks,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Put => "Put",
+            Method::PutStream => "PutStream",
+            Method::Get => "Get",
+            Method::GetStream => "GetStream",
+            Method::Resolve => "Resolve",
+            Method::Exists => "Exists",
+            Method::Delete => "Delete",
+            Method::List => "List",
+            Method::ListBlocks => "ListBlocks",
+        }
+    }
+}
+
+/// gRPC codes by number, as Prometheus labels.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Process-wide counters: they outlive reloads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: [[AtomicU64; CODES.len()]; Method::ALL.len()],
+    latency: [Histogram; Method::ALL.len()],
+    pub in_flight: AtomicU64,
+    pub shed: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one finished call.
+    pub fn finished(&self, method: Method, code: tonic::Code, took: Duration) {
+        let code = (code as usize).min(CODES.len() - 1);
+        self.calls[method as usize][code].fetch_add(1, Ordering::Relaxed);
+        self.latency[method as usize].observe(took);
+    }
+
+    /// Finished calls of `method` that ended with `code`.
+    pub fn calls(&self, method: Method, code: tonic::Code) -> u64 {
+        self.calls[method as usize][(code as usize).min(CODES.len() - 1)].load(Ordering::Relaxed)
+    }
+
+    /// The whole exposition, read from `self` and the generation in force.
+    pub fn render(&self, live: &Live) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        header(&mut out, "resultstore_rpc_requests_total", "counter", "Finished resultstore.v1 calls.");
+        for m in Method::ALL {
+            for (code, name) in CODES.iter().enumerate() {
+                let n = g(&self.calls[m as usize][code]);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "resultstore_rpc_requests_total{{method=\"{}\",code=\"{name}\"}} {n}",
+                        m.as_str()
+                    );
+                }
+            }
+        }
+        header(&mut out, "resultstore_rpc_duration_seconds", "histogram", "Latency of resultstore.v1 calls.");
+        for m in Method::ALL {
+            self.latency[m as usize].render(
+                &mut out,
+                "resultstore_rpc_duration_seconds",
+                &format!("method=\"{}\"", m.as_str()),
+            );
+        }
+        gauge(&mut out, "resultstore_rpc_in_flight", "Calls running now.", g(&self.in_flight));
+        counter(
+            &mut out,
+            "resultstore_rpc_shed_total",
+            "Calls refused at limits.max_concurrent_requests.",
+            g(&self.shed),
+        );
+
+        let generation = live.current();
+        let cache = generation.store.cache();
+        let c = cache.counters();
+        counter(&mut out, "resultstore_cache_hits_total", "Reads served from the cache.", c.hits);
+        counter(&mut out, "resultstore_cache_misses_total", "Reads that went to storage.", c.misses);
+        counter(&mut out, "resultstore_cache_evictions_total", "Entries evicted to stay within capacity.", c.evictions);
+        counter(&mut out, "resultstore_cache_bypassed_total", "Results too large to cache.", c.bypassed_too_large);
+        gauge(&mut out, "resultstore_cache_bytes", "Weight of cached results.", cache.weighted_size());
+        gauge(&mut out, "resultstore_cache_entries", "Cached results.", cache.entry_count());
+        gauge(&mut out, "resultstore_cache_capacity_bytes", "cache.capacity.", generation.config.cache.capacity.0);
+        gauge(&mut out, "resultstore_cache_fills_in_flight", "Storage reads filling the cache now.", c.fills_in_flight);
+        counter(
+            &mut out,
+            "resultstore_cache_fill_budget_waits_total",
+            "Fills that waited for cache.fill_budget.",
+            c.fill_budget_waits,
+        );
+
+        header(&mut out, "resultstore_storage_operations_total", "counter", "Object-store calls.");
+        for block in generation.store.blocks().iter() {
+            let snap = block.counters.snapshot();
+            for op in StorageOp::ALL {
+                for outcome in Outcome::ALL {
+                    let n = snap.count(op, outcome);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "resultstore_storage_operations_total{{block=\"{}\",operation=\"{}\",outcome=\"{}\"}} {n}",
+                            block.slug,
+                            op.as_str(),
+                            outcome.as_str()
+                        );
+                    }
+                }
+            }
+        }
+        header(&mut out, "resultstore_storage_duration_seconds", "histogram", "Latency of object-store calls.");
+        for block in generation.store.blocks().iter() {
+            for op in StorageOp::ALL {
+                let h = block.counters.latency(op);
+                if h.count() > 0 {
+                    h.render(
+                        &mut out,
+                        "resultstore_storage_duration_seconds",
+                        &format!("block=\"{}\",operation=\"{}\"", block.slug, op.as_str()),
+                    );
+                }
+            }
+        }
+        header(&mut out, "resultstore_config_reloads_total", "counter", "SIGHUP reloads by outcome.");
+        let _ = writeln!(out, "resultstore_config_reloads_total{{outcome=\"applied\"}} {}", g(&self.reloads_ok));
+        let _ = writeln!(out, "resultstore_config_reloads_total{{outcome=\"refused\"}} {}", g(&self.reloads_failed));
+        gauge(&mut out, "resultstore_draining", "1 while the server shuts down.", u64::from(live.is_draining()));
+        header(&mut out, "resultstore_build_info", "gauge", "The running version.");
+        let _ = writeln!(out, "resultstore_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, live: Arc<Live>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, live) = (metrics.clone(), live.clone());
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if read != Ok(true) {
+                return;
+            }
+            let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+            let (status, body) = match line.split(|b| *b == b' ').collect::<Vec<_>>().as_slice() {
+                [b"GET", path, ..] if path.split(|b| *b == b'?').next() == Some(b"/metrics") => {
+                    ("200 OK", metrics.render(&live))
+                }
+                [b"GET", b"/healthz", ..] if !live.is_draining() => ("200 OK", "ok\n".to_owned()),
+                [b"GET", b"/healthz", ..] => ("503 Service Unavailable", "draining\n".to_owned()),
+                [b"GET", ..] => ("404 Not Found", "try /metrics\n".to_owned()),
+                _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: \
+                 {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
