@@ -64,14 +64,12 @@ pub struct ResultStoreService {
     max_message: usize,
 }
 
-/// What a handler gets once its call is admitted: the generation in force at the call's
-/// start, the caller's access, and a place among the calls in flight (released when the
-/// context is dropped).
+/// What a handler gets once its call is admitted: the store of the generation in force
+/// at the call's start, and the caller's access.
 struct Ctx {
     store: Arc<ResultStore>,
     access: Access,
     request_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// Records a call's end once: metrics by method and code, the code and duration on the
@@ -135,7 +133,8 @@ impl ResultStoreService {
 
     /// Lets a call in: not while draining, only with a known token (or where anonymous
     /// calls may go), and only while fewer than `limits.max_concurrent_requests` run.
-    fn admit(&self, metadata: &MetadataMap) -> Result<Ctx, Status> {
+    /// The permit is the call's place among the calls in flight: hold it to the call's end.
+    fn admit(&self, metadata: &MetadataMap) -> Result<(Ctx, OwnedSemaphorePermit), Status> {
         if self.live.is_draining() {
             return Err(status_of(Error::ShuttingDown));
         }
@@ -144,12 +143,7 @@ impl ResultStoreService {
             generation.access.authenticate(metadata.get("authorization").map(|v| v.as_bytes())).map_err(status_of)?;
         Span::current().record("caller", access.name());
         let permit = generation.admit().map_err(status_of)?;
-        Ok(Ctx {
-            store: generation.store.clone(),
-            access,
-            request_timeout: generation.request_timeout,
-            _permit: permit,
-        })
+        Ok((Ctx { store: generation.store.clone(), access, request_timeout: generation.request_timeout }, permit))
     }
 
     /// Runs a call whose reply is one message: admit, run `body` (within
@@ -167,7 +161,7 @@ impl ResultStoreService {
     {
         let end = CallEnd::start(&self.metrics, method);
         let result = async {
-            let ctx = self.admit(request.metadata())?;
+            let (ctx, _permit) = self.admit(request.metadata())?;
             let timeout = ctx.request_timeout;
             let run = body(ctx, request.into_inner());
             if !timed {
@@ -442,7 +436,7 @@ fn record_target(span: &Span, t: &ReadTarget) {
 struct TrackedStream {
     inner: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
     end: Option<CallEnd>,
-    _ctx: Ctx,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl futures::Stream for TrackedStream {
@@ -554,7 +548,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
         let end = CallEnd::start(&self.metrics, Method::GetStream);
         let opened = async {
-            let ctx = self.admit(request.metadata())?;
+            let (ctx, permit) = self.admit(request.metadata())?;
             let req = request.into_inner();
             let (target, opts) = get_target_and_options(&req)?;
             let limit = ctx.request_timeout;
@@ -564,11 +558,11 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 .map_err(status_of)?;
             match outcome {
                 StreamOutcome::Literal(_) => Err(literal_has_no_record()),
-                StreamOutcome::Stream(s) => Ok((ctx, s)),
+                StreamOutcome::Stream(s) => Ok((ctx, permit, s)),
             }
         }
         .await;
-        let (ctx, stream) = match opened {
+        let (ctx, permit, stream) = match opened {
             Ok(opened) => opened,
             Err(status) => {
                 end.finish(Some(&status));
@@ -593,7 +587,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             }),
         });
         let messages = futures::stream::once(async { Ok(header) }).chain(body.map_err(status_of)).boxed();
-        Ok(Response::new(TrackedStream { inner: messages, end: Some(end), _ctx: ctx }.boxed()))
+        Ok(Response::new(TrackedStream { inner: messages, end: Some(end), _permit: permit }.boxed()))
     }
 
     #[instrument(name = "rpc", skip_all, fields(method = "Resolve", block, key, size, caller, code, duration_ms))]

@@ -5,6 +5,7 @@
 //! sharing state. The server runs in the test's process, which lets tests read its
 //! storage and cache counters directly: those counts are the server's own, not a mock's.
 
+pub mod pki;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,12 @@ impl TestServer {
     /// The server's domain, for its storage and cache counters.
     pub fn store(&self) -> Arc<ResultStore> {
         self.handle.as_ref().expect("server running").store()
+    }
+
+    /// Takes the running server out, to shut it down by hand; [`TestServer::restart`]
+    /// starts a new one.
+    pub fn take_handle(&mut self) -> ServerHandle {
+        self.handle.take().expect("server running")
     }
 
     /// The running server.
