@@ -432,13 +432,15 @@ async fn serve(path: Option<PathBuf>, listen: Option<String>, metrics_listen: Op
     for block in handle.store().blocks().iter() {
         tracing::info!(block = %block.slug, url = %block.url, format = block.format.as_str(), "block ready");
     }
+    // Installed before the address is printed: whoever reads it may send SIGHUP at once,
+    // and SIGHUP's default action ends the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Lines on stdout, so scripts and tests know the addresses (also with port 0).
     println!("resultstore listening on {}", handle.local_addr);
     if let Some(m) = handle.metrics_addr {
         println!("resultstore metrics on http://{m}/metrics");
     }
     std::io::stdout().flush()?;
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             ended = handle.wait() => {
