@@ -285,7 +285,7 @@ async fn thirty_seconds_of_load_across_sigterm_restarts_lose_no_acknowledged_put
     assert!(restarts >= 3, "{restarts} restarts");
 
     let client = Client::connect(service.url.clone()).await.unwrap();
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.wrong_values.is_empty(), "clients saw wrong values: {:?}", ledger.wrong_values);
     assert!(
         ledger.acknowledged.len() > 1000 && ledger.resolves > 1000,
