@@ -44,6 +44,11 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
     )
     .unwrap();
     std::fs::write(s.path("results/truncated"), r#"{"metadata":{"storage_key":"truncated","expir"#).unwrap();
+    // Garbage bytes where a pickle result is expected (a bare payload that is not base64).
+    std::fs::write(s.path("results/garbage"), [0u8, 159, 146, 150, 255, 1, 2]).unwrap();
+    // A record whose result is not the base64 its serializer says.
+    std::fs::write(s.path("results/mislabelled"), r#"{"metadata":{"serializer":{"type":"pickle"}},"result":"%%%"}"#)
+        .unwrap();
 
     let long_key = "k".repeat(1025);
     let deep = "[".repeat(300) + &"]".repeat(300);
@@ -218,6 +223,31 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
             Code::AlreadyExists,
         ),
         (
+            "empty json payload",
+            put_req(|r| r.payload = Some(pb::put_request::Payload::Json(String::new()))),
+            Code::InvalidArgument,
+        ),
+        (
+            "empty data for the json serializer",
+            put_req(|r| {
+                r.payload = Some(pb::put_request::Payload::Data(Vec::new().into()));
+                r.task = settings(|s| s.result_serializer = ser("json", ""))
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "object record with a hostile pickle that is not base64",
+            put_req(|r| {
+                r.payload = Some(pb::put_request::Payload::Object(
+                    br#"{"metadata":{"serializer":{"type":"pickle"}},"result":"cos
+system"}"#
+                        .to_vec()
+                        .into(),
+                ))
+            }),
+            Code::InvalidArgument,
+        ),
+        (
             "negative timestamp nanos",
             put_req(|r| r.expiration = Some(prost_types::Timestamp { seconds: 1, nanos: -1 })),
             Code::InvalidArgument,
@@ -243,7 +273,36 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
             ..Default::default()
         }))
     };
+    let outside = |block: &str, key: &str| {
+        Some(pb::resolve_request::Target::Reference(pb::Reference {
+            block: block.into(),
+            key: key.into(),
+            ..Default::default()
+        }))
+    };
     let reads: Vec<(&str, pb::ResolveRequest, Code)> = vec![
+        (
+            "reference that climbs out of its block",
+            resolve(outside("local-file-system/default", "../other/x"), pb::Want::Raw),
+            Code::InvalidArgument,
+        ),
+        (
+            "reference with an absolute key",
+            resolve(outside("local-file-system/other", "/tmp/x"), pb::Want::Raw),
+            Code::InvalidArgument,
+        ),
+        (
+            "reference to an unknown block",
+            resolve(outside("s3-bucket/elsewhere", "kept/0"), pb::Want::Raw),
+            Code::NotFound,
+        ),
+        (
+            "reference into a reserved prefix",
+            resolve(outside("memory/split", ".resultstore-metadata/x"), pb::Want::Raw),
+            Code::InvalidArgument,
+        ),
+        ("garbage bytes read as pickle", resolve(loc("", "garbage"), pb::Want::Json), Code::DataLoss),
+        ("record whose result is not base64", resolve(loc("", "mislabelled"), pb::Want::Raw), Code::DataLoss),
         ("no target", resolve(None, pb::Want::Raw), Code::InvalidArgument),
         ("missing key", resolve(loc("", "no/such/key"), pb::Want::Raw), Code::NotFound),
         ("unknown block", resolve(loc("memory/nope", "k"), pb::Want::Raw), Code::NotFound),
@@ -301,7 +360,7 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
             s.client.resolve(r, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
         assert_eq!(v.json.as_deref(), Some(json.as_str()));
     }
-    assert_eq!(s.client.list_all("", "").await.unwrap().len(), 5);
+    assert_eq!(s.client.list_all("", "").await.unwrap().len(), 7);
     let _ = Target::Location { block: String::new(), key: String::new() };
 }
 

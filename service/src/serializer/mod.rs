@@ -305,6 +305,11 @@ pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
             if let Err(e) = std::str::from_utf8(data) {
                 return bad(format!("JSON text must be UTF-8 ({e})"));
             }
+            // Whether the text is JSON is left to readers (a full parse per Put costs as
+            // much as the write); empty text, which no JSON reader accepts, is refused.
+            if data.trim_ascii().is_empty() {
+                return bad("it is empty; JSON text holds at least one value".into());
+            }
         }
         SerializerKind::Pickle | SerializerKind::Compressed { .. } => {
             if let Err(e) = b64_decode(data) {
