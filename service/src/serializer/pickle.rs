@@ -288,7 +288,13 @@ impl Reader<'_> {
             a[..b.len()].copy_from_slice(b);
             PlainValue::Int(i64::from_le_bytes(a))
         } else {
-            PlainValue::BigInt(le_twos_complement_to_decimal(b))
+            // A long written with more bytes than it needs is still one Python int: keep
+            // values that fit 64 bits as `Int`, so equal ints are equal values.
+            let decimal = le_twos_complement_to_decimal(b);
+            match decimal.parse::<i64>() {
+                Ok(i) => PlainValue::Int(i),
+                Err(_) => PlainValue::BigInt(decimal),
+            }
         };
         self.push(Node::Leaf(v));
         Ok(())
@@ -745,5 +751,17 @@ mod tests {
             (PlainValue::Str("t".into()), PlainValue::Tuple(vec![PlainValue::Int(1)])),
         ]);
         assert_eq!(read(&write(&v).unwrap(), 10_000).unwrap(), v);
+    }
+
+    /// Found by `scripts/fuzz pickle_to_json`: a LONG4 of ten bytes holding a small int
+    /// read as a big int, so it wrote back as a different value kind.
+    #[test]
+    fn a_long_padded_beyond_eight_bytes_reads_as_an_int() {
+        let crash =
+            include_bytes!("../../../fuzz/regressions/pickle_to_json/crash-9dd7eae1dc6aa4ca0376fbd5d227879b1f2a2710");
+        let v = read(crash, 100).unwrap();
+        assert_eq!(format!("{v:?}"), "Tuple([Int(1376256), Bool(false), Bool(false)])");
+        let again = read(&write(&v).unwrap(), 100).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{v:?}"));
     }
 }
