@@ -42,12 +42,62 @@ SerializerSpec = Union[str, dict, Serializer, Any]
 
 
 def _target(url: str) -> str:
-    for scheme in ("http://", "grpc://"):
+    for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):
             return url[len(scheme) :].rstrip("/")
     if "://" in url:
-        raise ValueError(f"resultstore: unsupported URL {url!r}; use host:port or http://host:port")
+        raise ValueError(f"resultstore: unsupported URL {url!r}; use host:port, http://host:port or https://host:port")
     return url
+
+
+def _pem(value: Union[None, str, bytes, os.PathLike]) -> Optional[bytes]:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    text = os.fspath(value)
+    if text.lstrip().startswith("-----BEGIN"):
+        return text.encode()
+    with open(text, "rb") as f:
+        return f.read()
+
+
+class _Token(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer TOKEN` to every call (plaintext or TLS alike)."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token.strip()}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or []) + [self._header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
 
 
 def _timestamp(t: Optional[Union[_dt.datetime, _dt.timedelta]]) -> Optional[Timestamp]:
@@ -248,18 +298,39 @@ class ResultStoreClient:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         timeout: Optional[float] = 60.0,
+        token: Optional[str] = None,
+        tls_ca: Union[None, str, bytes, os.PathLike] = None,
+        tls_cert: Union[None, str, bytes, os.PathLike] = None,
+        tls_key: Union[None, str, bytes, os.PathLike] = None,
+        tls_server_name: Optional[str] = None,
     ):
+        """`token`: bearer token for servers with `[auth]`. TLS is on for `https://` URLs or
+        when `tls_ca` is given: `tls_ca` is the CA that signed the server's certificate
+        (PEM text, bytes or a path; the system roots when omitted), `tls_cert`/`tls_key`
+        the client certificate for mutual TLS, `tls_server_name` the name to check the
+        server's certificate against when it is not the URL's host."""
         self.url = url
         self.timeout = timeout
         self.max_message_size = max_message_size
-        self._channel = grpc.insecure_channel(
-            _target(url),
-            options=[
-                ("grpc.max_send_message_length", max_message_size),
-                ("grpc.max_receive_message_length", max_message_size),
-            ],
-        )
-        self._stub = pb_grpc.ResultStoreStub(self._channel)
+        options = [
+            ("grpc.max_send_message_length", max_message_size),
+            ("grpc.max_receive_message_length", max_message_size),
+        ]
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("resultstore: mutual TLS needs both tls_cert and tls_key")
+        if url.startswith("https://") or tls_ca is not None or tls_cert is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert)
+            )
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            channel = grpc.secure_channel(_target(url), credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(_target(url), options=options)
+        self._channel = channel
+        if token:
+            channel = grpc.intercept_channel(channel, _Token(token))
+        self._stub = pb_grpc.ResultStoreStub(channel)
 
     def close(self) -> None:
         self._channel.close()

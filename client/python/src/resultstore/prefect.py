@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import WritableFileSystem
@@ -55,13 +55,30 @@ class ResultStoreStorage(WritableFileSystem):
         description="The server's storage block results go to (e.g. s3-bucket/prod); empty: its default block.",
     )
     timeout: float = Field(default=60.0, description="Seconds one call may take.")
+    token: Optional[SecretStr] = Field(
+        default=None, description="Bearer token, for servers that require one ([auth] in their config)."
+    )
+    tls_ca: Optional[str] = Field(
+        default=None,
+        description="TLS: path to (or PEM text of) the CA that signed the server's certificate. "
+        "TLS is on with an https:// url or when this is set.",
+    )
+    tls_cert: Optional[str] = Field(default=None, description="Mutual TLS: path to the client certificate (PEM).")
+    tls_key: Optional[SecretStr] = Field(default=None, description="Mutual TLS: path to the client key (PEM).")
 
     _client: Optional[ResultStoreClient] = PrivateAttr(default=None)
 
     @property
     def client(self) -> ResultStoreClient:
         if self._client is None:
-            self._client = ResultStoreClient(self.url, timeout=self.timeout)
+            self._client = ResultStoreClient(
+                self.url,
+                timeout=self.timeout,
+                token=self.token.get_secret_value() if self.token else None,
+                tls_ca=self.tls_ca,
+                tls_cert=self.tls_cert,
+                tls_key=self.tls_key.get_secret_value() if self.tls_key else None,
+            )
         return self._client
 
     def _resolve_path(self, path: str) -> None:
