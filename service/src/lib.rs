@@ -5,9 +5,14 @@
 //! # Map
 //! A request's whole path, top to bottom:
 //! - [`server`]: binds, serves `resultstore.v1` with health and reflection, shuts down
-//!   gracefully.
-//! - [`grpc`]: one thin handler per RPC: convert the request, call [`store`], map the
-//!   error to a `Status` (the only place that knows tonic).
+//!   gracefully (NOT_SERVING, refuse, drain within the grace period); [`tls`]: the TLS
+//!   listener whose certificate a reload swaps; [`live`]: the config generation in force,
+//!   swapped whole on SIGHUP.
+//! - [`grpc`]: one thin handler per RPC: admit (draining? token? a free place among the
+//!   calls in flight?), convert the request, call [`store`], map the error to a `Status`
+//!   (the only place that knows tonic), record the call's end ([`metrics`], its span).
+//! - [`auth`]: bearer tokens scoped to blocks and operations; every store operation
+//!   checks its block with the caller's access before touching storage.
 //! - [`store`]: the operations (put, get/resolve, exists, delete, list), and objects:
 //!   Prefect's files stored and read back as they are, for the Prefect storage block
 //!   in `client/python`.
@@ -21,8 +26,9 @@
 //! - [`blocks`]: slug → object store, and the counting store wrapper.
 //! - [`keys`]: slug and key validation; [`config`]: the strict config file;
 //!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
-//!   [`telemetry`]: counters and logging; [`memory`]: the allocator setting that keeps
-//!   freed stream buffers from piling up.
+//!   [`telemetry`]: counters, histograms and logging; [`metrics`]: the Prometheus
+//!   endpoint; [`memory`]: the allocator setting that keeps freed stream buffers from
+//!   piling up.
 
 pub mod auth;
 pub mod blocks;
