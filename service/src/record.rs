@@ -286,4 +286,17 @@ mod tests {
         let bare = ResultRecord::decode(Bytes::from_static(br#"{"meta": 5}"#), &hint, "x").unwrap();
         assert_eq!(bare.format, RecordFormat::Bare);
     }
+
+    /// Found by `scripts/fuzz record_decode`: a record whose `result` is a JSON number read
+    /// back one ULP off after a re-encode (serde_json's fast float parsing); the
+    /// `float_roundtrip` feature makes parsing exact.
+    #[test]
+    fn a_numeric_result_survives_a_re_encode() {
+        let input =
+            include_bytes!("../../fuzz/regressions/record_decode/crash-27c4cf74dab03a0f60bccfe14d46b55aacbf07f6");
+        let hint = SerializerConfig::opaque();
+        let record = ResultRecord::decode(Bytes::from_static(input), &hint, "k").unwrap();
+        let again = ResultRecord::decode(Bytes::from(record.encode_prefect3().unwrap()), &hint, "k").unwrap();
+        assert_eq!(again.data, record.data);
+    }
 }
