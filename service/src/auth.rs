@@ -235,11 +235,6 @@ impl AccessPolicy {
         Ok(AccessPolicy { tokens: Some(tokens), anonymous })
     }
 
-    /// Whether calls must present a token (some `[auth]` table is configured).
-    pub fn is_enforced(&self) -> bool {
-        self.tokens.is_some()
-    }
-
     /// The access of a call that carried `authorization` (the header's value, if any).
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Access> {
         let Some(tokens) = &self.tokens else {

@@ -101,9 +101,6 @@ impl CallEnd {
         let took = self.started.elapsed();
         self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.finished(self.method, code, took);
-        if code == Code::ResourceExhausted && message.is_some_and(|m| m.starts_with("overloaded")) {
-            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
-        }
         let code_name = resultstore_client::code_name(code);
         let ms = took.as_secs_f64() * 1e3;
         self.span.record("code", code_name).record("duration_ms", ms);
@@ -142,8 +139,12 @@ impl ResultStoreService {
         let access =
             generation.access.authenticate(metadata.get("authorization").map(|v| v.as_bytes())).map_err(status_of)?;
         Span::current().record("caller", access.name());
-        let permit = generation.admit().map_err(status_of)?;
-        Ok((Ctx { store: generation.store.clone(), access, request_timeout: generation.request_timeout }, permit))
+        let permit = generation.admit().map_err(|e| {
+            self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            status_of(e)
+        })?;
+        let request_timeout = generation.config.limits.request_timeout.0;
+        Ok((Ctx { store: generation.store.clone(), access, request_timeout }, permit))
     }
 
     /// Runs a call whose reply is one message: admit, run `body` (within
@@ -178,22 +179,17 @@ impl ResultStoreService {
 
     /// Refuses a unary reply too large for one message, naming the RPC that streams it.
     fn check_reply_size(&self, len: usize, instead: &str) -> Result<(), Status> {
-        check_reply_size(self.max_message, len, instead)
+        // Room for the reference and framing around the value.
+        let limit = self.max_message.saturating_sub(16 * 1024);
+        if len > limit {
+            return Err(status_of(Error::TooLarge {
+                what: format!("the reply (above the unary message limit, limits.max_message_size; {instead})"),
+                size: len as u64,
+                limit: limit as u64,
+            }));
+        }
+        Ok(())
     }
-}
-
-/// See [`ResultStoreService::check_reply_size`].
-fn check_reply_size(max_message: usize, len: usize, instead: &str) -> Result<(), Status> {
-    // Room for the reference and framing around the value.
-    let limit = max_message.saturating_sub(16 * 1024);
-    if len > limit {
-        return Err(status_of(Error::TooLarge {
-            what: format!("the reply (above the unary message limit, limits.max_message_size; {instead})"),
-            size: len as u64,
-            limit: limit as u64,
-        }));
-    }
-    Ok(())
 }
 
 /// Fails a stream that stays silent longer than `limit` (`limits.request_timeout`).

@@ -14,7 +14,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -30,9 +29,8 @@ pub struct Generation {
     pub access: AccessPolicy,
     /// Calls in flight, at most `limits.max_concurrent_requests`.
     admission: Arc<Semaphore>,
-    pub request_timeout: Duration,
+    /// The rustls config built from `config.tls`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub tls_handshake_timeout: Duration,
 }
 
 impl Generation {
@@ -46,8 +44,6 @@ impl Generation {
         Ok(Generation {
             access: AccessPolicy::from_config(config.auth.as_ref())?,
             admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
-            request_timeout: config.limits.request_timeout.0,
-            tls_handshake_timeout: config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout.0),
             tls,
             store: Arc::new(store),
             config,
@@ -80,11 +76,6 @@ impl Live {
     pub fn current(&self) -> Arc<Generation> {
         // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The TLS config for a connection arriving now.
-    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.current().tls.clone()
     }
 
     /// Builds a generation from `config` and puts it in force, or refuses it and keeps the

@@ -114,11 +114,6 @@ impl Metrics {
         self.latency[method as usize].observe(took);
     }
 
-    /// Finished calls of `method` that ended with `code`.
-    pub fn calls(&self, method: Method, code: tonic::Code) -> u64 {
-        self.calls[method as usize][(code as usize).min(CODES.len() - 1)].load(Ordering::Relaxed)
-    }
-
     /// The whole exposition, read from `self` and the generation in force.
     pub fn render(&self, live: &Live) -> String {
         let mut out = String::with_capacity(16 * 1024);

@@ -101,7 +101,7 @@ pub async fn start(
     let live = Arc::new(Live::new(config.clone())?);
     let metrics = Arc::new(Metrics::default());
     let local_addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-    warn_if_exposed(local_addr, config, &live);
+    warn_if_exposed(local_addr, config);
     let max_message = usize::try_from(config.limits.max_message_size.0).unwrap_or(usize::MAX);
 
     let (metrics_addr, metrics_task) = match &config.metrics.listen {
@@ -196,11 +196,11 @@ pub async fn start(
 
 /// Says so at start when anyone who can reach the address could read or write results,
 /// or could read the tokens off the wire.
-fn warn_if_exposed(addr: SocketAddr, config: &Config, live: &Live) {
+fn warn_if_exposed(addr: SocketAddr, config: &Config) {
     if addr.ip().is_loopback() || config.tls.is_some() {
         return;
     }
-    if live.current().access.is_enforced() {
+    if config.auth.is_some() {
         tracing::warn!(%addr, "listening on a non-loopback address without TLS: tokens and results cross the network in plaintext; add a [tls] table");
     } else {
         tracing::warn!(%addr, "listening on a non-loopback address without TLS and without [auth]: anyone who can reach it can read, write and delete every result");

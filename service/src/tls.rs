@@ -3,7 +3,7 @@
 //!
 //! tonic's own TLS option fixes the certificate at start, so the listener does the
 //! handshakes itself: each accepted TCP connection gets the rustls config in force
-//! *at that moment* ([`crate::live::Live::tls`]), so after a SIGHUP new connections
+//! *at that moment* ([`crate::live::Live::current`]), so after a SIGHUP new connections
 //! present the new certificate while open ones keep theirs. Handshakes run in their own
 //! tasks with a timeout, so a slow or silent client never holds up the accept loop.
 
@@ -100,10 +100,12 @@ pub fn incoming(listener: TcpListener, live: Arc<Live>) -> ReceiverStream<io::Re
                 _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let Some(config) = live.tls() else {
+            // The generation in force now: its certificate and its handshake timeout.
+            let generation = live.current();
+            let (Some(config), Some(settings)) = (generation.tls.clone(), generation.config.tls.as_ref()) else {
                 return;
             };
-            let timeout = live.current().tls_handshake_timeout;
+            let timeout = settings.handshake_timeout.0;
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use resultstore::auth::token_hash;
 use resultstore_client::proto as pb;
 use resultstore_client::{Client, ConnectOptions, Put, ReadOptions, Stored, Target, TlsOptions, Want};
@@ -300,14 +300,17 @@ async fn a_reload_changes_tokens_and_keeps_blocks_and_memory() {
     assert_eq!(reader.resolve(&r, Want::Json, ReadOptions::default()).await.unwrap().json.as_deref(), Some("[7]"));
 }
 
+type Upload = futures::channel::mpsc::Sender<pb::PutStreamRequest>;
+
+fn chunk(bytes: &'static [u8]) -> pb::PutStreamRequest {
+    pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(Bytes::from_static(bytes))) }
+}
+
 /// Opens a PutStream with its header and one chunk and keeps it open: a call in flight.
 async fn open_put_stream(
     c: &Client,
-) -> (
-    tokio::sync::mpsc::Sender<pb::PutStreamRequest>,
-    tokio::task::JoinHandle<Result<tonic::Response<pb::PutResponse>, tonic::Status>>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+) -> (Upload, tokio::task::JoinHandle<Result<tonic::Response<pb::PutResponse>, tonic::Status>>) {
+    let (mut tx, rx) = futures::channel::mpsc::channel(4);
     let header = pb::PutStreamRequest {
         part: Some(pb::put_stream_request::Part::Header(pb::PutStreamHeader {
             payload: pb::StreamPayload::Data as i32,
@@ -321,16 +324,10 @@ async fn open_put_stream(
         })),
     };
     tx.send(header).await.unwrap();
-    tx.send(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(Bytes::from_static(b"[1, "))) })
-        .await
-        .unwrap();
+    tx.send(chunk(b"[1, ")).await.unwrap();
     let mut raw = c.raw();
-    let call = tokio::spawn(async move { raw.put_stream(tokio_stream_of(rx)).await });
+    let call = tokio::spawn(async move { raw.put_stream(rx).await });
     (tx, call)
-}
-
-fn tokio_stream_of<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Reads `resultstore_rpc_in_flight` until it is `n`: the server has admitted the calls.
@@ -348,14 +345,12 @@ async fn wait_in_flight(s: &TestServer, n: u64) {
 #[tokio::test]
 async fn calls_beyond_the_limit_are_shed_not_queued() {
     let s = TestServer::start_with(|d| format!("{}\n[limits]\nmax_concurrent_requests = 1\n", base_config(d))).await;
-    let (tx, call) = open_put_stream(&s.client).await;
+    let (mut tx, call) = open_put_stream(&s.client).await;
     wait_in_flight(&s, 1).await;
     let e = s.client.list_blocks().await.unwrap_err();
     assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
     assert!(e.to_string().contains("limits.max_concurrent_requests"), "{e}");
-    tx.send(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(Bytes::from_static(b"2]"))) })
-        .await
-        .unwrap();
+    tx.send(chunk(b"2]")).await.unwrap();
     drop(tx);
     call.await.unwrap().expect("the admitted stream completes");
     // Its place is free again.
@@ -444,7 +439,7 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_finishes_those_
         .into_inner();
     assert_eq!(watch.next().await.unwrap().unwrap().status, SERVING);
 
-    let (tx, call) = open_put_stream(&s.client).await;
+    let (mut tx, call) = open_put_stream(&s.client).await;
     wait_in_flight(&s, 1).await;
     let handle = s.take_handle();
     let stopping = tokio::spawn(handle.shutdown());
@@ -455,9 +450,7 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_finishes_those_
     s.client.list_blocks().await.expect_err("no new call on the draining connection");
     assert_eq!(health(&s.url, "").await.unwrap_err().code(), Code::Unavailable);
     // The call in flight finishes, and then the server ends.
-    tx.send(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(Bytes::from_static(b"2]"))) })
-        .await
-        .unwrap();
+    tx.send(chunk(b"2]")).await.unwrap();
     drop(tx);
     call.await.unwrap().expect("the call in flight completes during the drain");
     stopping.await.unwrap().expect("clean shutdown");
