@@ -12,10 +12,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Given several servers (`http://a:50051,http://b:50051`, or `dns://name:port` for every
+//! address a headless Service's name resolves to), a [`Client`] sends each key to one of
+//! them by rendezvous hashing and fails over to the next when one is unavailable: see
+//! [`routing`].
+//!
 //! References and literals serialize to one JSON object (`{"type": "reference", ...}` or
 //! `{"type": "literal", "value": true}`, the vocabulary of Prefect's result documents),
 //! which is what the CLI prints and reads back.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -32,7 +39,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use resultstore_proto::v1 as proto;
 
+pub mod routing;
 mod stream;
+pub use routing::{DEFAULT_DNS_REFRESH, DEFAULT_REPLICA_BACKOFF, Endpoints};
+use routing::{Route, Router};
 pub use stream::{GetStream, STREAM_CHUNK};
 
 /// A client error: a gRPC status from the server, a transport failure, or a malformed
@@ -50,6 +60,10 @@ pub enum ClientError {
     Stream(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Which servers to use could not be worked out (a malformed list, a name that does
+    /// not resolve).
+    #[error("cannot find the servers: {0}")]
+    Discovery(String),
 }
 
 // Not `#[from]`: that would also make the status the error's `source`, and error
@@ -100,10 +114,11 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// connection's token.
 pub type RawClient = ResultStoreClient<InterceptedService<Channel, Credentials>>;
 
-/// A connection to one server. Cheap to clone; clones share the HTTP/2 connection.
+/// A connection to one server, or to a set of replicas that it routes keys across
+/// ([`routing`]). Cheap to clone; clones share the HTTP/2 connections.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: RawClient,
+    router: Arc<Router>,
 }
 
 /// How to reach a server: message limit, TLS, token.
@@ -115,11 +130,21 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     /// TLS, for `https://` URLs.
     pub tls: Option<TlsOptions>,
+    /// For `dns://` endpoints: how often the name is looked up again.
+    pub dns_refresh: Duration,
+    /// For several replicas: how long one that failed is tried only after the others.
+    pub replica_backoff: Duration,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { max_message_size: DEFAULT_MAX_MESSAGE_SIZE, token: None, tls: None }
+        ConnectOptions {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            token: None,
+            tls: None,
+            dns_refresh: DEFAULT_DNS_REFRESH,
+            replica_backoff: DEFAULT_REPLICA_BACKOFF,
+        }
     }
 }
 
@@ -169,7 +194,7 @@ impl Interceptor for Credentials {
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 impl Client {
-    /// Connects to `url` (`http://host:port`).
+    /// Connects to `url`: `http://host:port`, or several replicas ([`Endpoints::parse`]).
     pub async fn connect(url: impl Into<String>) -> Result<Self> {
         Self::connect_with_limit(url, DEFAULT_MAX_MESSAGE_SIZE).await
     }
@@ -179,59 +204,87 @@ impl Client {
         Self::connect_with(url, ConnectOptions { max_message_size, ..Default::default() }).await
     }
 
-    /// Connects with TLS, a token, or another message limit.
+    /// Connects with TLS, a token, another message limit, or routing settings. `url` is
+    /// one server or several ([`Endpoints::parse`]).
     pub async fn connect_with(url: impl Into<String>, options: ConnectOptions) -> Result<Self> {
-        // Flow-control windows large enough for streams of megabyte chunks (see the server's).
-        let mut endpoint = Endpoint::from_shared(url.into())?
-            .connect_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20));
-        if let Some(tls) = &options.tls {
-            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-            if let Some((cert, key)) = &tls.identity {
-                config = config.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(domain) = &tls.domain {
-                config = config.domain_name(domain.clone());
-            }
-            endpoint = endpoint.tls_config(config)?;
-        }
-        let authorization = options
-            .token
-            .as_deref()
-            .map(|t| {
-                format!("Bearer {}", t.trim())
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| ClientError::Document("the token holds characters a header cannot carry".into()))
-            })
-            .transpose()?;
-        let channel = endpoint.connect().await?;
-        Ok(Client {
-            inner: ResultStoreClient::with_interceptor(channel, Credentials { authorization })
-                .max_decoding_message_size(options.max_message_size)
-                .max_encoding_message_size(options.max_message_size),
-        })
+        Self::connect_to(Endpoints::parse(&url.into())?, options).await
     }
 
-    /// The generated client, for what this API does not cover.
+    /// Connects to the replicas `endpoints` names.
+    pub async fn connect_to(endpoints: Endpoints, options: ConnectOptions) -> Result<Self> {
+        Ok(Client { router: Router::connect(endpoints, options).await? })
+    }
+
+    /// The generated client of the first replica, for what this API does not cover (with
+    /// one server: that server).
     pub fn raw(&self) -> RawClient {
-        self.inner.clone()
+        self.router.first().client.clone()
+    }
+
+    /// The replicas' ids (`host:port`), as the client knows them now.
+    pub fn replicas(&self) -> Vec<String> {
+        self.router.replica_ids()
+    }
+
+    /// The replica a call for `key` would go to now (its owner, unless set aside).
+    pub fn replica_for(&self, key: &str) -> String {
+        self.router.order(Route::Key(key))[0].id.clone()
+    }
+
+    /// Runs a unary call on the replicas `route` orders, going on to the next while one
+    /// answers UNAVAILABLE.
+    async fn routed<T, F, Fut>(&self, route: Route<'_>, mut call: F) -> Result<T>
+    where
+        F: FnMut(RawClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = None;
+        for replica in self.router.order(route) {
+            match call(replica.client.clone()).await {
+                Ok(reply) => {
+                    self.router.outcome(&replica, None);
+                    return Ok(reply.into_inner());
+                }
+                Err(status) => {
+                    if !self.router.outcome(&replica, Some(&status)) {
+                        return Err(status.into());
+                    }
+                    last = Some(status);
+                }
+            }
+        }
+        Err(last.map_or_else(|| ClientError::Discovery("no replica to call".into()), ClientError::from))
     }
 
     /// Stores one result.
     pub async fn put(&self, put: Put) -> Result<Stored> {
-        let reply = self.raw().put(put.request).await?.into_inner();
+        let request = put.request;
+        let reply = self
+            .routed(put_route(&request.key, request.task.as_ref()), |mut c| {
+                let r = request.clone();
+                async move { c.put(r).await }
+            })
+            .await?;
         Stored::from_reply(reply)
     }
 
     /// Reads a stored record (serializer bytes and metadata).
     pub async fn get(&self, target: impl Into<Target>, opts: ReadOptions) -> Result<pb::GetResponse> {
-        Ok(self.raw().get(get_request(target.into(), opts)).await?.into_inner())
+        let target = target.into();
+        let key = target.route_key();
+        let request = get_request(target, opts);
+        self.routed(Route::Key(&key), |mut c| {
+            let r = request.clone();
+            async move { c.get(r).await }
+        })
+        .await
     }
 
     /// Resolves a target to its value.
     pub async fn resolve(&self, target: impl Into<Target>, want: Want, opts: ReadOptions) -> Result<Resolved> {
-        let target = match target.into() {
+        let target = target.into();
+        let key = target.route_key();
+        let target = match target {
             Target::Reference(r) => pb::resolve_request::Target::Reference(*r.0),
             Target::Location { block, key } => pb::resolve_request::Target::Location(pb::Location { block, key }),
             Target::Prefect { block, document } => {
@@ -248,7 +301,12 @@ impl Client {
             serializer_hint: opts.serializer_hint,
             bypass_cache: opts.bypass_cache,
         };
-        let reply = self.raw().resolve(req).await?.into_inner();
+        let reply = self
+            .routed(Route::Key(&key), |mut c| {
+                let r = req.clone();
+                async move { c.resolve(r).await }
+            })
+            .await?;
         let mut out = Resolved {
             reference: reply.reference.map(|r| Reference(Box::new(r))),
             data: None,
@@ -268,12 +326,22 @@ impl Client {
 
     pub async fn exists(&self, block: &str, key: &str) -> Result<bool> {
         let req = pb::ExistsRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
-        Ok(self.raw().exists(req).await?.into_inner().exists)
+        Ok(self
+            .routed(Route::Key(key), |mut c| {
+                let r = req.clone();
+                async move { c.exists(r).await }
+            })
+            .await?
+            .exists)
     }
 
     pub async fn delete(&self, block: &str, key: &str) -> Result<()> {
         let req = pb::DeleteRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
-        self.raw().delete(req).await?;
+        self.routed(Route::Key(key), |mut c| {
+            let r = req.clone();
+            async move { c.delete(r).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -281,7 +349,11 @@ impl Client {
     pub async fn list(&self, block: &str, prefix: &str, page_size: u32, page_token: &str) -> Result<pb::ListResponse> {
         let req =
             pb::ListRequest { block: block.into(), prefix: prefix.into(), page_size, page_token: page_token.into() };
-        Ok(self.raw().list(req).await?.into_inner())
+        self.routed(Route::Key(prefix), |mut c| {
+            let r = req.clone();
+            async move { c.list(r).await }
+        })
+        .await
     }
 
     /// Every key under `prefix`, following pages.
@@ -299,7 +371,10 @@ impl Client {
     }
 
     pub async fn list_blocks(&self) -> Result<Vec<pb::BlockInfo>> {
-        Ok(self.raw().list_blocks(pb::ListBlocksRequest {}).await?.into_inner().blocks)
+        Ok(self
+            .routed(Route::Key(""), |mut c| async move { c.list_blocks(pb::ListBlocksRequest {}).await })
+            .await?
+            .blocks)
     }
 }
 
@@ -317,6 +392,66 @@ pub enum Target {
         block: String,
         document: String,
     },
+}
+
+impl Target {
+    /// The key a call for this target is routed by ([`routing`]): the storage key, or for
+    /// a Prefect document its `storage_key` (the document itself when it names none).
+    fn route_key(&self) -> String {
+        match self {
+            Target::Reference(r) => r.key().to_owned(),
+            Target::Location { key, .. } => key.clone(),
+            Target::Prefect { document, .. } => serde_json::from_str::<Value>(document)
+                .ok()
+                .and_then(|d| d.get("storage_key").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| document.clone()),
+        }
+    }
+}
+
+/// A Put's route: its key, else its cache key (the server's key then), else any replica.
+pub(crate) fn put_route<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>) -> Route<'a> {
+    match task.map(|t| t.cache_key.as_str()) {
+        _ if !key.is_empty() => Route::Key(key),
+        Some(cache_key) if !cache_key.is_empty() => Route::Key(cache_key),
+        _ => Route::Any,
+    }
+}
+
+/// An endpoint with the connection's settings.
+pub(crate) fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
+    // Flow-control windows large enough for streams of megabyte chunks (see the server's).
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    if let Some(tls) = &options.tls {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    Ok(endpoint)
+}
+
+/// The generated client on `channel`, with the token and message limits.
+pub(crate) fn raw_client(channel: Channel, options: &ConnectOptions) -> Result<RawClient> {
+    let authorization = options
+        .token
+        .as_deref()
+        .map(|t| {
+            format!("Bearer {}", t.trim())
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| ClientError::Document("the token holds characters a header cannot carry".into()))
+        })
+        .transpose()?;
+    Ok(ResultStoreClient::with_interceptor(channel, Credentials { authorization })
+        .max_decoding_message_size(options.max_message_size)
+        .max_encoding_message_size(options.max_message_size))
 }
 
 impl From<Reference> for Target {

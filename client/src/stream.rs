@@ -31,6 +31,9 @@ impl Client {
         S: Stream<Item = Bytes> + Send + 'static,
     {
         let Put { request, stream_size, stream_sha256 } = put;
+        // The first replica for the key, without failover: the chunks are consumed as
+        // they are sent, so they could not be sent again.
+        let replica = self.router.order(crate::put_route(&request.key, request.task.as_ref())).remove(0);
         let (payload, first) = match request.payload {
             Some(pb::put_request::Payload::Data(d)) => (pb::StreamPayload::Data, d),
             Some(pb::put_request::Payload::Object(o)) => (pb::StreamPayload::Object, o),
@@ -52,8 +55,9 @@ impl Client {
             chunk(first),
         ])
         .chain(chunks.map(chunk));
-        let reply = self.raw().put_stream(messages).await?.into_inner();
-        Stored::from_reply(reply)
+        let reply = replica.client.clone().put_stream(messages).await;
+        self.router.outcome(&replica, reply.as_ref().err());
+        Stored::from_reply(reply?.into_inner())
     }
 
     /// Streams a file into a result (its size goes in the header, so a file that changes
@@ -80,8 +84,21 @@ impl Client {
 
     /// Reads a stored record in chunks.
     pub async fn get_stream(&self, target: impl Into<Target>, opts: ReadOptions) -> Result<GetStream> {
-        let mut messages = self.raw().get_stream(crate::get_request(target.into(), opts)).await?.into_inner();
-        let header = match messages.message().await? {
+        let target = target.into();
+        let key = target.route_key();
+        let request = crate::get_request(target, opts);
+        // Fails over like a unary call until the first message arrived; not after.
+        let (first, messages) = self
+            .routed(crate::routing::Route::Key(&key), |mut c| {
+                let request = request.clone();
+                async move {
+                    let mut messages = c.get_stream(request).await?.into_inner();
+                    let first = messages.message().await?;
+                    Ok(tonic::Response::new((first, messages)))
+                }
+            })
+            .await?;
+        let header = match first {
             Some(pb::GetStreamResponse { part: Some(pb::get_stream_response::Part::Header(h)) }) => h,
             _ => return Err(ClientError::Stream("the stream did not start with a header".into())),
         };

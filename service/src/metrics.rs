@@ -246,6 +246,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, live: Arc<Live>
             let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
             let (status, body) = match line.split(|b| *b == b' ').collect::<Vec<_>>().as_slice() {
                 [b"GET", path, ..] if path.split(|b| *b == b'?').next() == Some(b"/metrics") => {
+                    // Settled first, so cache entries and bytes are what the cache holds now
+                    // rather than before its last evictions.
+                    live.current().store.cache().settle().await;
                     ("200 OK", metrics.render(&live))
                 }
                 [b"GET", b"/healthz", ..] if !live.is_draining() => ("200 OK", "ok\n".to_owned()),
