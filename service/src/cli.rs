@@ -19,7 +19,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct ServerArg {
-    /// The server to talk to (`https://` with TLS).
+    /// The server to talk to (`https://` with TLS); or replicas to route keys across:
+    /// several URLs separated by commas, or `dns://name:port` (`dns+https://name:port`)
+    /// for every address the name resolves to.
     #[arg(long, env = "RESULTSTORE_URL", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
     /// Bearer token for servers with `[auth]`.
@@ -43,7 +45,7 @@ impl ServerArg {
                 let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
                 Some(TlsOptions::from_files(ca, identity)?)
             }
-            None if self.server.starts_with("https://") => {
+            None if self.server.contains("https://") => {
                 bail!("an https:// server needs --tls-ca (the CA that signed its certificate)")
             }
             None => None,

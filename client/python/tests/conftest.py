@@ -33,11 +33,14 @@ def server_binary() -> Path:
 class Server:
     """A running `resultstore serve` with the given config, in its own directory."""
 
-    def __init__(self, root: Path, config: str | None):
-        """`config=None` runs the embedded default (as `resultstore serve` with no file)."""
+    def __init__(self, root: Path, config: str | None, listen: str = "127.0.0.1:0", metrics: bool = False):
+        """`config=None` runs the embedded default (as `resultstore serve` with no file).
+        `metrics`: also serve /metrics on a free port (`metrics_url`)."""
         self.root = root
         self.config_path = root / "resultstore.toml"
-        args = [str(server_binary()), "serve", "--listen", "127.0.0.1:0"]
+        args = [str(server_binary()), "serve", "--listen", listen]
+        if metrics:
+            args += ["--metrics-listen", "127.0.0.1:0"]
         if config is not None:
             self.config_path.write_text(config)
             args += ["--config", str(self.config_path)]
@@ -57,6 +60,13 @@ class Server:
             raise RuntimeError(f"resultstore did not start: {line!r}\n{log}")
         self.address = line.split()[-1]
         self.url = f"http://{self.address}"
+        self.metrics_url = None
+        if metrics:
+            line = self.proc.stdout.readline()
+            if not line.startswith("resultstore metrics on "):
+                self.proc.kill()
+                raise RuntimeError(f"resultstore printed no metrics address: {line!r}")
+            self.metrics_url = line.split()[-1]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -86,11 +96,11 @@ def start_server(tmp_path):
     """Starts servers with a config (text, or a function of the root dir); stops them after."""
     started = []
 
-    def start(config=None, root: Path | None = None) -> Server:
+    def start(config=None, root: Path | None = None, **kwargs) -> Server:
         root = root or tmp_path
         root.mkdir(parents=True, exist_ok=True)
         text = config(root) if callable(config) else (config or base_config(root))
-        server = Server(root, text)
+        server = Server(root, text, **kwargs)
         started.append(server)
         return server
 

@@ -102,4 +102,4 @@ def test_the_prefect_block_moves_objects_above_the_unary_limit(big_server, rng):
     # The plain unary read of it is what the limit refuses.
     request = pb.GetRequest(location=pb.Location(block="local-file-system/default", key="flow-result"), as_stored=True)
     with pytest.raises(ResourceExhausted):
-        storage._client._call("Get", request)
+        storage._client._call("Get", request, "flow-result")

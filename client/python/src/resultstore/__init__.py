@@ -1,7 +1,8 @@
 """resultstore: a Python client for the resultstore service.
 
-- `ResultStoreClient(url)`: `put(obj, serializer=..., storage=..., persist=..., key=...,
-  expiration=...)` returns a `ResultLiteral` or a `ResultReference`; `reference.get()`
+- `ResultStoreClient(url)`: one server, or replicas it routes keys across (a list of
+  URLs, or `dns://name:port`; see `resultstore.routing`). `put(obj, serializer=...,
+  storage=..., persist=..., key=..., expiration=...)` returns a `ResultLiteral` or a `ResultReference`; `reference.get()`
   fetches the value through the server's shared cache and deserializes it here.
 - `resultstore.serializers`: Prefect's serializers (json, pickle, compressed), giving the
   bytes Prefect gives, so what this client writes is what Prefect reads.

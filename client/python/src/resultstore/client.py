@@ -13,12 +13,13 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from resultstore.errors import IncompleteStream, ResourceExhausted, ResultStoreError, error_from_rpc
+from resultstore.routing import Router, parse_endpoints
 from resultstore.serializers import (
     CompressedSerializer,
     JSONSerializer,
@@ -39,6 +40,11 @@ _VALUE_OF_LITERAL = {code: value for value, code in _LITERAL_OF_VALUE.items()}
 _UNSET: Any = object()
 
 SerializerSpec = Union[str, dict, Serializer, Any]
+
+
+def _target_key(target: Union["ResultReference", tuple]) -> str:
+    """The key a reference or a `(block, key)` pair is routed by."""
+    return target.key if isinstance(target, ResultReference) else target[1]
 
 
 def _target(url: str) -> str:
@@ -286,7 +292,10 @@ class ResultReference:
 
 
 class ResultStoreClient:
-    """A connection to one resultstore server (`host:port` or `http://host:port`).
+    """A connection to one resultstore server (`host:port` or `http://host:port`), or to
+    replicas it routes keys across: several URLs (a list, or separated by commas), or
+    `dns://name:port` for every address a headless Service's name resolves to (see
+    `resultstore.routing`).
 
     Thread-safe; one per process is enough. Every failed call raises a
     `resultstore.errors.ResultStoreError` subclass named after its gRPC status.
@@ -294,7 +303,7 @@ class ResultStoreClient:
 
     def __init__(
         self,
-        url: str = "127.0.0.1:50051",
+        url: Union[str, Sequence[str]] = "127.0.0.1:50051",
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         timeout: Optional[float] = 60.0,
@@ -303,37 +312,64 @@ class ResultStoreClient:
         tls_cert: Union[None, str, bytes, os.PathLike] = None,
         tls_key: Union[None, str, bytes, os.PathLike] = None,
         tls_server_name: Optional[str] = None,
+        dns_refresh: float = 30.0,
+        replica_backoff: float = 5.0,
     ):
-        """`token`: bearer token for servers with `[auth]`. TLS is on for `https://` URLs or
-        when `tls_ca` is given: `tls_ca` is the CA that signed the server's certificate
-        (PEM text, bytes or a path; the system roots when omitted), `tls_cert`/`tls_key`
-        the client certificate for mutual TLS, `tls_server_name` the name to check the
-        server's certificate against when it is not the URL's host."""
+        """`token`: bearer token for servers with `[auth]`. TLS is on for `https://` URLs,
+        `dns+https://` names, or when `tls_ca` is given: `tls_ca` is the CA that signed
+        the server's certificate (PEM text, bytes or a path; the system roots when
+        omitted), `tls_cert`/`tls_key` the client certificate for mutual TLS,
+        `tls_server_name` the name to check the server's certificate against when it is
+        not the URL's host (for a `dns+https://` name: that name). With several replicas:
+        `dns_refresh` is how often a DNS name is looked up again, `replica_backoff` how
+        long a replica that failed is tried only after the others (seconds)."""
         self.url = url
         self.timeout = timeout
         self.max_message_size = max_message_size
+        endpoints = parse_endpoints(url)
         options = [
             ("grpc.max_send_message_length", max_message_size),
             ("grpc.max_receive_message_length", max_message_size),
         ]
+        if endpoints.dns or len(endpoints.urls) > 1:
+            # A replica that comes back is noticed within seconds, not gRPC's default minutes.
+            options.append(("grpc.max_reconnect_backoff_ms", 5000))
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("resultstore: mutual TLS needs both tls_cert and tls_key")
-        if url.startswith("https://") or tls_ca is not None or tls_cert is not None:
+        credentials = None
+        if endpoints.tls or any(u.startswith("https://") for u in endpoints.urls) or tls_ca or tls_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert)
             )
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            channel = grpc.secure_channel(_target(url), credentials, options=options)
-        else:
-            channel = grpc.insecure_channel(_target(url), options=options)
-        self._channel = channel
-        if token:
-            channel = grpc.intercept_channel(channel, _Token(token))
-        self._stub = pb_grpc.ResultStoreStub(channel)
+
+        def connect(replica_url: str, server_name: Optional[str]) -> tuple:
+            name = tls_server_name or server_name
+            if credentials is not None:
+                extra = [("grpc.ssl_target_name_override", name)] if name else []
+                channel = grpc.secure_channel(_target(replica_url), credentials, options=options + extra)
+            else:
+                channel = grpc.insecure_channel(_target(replica_url), options=options)
+            intercepted = grpc.intercept_channel(channel, _Token(token)) if token else channel
+            return channel, pb_grpc.ResultStoreStub(intercepted)
+
+        self._router = Router(endpoints, connect, dns_refresh=dns_refresh, replica_backoff=replica_backoff)
+
+    @property
+    def replicas(self) -> list:
+        """The replicas' ids (`host:port`), as the client knows them now."""
+        return [r.id for r in self._router.replicas]
+
+    def replica_for(self, key: str) -> str:
+        """The replica a call for `key` would go to now (its owner, unless set aside)."""
+        return self._router.order(key)[0].id
+
+    @property
+    def _stub(self) -> Any:
+        """The first replica's stub (with one server: that server's)."""
+        return self._router.replicas[0].stub
 
     def close(self) -> None:
-        self._channel.close()
+        self._router.close()
 
     def __enter__(self) -> "ResultStoreClient":
         return self
@@ -341,11 +377,24 @@ class ResultStoreClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+    def _call(self, method: str, request: Any, key: Optional[str]) -> Any:
+        """One unary call, routed by `key` (None: any replica), failing over while
+        replicas answer UNAVAILABLE."""
+        return self._routed(key, lambda stub: getattr(stub, method)(request, timeout=self.timeout))
+
+    def _routed(self, key: Optional[str], call: Any) -> Any:
+        last = None
+        for replica in self._router.order(key):
+            try:
+                result = call(replica.stub)
+            except grpc.RpcError as e:
+                if not self._router.failed_over(replica, e):
+                    raise error_from_rpc(e) from None
+                last = e
+                continue
+            self._router.failed_over(replica, None)
+            return result
+        raise error_from_rpc(last) from None
 
     # Writing.
     def put(
@@ -396,7 +445,7 @@ class ResultStoreClient:
             request.literal = _LITERAL_OF_VALUE[obj]
         else:
             request.data = ser.dumps(obj)
-        return self._stored(self._call("Put", request))
+        return self._stored(self._call("Put", request, key or cache_key or None))
 
     @staticmethod
     def _flow_settings(flow: dict) -> pb.ResultSettings:
@@ -423,7 +472,7 @@ class ResultStoreClient:
             chunks = (content[i : i + STREAM_CHUNK] for i in range(0, len(content), STREAM_CHUNK))
             return self.put_stream(chunks, storage=storage, key=key, object=True, size=len(content))
         request = pb.PutRequest(object=content, key=key, task=pb.ResultSettings(result_storage=storage))
-        return ResultReference(self._call("Put", request).reference, self)
+        return ResultReference(self._call("Put", request, key).reference, self)
 
     def _unary_payload_limit(self) -> int:
         # Room for the settings and framing around the payload.
@@ -472,10 +521,15 @@ class ResultStoreClient:
                 for i in range(0, len(chunk), STREAM_CHUNK):
                     yield pb.PutStreamRequest(chunk=bytes(chunk[i : i + STREAM_CHUNK]))
 
+        # The first replica for the key, without failover: the chunks are consumed as they
+        # are sent, so they could not be sent again.
+        replica = self._router.order(key or None)[0]
         try:
-            reply = self._stub.PutStream(messages(), timeout=None)
+            reply = replica.stub.PutStream(messages(), timeout=None)
         except grpc.RpcError as e:
+            self._router.failed_over(replica, e)
             raise error_from_rpc(e) from None
+        self._router.failed_over(replica, None)
         return self._stored(reply)
 
     def put_file(self, path: Union[str, os.PathLike], serializer: Optional[SerializerSpec] = None, **kwargs: Any) -> ResultReference:
@@ -506,7 +560,13 @@ class ResultStoreClient:
         server's trailer, so only a loop that ends without an exception read them whole."""
         request = pb.GetRequest(allow_expired=allow_expired, bypass_cache=bypass_cache, as_stored=as_stored)
         _set_target(request, target)
-        return ResultStream(self._stub.GetStream(request, timeout=None), self)
+        # Fails over like a unary call until the first message arrived; not after.
+        def first_message(stub: Any) -> tuple:
+            call = stub.GetStream(request, timeout=None)
+            return call, next(call, None)
+
+        call, first = self._routed(_target_key(target), first_message)
+        return ResultStream(call, self, first)
 
     def get_to_file(self, target: Union[ResultReference, tuple], path: Union[str, os.PathLike], **kwargs: Any) -> "ResultStream":
         """Reads a stored record into `path`, through `PATH.partial`, renamed only when
@@ -545,7 +605,7 @@ class ResultStoreClient:
         request = pb.ResolveRequest(
             reference=target.message, want=pb.WANT_RAW, allow_expired=allow_expired, bypass_cache=bypass_cache
         )
-        return self._load(self._call("Resolve", request), request.reference, None, allow_expired)
+        return self._load(self._call("Resolve", request, target.key), request.reference, None, allow_expired)
 
     def load(
         self,
@@ -563,7 +623,7 @@ class ResultStoreClient:
         hint = serializer_from(serializer) if serializer is not None else None
         if hint is not None:
             request.serializer_hint.CopyFrom(_serializer_pb(hint))
-        return self._load(self._call("Resolve", request), None, hint, allow_expired)
+        return self._load(self._call("Resolve", request, key), None, hint, allow_expired)
 
     def _load(
         self, reply: pb.ResolveResponse, reference: Optional[pb.Reference], hint: Any, allow_expired: bool
@@ -581,7 +641,7 @@ class ResultStoreClient:
             return inner.loads_value(reply.data)
         # A layer the server leaves alone (a compressionlib it does not know): do it all here.
         get = pb.GetRequest(reference=ref, allow_expired=allow_expired)
-        return ser.loads(self._call("Get", get).data)
+        return ser.loads(self._call("Get", get, ref.key).data)
 
     def resolve_json(self, target: Union[ResultReference, tuple], *, allow_expired: bool = False) -> str:
         """The value as JSON text, transcoded by the server (plain data only); for
@@ -589,12 +649,12 @@ class ResultStoreClient:
         a `(block, key)` pair."""
         request = pb.ResolveRequest(want=pb.WANT_JSON, allow_expired=allow_expired)
         _set_target(request, target)
-        return self._call("Resolve", request).json
+        return self._call("Resolve", request, _target_key(target)).json
 
     def read_record(self, storage: str, key: str, *, allow_expired: bool = False) -> tuple:
         """`(reference, serializer bytes, metadata dict)` of the record at `key`."""
         request = pb.GetRequest(location=pb.Location(block=storage, key=key), allow_expired=allow_expired)
-        reply = self._call("Get", request)
+        reply = self._call("Get", request, key)
         return ResultReference(reply.reference, self), reply.data, json.loads(reply.metadata_json or "{}")
 
     def read_object(self, storage: str, key: str) -> bytes:
@@ -603,22 +663,22 @@ class ResultStoreClient:
         expiration itself."""
         request = pb.GetRequest(location=pb.Location(block=storage, key=key), as_stored=True, allow_expired=True)
         try:
-            return self._call("Get", request).data
+            return self._call("Get", request, key).data
         except ResourceExhausted:
             # Above the unary message limit: the same object, streamed.
             return b"".join(self.get_stream((storage, key), as_stored=True, allow_expired=True))
 
     def exists(self, storage: str, key: str) -> bool:
-        return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key))).exists
+        return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key)), key).exists
 
     def delete(self, storage: str, key: str) -> None:
-        self._call("Delete", pb.DeleteRequest(location=pb.Location(block=storage, key=key)))
+        self._call("Delete", pb.DeleteRequest(location=pb.Location(block=storage, key=key)), key)
 
     def list(self, storage: str = "", prefix: str = "") -> Iterator[str]:
         """Every key under `prefix` in a block, in order, page by page."""
         token = ""
         while True:
-            page = self._call("List", pb.ListRequest(block=storage, prefix=prefix, page_token=token))
+            page = self._call("List", pb.ListRequest(block=storage, prefix=prefix, page_token=token), prefix)
             for entry in page.entries:
                 yield entry.key
             if not page.next_page_token:
@@ -627,7 +687,7 @@ class ResultStoreClient:
 
     def blocks(self) -> list:
         """The server's blocks: dicts of slug, block_type, format, url, is_default."""
-        reply = self._call("ListBlocks", pb.ListBlocksRequest())
+        reply = self._call("ListBlocks", pb.ListBlocksRequest(), "")
         return [
             {"slug": b.slug, "block_type": b.block_type, "format": b.format, "url": b.url, "is_default": b.is_default}
             for b in reply.blocks
@@ -639,17 +699,14 @@ class ResultStream:
     by iteration. Iteration ends only when the trailer arrived and matched every byte
     (`IncompleteStream` otherwise); a server error mid-way raises its status's error."""
 
-    def __init__(self, call: Any, client: ResultStoreClient):
+    def __init__(self, call: Any, client: ResultStoreClient, first: Optional[pb.GetStreamResponse]):
+        """`first`: the stream's first message, already read (None: the stream ended)."""
         self._call = call
         self._hash = hashlib.sha256()
         self._received = 0
         self.trailer: Optional[pb.GetStreamTrailer] = None
-        try:
-            first = next(call)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
-        except StopIteration:
-            raise IncompleteStream("the stream ended before its header") from None
+        if first is None:
+            raise IncompleteStream("the stream ended before its header")
         if first.WhichOneof("part") != "header":
             raise IncompleteStream("the stream did not start with a header")
         self.reference = ResultReference(first.header.reference, client)

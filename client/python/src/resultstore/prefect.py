@@ -48,7 +48,8 @@ class ResultStoreStorage(WritableFileSystem):
 
     url: str = Field(
         default="127.0.0.1:50051",
-        description="The resultstore server: host:port or http://host:port.",
+        description="The resultstore server: host:port or http://host:port; or replicas to route keys across: "
+        "URLs separated by commas, or dns://name:port (every address of a headless Service).",
     )
     block: str = Field(
         default="",
