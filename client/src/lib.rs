@@ -258,9 +258,10 @@ impl Client {
 
     /// Stores one result.
     pub async fn put(&self, put: Put) -> Result<Stored> {
-        let request = put.request;
+        let mut request = put.request;
+        name_new_key(&mut request.new_key, &request.key, request.task.as_ref());
         let reply = self
-            .routed(put_route(&request.key, request.task.as_ref()), |mut c| {
+            .routed(put_route(&request.key, request.task.as_ref(), &request.new_key), |mut c| {
                 let r = request.clone();
                 async move { c.put(r).await }
             })
@@ -409,12 +410,21 @@ impl Target {
     }
 }
 
-/// A Put's route: its key, else its cache key (the server's key then), else any replica.
-pub(crate) fn put_route<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>) -> Route<'a> {
+/// A Put's route: its key, else its cache key (the server's key then), else its new key.
+pub(crate) fn put_route<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>, new_key: &'a str) -> Route<'a> {
     match task.map(|t| t.cache_key.as_str()) {
         _ if !key.is_empty() => Route::Key(key),
         Some(cache_key) if !cache_key.is_empty() => Route::Key(cache_key),
+        _ if !new_key.is_empty() => Route::Key(new_key),
         _ => Route::Any,
+    }
+}
+
+/// Names the key of a Put that names none (no key, no cache key), as the server would
+/// (a uuid4 hex), so that the Put goes to the replica that will serve its reads.
+pub(crate) fn name_new_key(new_key: &mut String, key: &str, task: Option<&pb::ResultSettings>) {
+    if key.is_empty() && task.is_none_or(|t| t.cache_key.is_empty()) && new_key.is_empty() {
+        *new_key = uuid::Uuid::new_v4().simple().to_string();
     }
 }
 

@@ -20,10 +20,11 @@
 //! What the key of a call is: a result's storage key (a Put's `key`, else its `cache_key`;
 //! a reference's or location's key; a Prefect document's `storage_key`). The block is not
 //! part of it, so the same key in two blocks goes to the same replica (harmless). A Put
-//! without a key gets its key from the server, so the client cannot know its owner: it
-//! goes to any live replica (spread by a counter), and the first read of the new key loads
-//! it on its owner. List and ListBlocks go to the owner of the prefix (any replica could
-//! answer).
+//! that names neither key nor cache key names its key itself (`new_key`, a uuid4 hex as
+//! the server would make, which unlike `key` does not ask for persistence) and goes to
+//! that key's owner: a result that is not persisted lives only in the memory of the
+//! replica that took it, which is then the one its reads go to. List and ListBlocks go to
+//! the owner of the prefix (any replica could answer).
 //!
 //! **Failover.** A unary call that ends `UNAVAILABLE` is tried on the next replica in the
 //! key's order, until one answers or every one was tried. A replica that failed at the

@@ -30,10 +30,12 @@ impl Client {
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
-        let Put { request, stream_size, stream_sha256 } = put;
+        let Put { mut request, stream_size, stream_sha256 } = put;
+        crate::name_new_key(&mut request.new_key, &request.key, request.task.as_ref());
         // The first replica for the key, without failover: the chunks are consumed as
         // they are sent, so they could not be sent again.
-        let replica = self.router.order(crate::put_route(&request.key, request.task.as_ref())).remove(0);
+        let route = crate::put_route(&request.key, request.task.as_ref(), &request.new_key);
+        let replica = self.router.order(route).remove(0);
         let (payload, first) = match request.payload {
             Some(pb::put_request::Payload::Data(d)) => (pb::StreamPayload::Data, d),
             Some(pb::put_request::Payload::Object(o)) => (pb::StreamPayload::Object, o),
@@ -44,6 +46,7 @@ impl Client {
             task: request.task,
             flow: request.flow,
             key: request.key,
+            new_key: request.new_key,
             expiration: request.expiration,
             mode: request.mode,
             size: stream_size,

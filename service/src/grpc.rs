@@ -250,6 +250,7 @@ fn put_stream_header(h: pb::PutStreamHeader) -> Result<PutStreamHeader, Error> {
         task: settings_of(h.task.as_ref())?,
         flow: h.flow.as_ref().map(|f| settings_of(Some(f))).transpose()?,
         key: Some(h.key).filter(|k| !k.is_empty()),
+        new_key: Some(h.new_key).filter(|k| !k.is_empty()),
         expiration: time_of(h.expiration.as_ref())?,
         mode: write_mode_of(h.mode)?,
         size: h.size,
@@ -350,6 +351,7 @@ fn put_input(req: pb::PutRequest) -> Result<PutInput, Error> {
         task: settings_of(req.task.as_ref())?,
         flow: req.flow.as_ref().map(|f| settings_of(Some(f))).transpose()?,
         key: Some(req.key).filter(|k| !k.is_empty()),
+        new_key: Some(req.new_key).filter(|k| !k.is_empty()),
         expiration: time_of(req.expiration.as_ref())?,
         mode,
     })

@@ -57,6 +57,9 @@ pub struct PutInput {
     pub task: ResultSettings,
     pub flow: Option<ResultSettings>,
     pub key: Option<String>,
+    /// The key when neither `key` nor the cache key names one (not a request for
+    /// persistence, unlike `key`): a routing client's choice.
+    pub new_key: Option<String>,
     pub expiration: Option<DateTime<Utc>>,
     pub mode: WriteMode,
 }
@@ -189,8 +192,11 @@ pub(crate) fn object_serializer(task: &ResultSettings, flow: Option<&ResultSetti
 }
 
 /// The key of an object: the request's, else the cache key, else a new uuid4 hex.
-pub(crate) fn object_key(key: Option<String>, cache_key: Option<String>) -> String {
-    key.filter(|k| !k.is_empty()).or(cache_key).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+pub(crate) fn object_key(key: Option<String>, cache_key: Option<String>, new_key: Option<String>) -> String {
+    key.filter(|k| !k.is_empty())
+        .or(cache_key)
+        .or(new_key.filter(|k| !k.is_empty()))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// `Expired` when `expiration` has passed, unless the caller allows expired reads.
@@ -328,7 +334,7 @@ impl ResultStore {
                 limit: self.max_result_size,
             });
         }
-        let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let key = object_key(key, None, input.new_key);
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
         // before it can replace anything.
@@ -378,7 +384,7 @@ impl ResultStore {
         let hint = object_serializer(&input.task, input.flow.as_ref());
         let eff = settings::resolve(&input.task, input.flow.as_ref(), &self.defaults, true)?;
         let block = self.block_for(&eff.storage, access, Operation::Write)?;
-        let key = object_key(input.key, eff.cache_key);
+        let key = object_key(input.key, eff.cache_key, input.new_key);
         validate_key(&key)?;
 
         let mut record = ResultRecord::decode(object.clone(), &hint, &key)

@@ -80,6 +80,8 @@ pub struct PutStreamHeader {
     pub task: ResultSettings,
     pub flow: Option<ResultSettings>,
     pub key: Option<String>,
+    /// As [`PutInput::new_key`].
+    pub new_key: Option<String>,
     pub expiration: Option<DateTime<Utc>>,
     pub mode: WriteMode,
     /// The payload size the client announced, checked at the end.
@@ -194,6 +196,7 @@ impl ResultStore {
                 task: header.task,
                 flow: header.flow,
                 key: header.key,
+                new_key: header.new_key,
                 expiration: header.expiration,
                 mode: header.mode,
             };
@@ -208,7 +211,7 @@ impl ResultStore {
             ));
         }
 
-        let key = object_key(header.key.clone(), eff.cache_key.clone());
+        let key = object_key(header.key.clone(), eff.cache_key.clone(), header.new_key.clone());
         validate_key(&key)?;
         let (serializer, format) = if object {
             (object_serializer(&header.task, header.flow.as_ref()), RecordFormat::Bare)

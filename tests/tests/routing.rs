@@ -260,3 +260,26 @@ async fn a_dns_name_routes_to_every_address_it_resolves_to() {
     assert!(Client::connect("dns://no-such-host.invalid:1").await.is_err(), "a name that does not resolve");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_that_are_not_persisted_are_read_on_the_replica_that_holds_them() {
+    // A result that is not persisted lives in one replica's memory. The routed client
+    // names its key (new_key) and sends the Put to that key's owner, where reads go too.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    let tier = Tier::start(&config, 3).await;
+    let client = Client::connect(tier.urls()).await.unwrap();
+    let mut held = [0u32; 3];
+    for i in 0..30 {
+        let stored = client.put(Put::json(format!("[{i}]")).serializer("json").persist(false)).await.unwrap();
+        let reference = stored.reference().expect("a reference").clone();
+        assert!(!reference.persisted());
+        held[tier.index(&client.replica_for(reference.key()))] += 1;
+        let got = client.resolve(&reference, Want::Json, ReadOptions::default()).await.expect("read back");
+        assert_eq!(got.json.as_deref(), Some(format!("[{i}]").as_str()));
+    }
+    assert!(held.iter().all(|&n| n > 0), "the Puts spread over the replicas: {held:?}");
+    for h in tier.handles.into_iter().flatten() {
+        h.shutdown().await.unwrap();
+    }
+}

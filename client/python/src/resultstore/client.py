@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import uuid
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import grpc
@@ -435,6 +436,9 @@ class ResultStoreClient:
             task=task,
             key=key or "",
             mode=pb.WRITE_MODE_CREATE_ONLY if create_only else pb.WRITE_MODE_OVERWRITE,
+            # The key the server would make, made here, so the Put goes to the replica
+            # that serves its reads (a result that is not persisted lives only there).
+            new_key="" if key or cache_key else uuid.uuid4().hex,
         )
         if flow:
             request.flow.CopyFrom(self._flow_settings(flow))
@@ -445,7 +449,7 @@ class ResultStoreClient:
             request.literal = _LITERAL_OF_VALUE[obj]
         else:
             request.data = ser.dumps(obj)
-        return self._stored(self._call("Put", request, key or cache_key or None))
+        return self._stored(self._call("Put", request, key or cache_key or request.new_key))
 
     @staticmethod
     def _flow_settings(flow: dict) -> pb.ResultSettings:
@@ -504,6 +508,7 @@ class ResultStoreClient:
             key=key or "",
             mode=pb.WRITE_MODE_CREATE_ONLY if create_only else pb.WRITE_MODE_OVERWRITE,
             sha256=sha256 or "",
+            new_key="" if key else uuid.uuid4().hex,
         )
         if serializer is not None or not object:
             header.task.result_serializer.CopyFrom(_serializer_pb(serializer_from(serializer or "pickle")))
@@ -523,7 +528,7 @@ class ResultStoreClient:
 
         # The first replica for the key, without failover: the chunks are consumed as they
         # are sent, so they could not be sent again.
-        replica = self._router.order(key or None)[0]
+        replica = self._router.order(key or header.new_key)[0]
         try:
             reply = replica.stub.PutStream(messages(), timeout=None)
         except grpc.RpcError as e:

@@ -9,8 +9,9 @@ to the same replica and share its cache:
     order               = replicas by score, highest first (ties: smaller id first)
 
 A call's key is the result's storage key (a Put's `key`, else its `cache_key`; a
-reference's or a location's key). A Put without either goes to any live replica (the
-server names its key), List goes to the owner of its prefix.
+reference's or a location's key). A Put without either names its key itself (`new_key`,
+a uuid4 hex as the server would make) and goes to that key's owner; List goes to the
+owner of its prefix.
 
 Failover: a call that ends UNAVAILABLE is tried on the next replica in the key's order.
 A replica that failed at the transport, or said it is draining, is set aside for
