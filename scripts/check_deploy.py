@@ -7,9 +7,9 @@ probes match the service's config, that containers run non-root on a read-only r
 and that no key material sits in a ConfigMap.
 
 Dockerfile: hadolint, then the builder stage's steps run as written: WORKDIR, COPY and RUN
-in order, in a scratch directory standing for the image's `/` (target/docker-root, kept
-between runs like Docker's layer cache; COPY keeps file times as Docker's does, which is
-what the Dockerfile's `touch` step is there for). What the runtime stage copies from the
+in order, in a scratch directory standing for the image's `/` (target/docker-root, emptied first:
+a cold build, as CI's; COPY keeps file times as Docker's does, which is what the
+Dockerfile's `touch` step is there for). What the runtime stage copies from the
 builder must exist; the binary must need no library beyond the runtime image's (glibc,
 libgcc), and must start with the image's ENTRYPOINT and CMD (addresses moved to free
 loopback ports), answer /healthz, and stop cleanly on SIGTERM.
@@ -252,7 +252,11 @@ def check_dockerfile(hadolint: str, root: Path) -> None:
     (builder_name, builder_image, builder), (_, runtime_image, runtime) = stages[0], stages[-1]
     check(builder_name == "builder" and "rust" in builder_image, "the first stage builds with a Rust image")
 
-    root.mkdir(parents=True, exist_ok=True)
+    # Every run starts from an empty root, as `docker build` without a layer cache does
+    # (CI's case). Keeping cargo's target directory between runs would let cargo trust
+    # outputs newer than the copied sources, whose times COPY keeps: not what Docker does.
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     workdir = root
     for instr, args in builder:
         if instr == "WORKDIR":
