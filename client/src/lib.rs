@@ -41,8 +41,8 @@ pub use resultstore_proto::v1 as proto;
 
 pub mod routing;
 mod stream;
+use routing::Router;
 pub use routing::{DEFAULT_DNS_REFRESH, DEFAULT_REPLICA_BACKOFF, Endpoints};
-use routing::{Route, Router};
 pub use stream::{GetStream, STREAM_CHUNK};
 
 /// A client error: a gRPC status from the server, a transport failure, or a malformed
@@ -228,18 +228,18 @@ impl Client {
 
     /// The replica a call for `key` would go to now (its owner, unless set aside).
     pub fn replica_for(&self, key: &str) -> String {
-        self.router.order(Route::Key(key))[0].id.clone()
+        self.router.order(key)[0].id.clone()
     }
 
-    /// Runs a unary call on the replicas `route` orders, going on to the next while one
+    /// Runs a unary call on the replicas in `key`'s order, going on to the next while one
     /// answers UNAVAILABLE.
-    async fn routed<T, F, Fut>(&self, route: Route<'_>, mut call: F) -> Result<T>
+    async fn routed<T, F, Fut>(&self, key: &str, mut call: F) -> Result<T>
     where
         F: FnMut(RawClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut last = None;
-        for replica in self.router.order(route) {
+        for replica in self.router.order(key) {
             match call(replica.client.clone()).await {
                 Ok(reply) => {
                     self.router.outcome(&replica, None);
@@ -261,7 +261,7 @@ impl Client {
         let mut request = put.request;
         name_new_key(&mut request.new_key, &request.key, request.task.as_ref());
         let reply = self
-            .routed(put_route(&request.key, request.task.as_ref(), &request.new_key), |mut c| {
+            .routed(put_key(&request.key, request.task.as_ref(), &request.new_key), |mut c| {
                 let r = request.clone();
                 async move { c.put(r).await }
             })
@@ -274,7 +274,7 @@ impl Client {
         let target = target.into();
         let key = target.route_key();
         let request = get_request(target, opts);
-        self.routed(Route::Key(&key), |mut c| {
+        self.routed(&key, |mut c| {
             let r = request.clone();
             async move { c.get(r).await }
         })
@@ -303,7 +303,7 @@ impl Client {
             bypass_cache: opts.bypass_cache,
         };
         let reply = self
-            .routed(Route::Key(&key), |mut c| {
+            .routed(&key, |mut c| {
                 let r = req.clone();
                 async move { c.resolve(r).await }
             })
@@ -328,7 +328,7 @@ impl Client {
     pub async fn exists(&self, block: &str, key: &str) -> Result<bool> {
         let req = pb::ExistsRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
         Ok(self
-            .routed(Route::Key(key), |mut c| {
+            .routed(key, |mut c| {
                 let r = req.clone();
                 async move { c.exists(r).await }
             })
@@ -338,7 +338,7 @@ impl Client {
 
     pub async fn delete(&self, block: &str, key: &str) -> Result<()> {
         let req = pb::DeleteRequest { location: Some(pb::Location { block: block.into(), key: key.into() }) };
-        self.routed(Route::Key(key), |mut c| {
+        self.routed(key, |mut c| {
             let r = req.clone();
             async move { c.delete(r).await }
         })
@@ -350,7 +350,7 @@ impl Client {
     pub async fn list(&self, block: &str, prefix: &str, page_size: u32, page_token: &str) -> Result<pb::ListResponse> {
         let req =
             pb::ListRequest { block: block.into(), prefix: prefix.into(), page_size, page_token: page_token.into() };
-        self.routed(Route::Key(prefix), |mut c| {
+        self.routed(prefix, |mut c| {
             let r = req.clone();
             async move { c.list(r).await }
         })
@@ -372,10 +372,7 @@ impl Client {
     }
 
     pub async fn list_blocks(&self) -> Result<Vec<pb::BlockInfo>> {
-        Ok(self
-            .routed(Route::Key(""), |mut c| async move { c.list_blocks(pb::ListBlocksRequest {}).await })
-            .await?
-            .blocks)
+        Ok(self.routed("", |mut c| async move { c.list_blocks(pb::ListBlocksRequest {}).await }).await?.blocks)
     }
 }
 
@@ -410,14 +407,11 @@ impl Target {
     }
 }
 
-/// A Put's route: its key, else its cache key (the server's key then), else its new key.
-pub(crate) fn put_route<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>, new_key: &'a str) -> Route<'a> {
-    match task.map(|t| t.cache_key.as_str()) {
-        _ if !key.is_empty() => Route::Key(key),
-        Some(cache_key) if !cache_key.is_empty() => Route::Key(cache_key),
-        _ if !new_key.is_empty() => Route::Key(new_key),
-        _ => Route::Any,
-    }
+/// The key a Put is stored (and routed) under: its key, else its cache key, else the new
+/// key [`name_new_key`] made.
+pub(crate) fn put_key<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>, new_key: &'a str) -> &'a str {
+    let cache_key = task.map_or("", |t| t.cache_key.as_str());
+    [key, cache_key].into_iter().find(|k| !k.is_empty()).unwrap_or(new_key)
 }
 
 /// Names the key of a Put that names none (no key, no cache key), as the server would

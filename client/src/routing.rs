@@ -45,11 +45,12 @@
 //! replicas that stay keep their connection, new ones get a lazy one, gone ones are
 //! dropped. A lookup that fails or finds nothing keeps the list it had.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use resultstore_proto::{UNAVAILABLE_REASON, UNAVAILABLE_STORAGE};
 
 use crate::{ClientError, ConnectOptions, RawClient, Result};
 
@@ -133,18 +134,15 @@ pub fn rendezvous_score(replica_id: &str, key: &str) -> u64 {
 
 /// Replica ids in the order a key tries them: its owner first.
 pub fn rendezvous_order<'a>(replica_ids: &[&'a str], key: &str) -> Vec<&'a str> {
-    let mut scored: Vec<(u64, &str)> = replica_ids.iter().map(|id| (rendezvous_score(id, key), *id)).collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    scored.into_iter().map(|(_, id)| id).collect()
+    let mut ids = replica_ids.to_vec();
+    sort_for_key(&mut ids, |id| id, key);
+    ids
 }
 
-/// What a call is routed by.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Route<'a> {
-    /// A storage key (or a prefix): its owner.
-    Key(&'a str),
-    /// Nothing the client knows ahead (a Put without a key): any live replica.
-    Any,
+/// Sorts `items` by their ids' scores for `key`, highest first, ties by id: the one
+/// definition of the order, for [`rendezvous_order`] and the calls' own.
+fn sort_for_key<T>(items: &mut [T], id: impl Fn(&T) -> &str, key: &str) {
+    items.sort_by_cached_key(|item| (std::cmp::Reverse(rendezvous_score(id(item), key)), id(item).to_owned()));
 }
 
 /// One server of the set.
@@ -168,7 +166,6 @@ pub(crate) struct Router {
     replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
     /// When the DNS name is due for another lookup, and whether one is running.
     refresh: Mutex<(Instant, bool)>,
-    spread: AtomicU64,
 }
 
 impl std::fmt::Debug for Router {
@@ -205,7 +202,6 @@ impl Router {
             options,
             replicas: RwLock::new(Arc::new(replicas)),
             refresh: Mutex::new((refresh_at, false)),
-            spread: AtomicU64::new(0),
         }))
     }
 
@@ -223,25 +219,17 @@ impl Router {
         self.current()[0].clone()
     }
 
-    /// The replicas a call tries, in order: by score for the key, those set aside last.
-    pub(crate) fn order(self: &Arc<Self>, route: Route<'_>) -> Vec<Arc<Replica>> {
+    /// The replicas a call for `key` (a storage key, or a List's prefix) tries, in
+    /// order: by score for the key, those set aside last.
+    pub(crate) fn order(self: &Arc<Self>, key: &str) -> Vec<Arc<Replica>> {
         self.refresh_if_due();
-        let replicas = self.current();
-        if replicas.len() == 1 {
-            return vec![replicas[0].clone()];
+        let mut replicas = self.current().to_vec();
+        if replicas.len() > 1 {
+            sort_for_key(&mut replicas, |r| &r.id, key);
+            // Stable: the set-aside ones keep their order among themselves.
+            replicas.sort_by_key(|r| r.set_aside());
         }
-        let spread;
-        let key = match route {
-            Route::Key(k) => k,
-            Route::Any => {
-                spread = format!("\0any{}", self.spread.fetch_add(1, Ordering::Relaxed));
-                spread.as_str()
-            }
-        };
-        let mut scored: Vec<(bool, u64, &Arc<Replica>)> =
-            replicas.iter().map(|r| (r.set_aside(), rendezvous_score(&r.id, key), r)).collect();
-        scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.id.cmp(&b.2.id)));
-        scored.into_iter().map(|(_, _, r)| r.clone()).collect()
+        replicas
     }
 
     /// Notes how a call to `replica` ended, for the calls after it. Returns whether the
@@ -251,7 +239,7 @@ impl Router {
         match status {
             Some(s) if s.code() == tonic::Code::Unavailable => {
                 let reason = s.metadata().get(UNAVAILABLE_REASON).and_then(|v| v.to_str().ok());
-                if reason != Some("storage") {
+                if reason != Some(UNAVAILABLE_STORAGE) {
                     *aside = Some(Instant::now() + self.options.replica_backoff);
                 }
                 true
@@ -291,9 +279,6 @@ impl Router {
         });
     }
 }
-
-/// The trailer a server sets on an UNAVAILABLE status to say why (`draining`, `storage`).
-pub const UNAVAILABLE_REASON: &str = "resultstore-unavailable";
 
 fn new_replica(id: String, client: RawClient) -> Arc<Replica> {
     Arc::new(Replica { id, client, set_aside_until: Mutex::new(None) })

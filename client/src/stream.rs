@@ -34,8 +34,8 @@ impl Client {
         crate::name_new_key(&mut request.new_key, &request.key, request.task.as_ref());
         // The first replica for the key, without failover: the chunks are consumed as
         // they are sent, so they could not be sent again.
-        let route = crate::put_route(&request.key, request.task.as_ref(), &request.new_key);
-        let replica = self.router.order(route).remove(0);
+        let key = crate::put_key(&request.key, request.task.as_ref(), &request.new_key);
+        let replica = self.router.order(key).remove(0);
         let (payload, first) = match request.payload {
             Some(pb::put_request::Payload::Data(d)) => (pb::StreamPayload::Data, d),
             Some(pb::put_request::Payload::Object(o)) => (pb::StreamPayload::Object, o),
@@ -92,7 +92,7 @@ impl Client {
         let request = crate::get_request(target, opts);
         // Fails over like a unary call until the first message arrived; not after.
         let (first, messages) = self
-            .routed(crate::routing::Route::Key(&key), |mut c| {
+            .routed(&key, |mut c| {
                 let request = request.clone();
                 async move {
                     let mut messages = c.get_stream(request).await?.into_inner();

@@ -12,3 +12,12 @@ pub mod v1 {
 }
 
 pub use prost_types::Timestamp;
+
+/// Trailer a server sets on an UNAVAILABLE status to say why, for clients that route keys
+/// across replicas. A status without it is a transport failure.
+pub const UNAVAILABLE_REASON: &str = "resultstore-unavailable";
+/// [`UNAVAILABLE_REASON`]: the replica is stopping (go to the next one and stay away).
+pub const UNAVAILABLE_DRAINING: &str = "draining";
+/// [`UNAVAILABLE_REASON`]: the object store did not answer (another replica may reach it,
+/// but this one is healthy and keeps its keys).
+pub const UNAVAILABLE_STORAGE: &str = "storage";

@@ -48,8 +48,8 @@ pub fn status_of(e: Error) -> Status {
             Status::data_loss(msg)
         }
         Error::ChangedWhileReading { .. } | Error::UploadInterrupted(_) => Status::aborted(msg),
-        Error::StorageUnavailable { .. } => unavailable(msg, "storage"),
-        Error::ShuttingDown => unavailable(msg, "draining"),
+        Error::StorageUnavailable { .. } => unavailable(msg, resultstore_proto::UNAVAILABLE_STORAGE),
+        Error::ShuttingDown => unavailable(msg, resultstore_proto::UNAVAILABLE_DRAINING),
         Error::Unauthenticated(_) => Status::unauthenticated(msg),
         Error::PermissionDenied { .. } => Status::permission_denied(msg),
         Error::Overloaded(_) => Status::resource_exhausted(msg),
@@ -58,15 +58,11 @@ pub fn status_of(e: Error) -> Status {
     }
 }
 
-/// Trailer saying why a call was UNAVAILABLE, for clients that route keys across
-/// replicas: `draining` (this replica is stopping: go to the next one and stay away) or
-/// `storage` (the object store did not answer: another replica may reach it, but this one
-/// is healthy and keeps its keys). A status without it is a transport failure.
-pub const UNAVAILABLE_REASON: &str = "resultstore-unavailable";
-
+/// UNAVAILABLE with the trailer saying why ([`resultstore_proto::UNAVAILABLE_REASON`]).
 fn unavailable(msg: String, reason: &'static str) -> Status {
     let mut status = Status::unavailable(msg);
-    status.metadata_mut().insert(UNAVAILABLE_REASON, tonic::metadata::MetadataValue::from_static(reason));
+    let value = tonic::metadata::MetadataValue::from_static(reason);
+    status.metadata_mut().insert(resultstore_proto::UNAVAILABLE_REASON, value);
     status
 }
 

@@ -364,11 +364,6 @@ class ResultStoreClient:
         """The replica a call for `key` would go to now (its owner, unless set aside)."""
         return self._router.order(key)[0].id
 
-    @property
-    def _stub(self) -> Any:
-        """The first replica's stub (with one server: that server's)."""
-        return self._router.replicas[0].stub
-
     def close(self) -> None:
         self._router.close()
 
@@ -378,12 +373,12 @@ class ResultStoreClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, key: Optional[str]) -> Any:
-        """One unary call, routed by `key` (None: any replica), failing over while
-        replicas answer UNAVAILABLE."""
+    def _call(self, method: str, request: Any, key: str) -> Any:
+        """One unary call, routed by `key` (a storage key, or a List's prefix), failing
+        over while replicas answer UNAVAILABLE."""
         return self._routed(key, lambda stub: getattr(stub, method)(request, timeout=self.timeout))
 
-    def _routed(self, key: Optional[str], call: Any) -> Any:
+    def _routed(self, key: str, call: Any) -> Any:
         last = None
         for replica in self._router.order(key):
             try:

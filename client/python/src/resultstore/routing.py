@@ -29,17 +29,20 @@ keeps the list it had.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
 
+import grpc
+
 __all__ = ["rendezvous_score", "rendezvous_order", "replica_id", "Endpoints", "parse_endpoints"]
 
 #: The trailer a server sets on an UNAVAILABLE status to say why (`draining`, `storage`).
 UNAVAILABLE_REASON = "resultstore-unavailable"
+#: Its value when the replica's object store did not answer (the replica itself is fine).
+UNAVAILABLE_STORAGE = "storage"
 
 
 def rendezvous_score(replica: str, key: str) -> int:
@@ -126,7 +129,6 @@ class Router:
     replicas: List[Replica] = field(default_factory=list)
     _next_refresh: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _spread: Any = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         if self.endpoints.dns:
@@ -174,24 +176,23 @@ class Router:
                 pass  # Keep the list it had; try again at the next interval.
             self._next_refresh = time.monotonic() + self.dns_refresh
 
-    def order(self, key: Optional[str]) -> List[Replica]:
-        """The replicas a call for `key` tries (`None`: any), set-aside ones last."""
+    def order(self, key: str) -> List[Replica]:
+        """The replicas a call for `key` (a storage key, or a List's prefix) tries: in
+        `rendezvous_order`, set-aside ones last."""
         self._refresh_if_due()
         replicas = self.replicas
         if len(replicas) == 1:
             return list(replicas)
-        if key is None:
-            key = f"\0any{next(self._spread)}"
-        return sorted(replicas, key=lambda r: (r.set_aside(), -rendezvous_score(r.id, key), r.id))
+        by_id = {r.id: r for r in replicas}
+        ordered = [by_id[i] for i in rendezvous_order(by_id, key)]
+        return sorted(ordered, key=Replica.set_aside)  # stable: set-aside ones keep their order
 
     def failed_over(self, replica: Replica, error: Optional[Any]) -> bool:
         """Notes how a call to `replica` ended (`error`: a grpc.RpcError or None); returns
         whether the call goes on to the next replica."""
-        import grpc
-
         if error is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
             trailers = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
-            if trailers.get(UNAVAILABLE_REASON) != "storage":
+            if trailers.get(UNAVAILABLE_REASON) != UNAVAILABLE_STORAGE:
                 replica.set_aside_until = time.monotonic() + self.replica_backoff
             return True
         replica.set_aside_until = 0.0
