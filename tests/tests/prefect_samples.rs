@@ -240,6 +240,7 @@ async fn prefect_api_documents_resolve() {
     }
     assert_eq!(resolved, 6);
 
+    let mut expiring = Vec::new();
     for (dump_file, block) in [
         ("v3.9.1/flow-saved-block.api-db-dump.json", "local-file-system/p3-saved"),
         ("v3.9.1/flow-failed-task.api-db-dump.json", "local-file-system/p3-failed"),
@@ -254,13 +255,31 @@ async fn prefect_api_documents_resolve() {
                 .join(dump_file.rsplit('/').next().unwrap().trim_end_matches(".api-db-dump.json"))
                 .join(key)
                 .exists();
-            let r = s.client.resolve(prefect(block, doc), Want::Json, ReadOptions::default()).await;
+            // Expiry is checked below on its own; the records here are read whatever the date.
+            let r = s.client.resolve(prefect(block, doc), Want::Json, opts(None)).await;
             if written {
-                r.unwrap_or_else(|e| panic!("{dump_file} {key}: {e}"));
+                let r = r.unwrap_or_else(|e| panic!("{dump_file} {key}: {e}"));
+                let expiration = r.reference.and_then(|r| r.0.expiration).map(|t| t.seconds);
+                let named = doc["expiration"].as_str().map(chrono_seconds);
+                assert_eq!(expiration, named, "{key}: the record's expiration is the document's");
+                if let Some(exp) = expiration {
+                    expiring.push((block, doc.clone(), exp));
+                }
             } else {
                 assert_eq!(r.unwrap_err().code(), Some(Code::NotFound), "{key} was never written");
             }
         }
+    }
+
+    // The sample with `cache_expiration=1 day` expired on a fixed date in the past, so
+    // without `allow_expired` it is refused, on any day this test runs (no reading of the
+    // clock: the date is the sample's).
+    assert_eq!(expiring.len(), 1, "the cache_expiration sample's task state");
+    for (block, doc, exp) in expiring {
+        assert_eq!(exp, chrono_seconds("2026-11-22T05:22:37.267013Z"));
+        let err = s.client.resolve(prefect(block, &doc), Want::Json, ReadOptions::default()).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+        assert!(err.to_string().contains("expired"), "{err}");
     }
 
     // Prefect 3 records absolute paths for unsaved blocks: one under the block's root
@@ -308,6 +327,11 @@ fn prefect_3_records_re_encode_byte_for_byte() {
         }
     }
     assert!(records >= 20, "only {records} Prefect 3 records found");
+}
+
+/// Seconds since the epoch of an RFC 3339 time.
+fn chrono_seconds(t: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp()
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
