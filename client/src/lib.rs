@@ -294,10 +294,7 @@ impl Client {
         };
         let req = pb::ResolveRequest {
             target: Some(target),
-            want: match want {
-                Want::Raw => pb::Want::Raw as i32,
-                Want::Json => pb::Want::Json as i32,
-            },
+            want: want_pb(want) as i32,
             allow_expired: opts.allow_expired,
             serializer_hint: opts.serializer_hint,
             bypass_cache: opts.bypass_cache,
@@ -478,6 +475,13 @@ pub enum Want {
     Json,
 }
 
+fn want_pb(want: Want) -> pb::Want {
+    match want {
+        Want::Raw => pb::Want::Raw,
+        Want::Json => pb::Want::Json,
+    }
+}
+
 /// Read options.
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
@@ -486,6 +490,9 @@ pub struct ReadOptions {
     pub serializer_hint: Option<pb::Serializer>,
     /// Get only: the object as stored (a storage block's `read_path`), not the serializer bytes.
     pub as_stored: bool,
+    /// GetStream only: stream the value as Resolve gives it (value bytes, or JSON) instead
+    /// of the serializer bytes, at any size.
+    pub want: Option<Want>,
 }
 
 /// A resolved value.
@@ -719,6 +726,7 @@ fn get_request(target: Target, opts: ReadOptions) -> pb::GetRequest {
         serializer_hint: opts.serializer_hint,
         bypass_cache: opts.bypass_cache,
         as_stored: opts.as_stored,
+        want: opts.want.map(|w| want_pb(w) as i32),
     }
 }
 

@@ -23,9 +23,11 @@ pub const STREAM_CHUNK: usize = 1 << 20;
 impl Client {
     /// Stores a result sent in chunks: `put`'s settings, key and mode make the header; its
     /// payload must be [`Put::data`] or [`Put::object`], whose bytes are sent first,
-    /// followed by `chunks`. When `chunks` may end before the payload does (a source that
-    /// can fail), announce the size with [`Put::size`]: a stream that just ends looks whole
-    /// to the server.
+    /// followed by `chunks`, then the `end` message that tells the server the payload is
+    /// whole. The end of `chunks` is the end of the payload; to give up without storing
+    /// anything, drop the returned future (the call is cancelled and, with no `end`,
+    /// nothing is committed). When `chunks` may end before the payload does (a source
+    /// that can fail), also announce the size with [`Put::size`].
     pub async fn put_stream<S>(&self, put: Put, chunks: S) -> Result<Stored>
     where
         S: Stream<Item = Bytes> + Send + 'static,
@@ -57,7 +59,10 @@ impl Client {
             pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(header)) },
             chunk(first),
         ])
-        .chain(chunks.map(chunk));
+        .chain(chunks.map(chunk))
+        .chain(futures::stream::iter([pb::PutStreamRequest {
+            part: Some(pb::put_stream_request::Part::End(pb::PutStreamEnd {})),
+        }]));
         let reply = replica.client.clone().put_stream(messages).await;
         self.router.outcome(&replica, reply.as_ref().err());
         Stored::from_reply(reply?.into_inner())
@@ -112,6 +117,7 @@ impl Client {
         Ok(GetStream {
             reference,
             metadata_json: header.metadata_json,
+            value_serializer: header.value_serializer,
             messages,
             hasher: Sha256::new(),
             received: 0,
@@ -150,6 +156,8 @@ pub struct GetStream {
     /// The header's reference (`sha256` empty when the server learns it only by reading).
     pub reference: Reference,
     pub metadata_json: String,
+    /// With [`ReadOptions::want`]: what the value bytes are (`json`, `pickle`, ...).
+    pub value_serializer: String,
     messages: tonic::Streaming<pb::GetStreamResponse>,
     hasher: Sha256,
     received: u64,

@@ -31,6 +31,7 @@ use crate::config::{BlockConfig, BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::keys::RESERVED_METADATA_PREFIX;
 use crate::keys::{BlockType, parse_slug};
+use crate::legacy_keys::LegacyKeyStore;
 use crate::serializer::SerializerConfig;
 use crate::telemetry::{Outcome, StorageCounters, StorageOp};
 
@@ -194,8 +195,8 @@ fn build_block(
     })
 }
 
-/// Opens the object store behind `url`: counted, and limited to the block's
-/// `max_concurrent_requests`.
+/// Opens the object store behind `url`: counted, limited to the block's
+/// `max_concurrent_requests`, and reading pre-0.2 object names ([`LegacyKeyStore`]).
 fn open_store(
     slug: &str,
     block_type: BlockType,
@@ -224,7 +225,8 @@ fn open_store(
         cloud => (open_cloud_store(slug, cloud, url, bc)?, None),
     };
     let limited: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(inner, bc.max_concurrent_requests));
-    Ok((Arc::new(CountingStore { inner: limited, counters: counters.clone() }), root))
+    let counted: Arc<dyn ObjectStore> = Arc::new(CountingStore { inner: limited, counters: counters.clone() });
+    Ok((Arc::new(LegacyKeyStore::new(counted)), root))
 }
 
 /// A cloud store from object_store's own builders: credentials and settings from the

@@ -233,6 +233,69 @@ impl TargetArgs {
             bypass_cache: self.bypass_cache,
             serializer_hint: self.serializer_hint.as_deref().map(serializer_pb),
             as_stored: false,
+            want: None,
+        }
+    }
+}
+
+/// Values up to this size (by their reference) are read with one Resolve; larger ones,
+/// and every read by location, stream: the default unary limit with room to spare.
+const UNARY_VALUE_LIMIT: u64 = 8 << 20;
+
+fn print_resolved(out: &Option<PathBuf>, resolved: resultstore_client::Resolved) -> anyhow::Result<()> {
+    if let Some(l) = resolved.literal {
+        return output(out, format!("{}\n", l.to_json()).as_bytes());
+    }
+    match (resolved.json, resolved.data) {
+        (Some(j), _) => output(out, format!("{j}\n").as_bytes()),
+        (None, Some(d)) => output(out, &d),
+        (None, None) => bail!("the server returned no value"),
+    }
+}
+
+/// Where `resolve` writes a value that arrives in pieces: a file written through
+/// `PATH.partial` and renamed when whole, or stdout.
+enum Output {
+    File { file: std::fs::File, partial: PathBuf, path: PathBuf },
+    Stdout(std::io::StdoutLock<'static>),
+}
+
+impl Output {
+    fn open(out: &Option<PathBuf>) -> anyhow::Result<Self> {
+        Ok(match out {
+            Some(path) => {
+                let mut partial = path.as_os_str().to_owned();
+                partial.push(".partial");
+                let partial = PathBuf::from(partial);
+                let file = std::fs::File::create(&partial).with_context(|| format!("writing {}", partial.display()))?;
+                Output::File { file, partial, path: path.clone() }
+            }
+            None => Output::Stdout(std::io::stdout().lock()),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Output::File { file, .. } => file.write_all(bytes)?,
+            Output::Stdout(s) => s.write_all(bytes)?,
+        }
+        Ok(())
+    }
+
+    /// A value that did not arrive whole leaves no file.
+    fn discard(self) {
+        if let Output::File { partial, .. } = self {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Output::File { file, partial, path } => {
+                file.sync_all()?;
+                std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
+            }
+            Output::Stdout(mut s) => Ok(s.flush()?),
         }
     }
 }
@@ -376,15 +439,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(Stored::Reference(_)) => unreachable!("references are targets"),
             };
             let client = server.connect().await?;
-            let resolved = client.resolve(t, if json { Want::Json } else { Want::Raw }, target.options()).await?;
-            if let Some(l) = resolved.literal {
-                return output(&out, format!("{}\n", l.to_json()).as_bytes());
+            let want = if json { Want::Json } else { Want::Raw };
+            // By reference, the size says whether one message holds it; otherwise (and
+            // for every size) GetStream carries the value in pieces.
+            let small = matches!(&t, Target::Reference(r) if r.0.size <= UNARY_VALUE_LIMIT);
+            if !small {
+                let opts = ReadOptions { want: Some(want), ..target.options() };
+                return match client.get_stream(t.clone(), opts).await {
+                    Ok(mut stream) => {
+                        let mut sink = Output::open(&out)?;
+                        let written = async {
+                            while let Some(chunk) = stream.next_chunk().await? {
+                                sink.write_all(&chunk)?;
+                            }
+                            if json {
+                                sink.write_all(b"\n")?;
+                            }
+                            Ok::<_, anyhow::Error>(())
+                        }
+                        .await;
+                        match written {
+                            Ok(()) => sink.finish(),
+                            Err(e) => {
+                                sink.discard();
+                                Err(e)
+                            }
+                        }
+                    }
+                    // A Prefect 2 literal document has no record to stream.
+                    Err(e)
+                        if e.code() == Some(tonic::Code::FailedPrecondition) && matches!(t, Target::Prefect { .. }) =>
+                    {
+                        print_resolved(&out, client.resolve(t, want, target.options()).await?)
+                    }
+                    Err(e) => Err(e.into()),
+                };
             }
-            match (resolved.json, resolved.data) {
-                (Some(j), _) => output(&out, format!("{j}\n").as_bytes()),
-                (None, Some(d)) => output(&out, &d),
-                (None, None) => bail!("the server returned no value"),
-            }
+            print_resolved(&out, client.resolve(t, want, target.options()).await?)
         }
         Command::Exists { server, block, key } => {
             let client = server.connect().await?;

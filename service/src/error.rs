@@ -72,6 +72,14 @@ pub enum Error {
     )]
     NotPersisted { key: String },
 
+    /// A bare payload (no record around it) whose serializer nobody named and whose bytes
+    /// do not tell: not damage, a question for the caller.
+    #[error(
+        "`{key}` in block `{block}` is a bare payload whose serializer is unknown (neither JSON text nor a \
+         base64 pickle); name it in `serializer_hint`"
+    )]
+    SerializerUnknown { block: String, key: String },
+
     /// The value cannot be turned into what the caller asked for.
     #[error("cannot transcode the result to JSON: {0}")]
     CannotTranscode(String),

@@ -27,7 +27,7 @@ use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::SerializerConfig;
 use crate::settings::ResultSettings;
 use crate::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode};
-use crate::stream::{PutStreamHeader, StreamOutcome, StreamPart, StreamPayload};
+use crate::stream::{PutStreamHeader, StreamContent, StreamOutcome, StreamPart, StreamPayload, UploadPart};
 
 /// Maps a domain error to its gRPC status, once, here.
 pub fn status_of(e: Error) -> Status {
@@ -39,9 +39,10 @@ pub fn status_of(e: Error) -> Status {
         | Error::InvalidSerializer(_)
         | Error::InvalidSettings(_)
         | Error::InvalidRequest(_) => Status::invalid_argument(msg),
-        Error::Expired { .. } | Error::NotPersisted { .. } | Error::CannotTranscode(_) => {
-            Status::failed_precondition(msg)
-        }
+        Error::Expired { .. }
+        | Error::NotPersisted { .. }
+        | Error::CannotTranscode(_)
+        | Error::SerializerUnknown { .. } => Status::failed_precondition(msg),
         Error::AlreadyExists { .. } => Status::already_exists(msg),
         Error::TooLarge { .. } => Status::resource_exhausted(msg),
         Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } | Error::UploadMismatch(_) => {
@@ -534,9 +535,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 Span::current().record("key", key.as_str());
             }
             let chunks = messages.map(|m| match m {
-                Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => Ok(c),
+                Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => {
+                    Ok(UploadPart::Chunk(c))
+                }
+                Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::End(_)) }) => Ok(UploadPart::End),
                 Ok(_) => Err(Error::InvalidRequest(
-                    "a PutStream has one `header` message, first; every later message is a `chunk`".into(),
+                    "a PutStream has one `header` message, first; then `chunk` messages, then `end`".into(),
                 )),
                 Err(status) => Err(Error::UploadInterrupted(status.message().to_owned())),
             });
@@ -558,8 +562,17 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             let (ctx, permit) = self.admit(request.metadata())?;
             let req = request.into_inner();
             let (target, opts) = get_target_and_options(&req)?;
+            let content = match req.want.map(pb::Want::try_from) {
+                None => StreamContent::Stored,
+                Some(Ok(pb::Want::Raw)) => StreamContent::Value,
+                Some(Ok(pb::Want::Json)) => StreamContent::Json,
+                Some(Err(_)) => return Err(Status::invalid_argument(format!("unknown want {:?}", req.want))),
+            };
+            if content != StreamContent::Stored && req.as_stored {
+                return Err(Status::invalid_argument("`want` streams the value; `as_stored` the object: set one"));
+            }
             let limit = ctx.request_timeout;
-            let outcome = tokio::time::timeout(limit, ctx.store.read_stream(target, opts, &ctx.access))
+            let outcome = tokio::time::timeout(limit, ctx.store.read_stream(target, opts, content, &ctx.access))
                 .await
                 .unwrap_or_else(|_| Err(timed_out(limit, "the result was not found within")))
                 .map_err(status_of)?;
@@ -581,6 +594,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             part: Some(pb::get_stream_response::Part::Header(pb::GetStreamHeader {
                 reference: Some(reference_pb(&stream.reference)),
                 metadata_json: stream.metadata_json,
+                value_serializer: stream.value_serializer.unwrap_or_default(),
             })),
         };
         let limit = ctx.request_timeout;

@@ -4,6 +4,8 @@
 //! paths, so they are checked before any storage call: a key can never leave its block
 //! (no `..`, no absolute path), and never names something a person could not type.
 
+use object_store::path::Path;
+
 use crate::error::{Error, Result};
 
 /// Longest key accepted, in bytes.
@@ -81,8 +83,10 @@ pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
 }
 
 /// Checks a result key: non-empty, at most [`MAX_KEY_LEN`] bytes, relative, no empty,
-/// `.` or `..` segment, no backslash, `#` or control character, and not under the
-/// reserved metadata prefix.
+/// `.` or `..` segment nor one over [`MAX_SEGMENT_LEN`] bytes, no backslash, `#` or
+/// control character, and not under the reserved prefixes. Every other character is
+/// kept as written ([`object_path`]): letters of any script, spaces and
+/// `[]%~*?!@$&+=,;'` are what Prefect's `result_storage_key` templates make of parameters.
 pub fn validate_key(key: &str) -> Result<()> {
     let bad = |reason: &str| Err(Error::InvalidKey { key: truncate_for_message(key), reason: reason.to_owned() });
     if key.is_empty() {
@@ -115,10 +119,36 @@ pub fn validate_key(key: &str) -> Result<()> {
             "." | ".." => {
                 return bad("the key has a `.` or `..` segment, which could leave its block");
             }
+            s if s.len() > MAX_SEGMENT_LEN => {
+                return bad("a segment of the key (between `/`) is longer than 240 bytes, which files cannot be named");
+            }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Longest segment of a key (between `/`), in bytes: local filesystems name files with
+/// at most 255 bytes, and object_store's local files stage a write as `NAME#N` beside
+/// its target, so a key works in every block type.
+pub const MAX_SEGMENT_LEN: usize = 240;
+
+/// The object name of a key: the key exactly as written, as Prefect's `LocalFileSystem`,
+/// `S3Bucket`, `AzureBlobStorageContainer` and `GcsBucket` blocks store it (object_store
+/// escapes it on the wire; local files are named by its bytes). `Path::from` would
+/// percent-encode characters such as `é`, `[`, `%` or `~` into another name that nobody
+/// else looks under (see [`legacy_object_path`]).
+pub fn object_path(key: &str) -> Result<Path> {
+    Path::parse(key)
+        .map_err(|e| Error::InvalidKey { key: truncate_for_message(key), reason: format!("not an object name ({e})") })
+}
+
+/// The name versions before 0.2 stored `path`'s key under (object_store's `Path::from`,
+/// which percent-encodes non-ASCII letters and `%`, `[`, `]`, `~`, `*`, `?`, ...), when it
+/// differs: such results are still read (and deleted) there.
+pub fn legacy_object_path(path: &Path) -> Option<Path> {
+    let legacy = Path::from(path.as_ref());
+    (legacy != *path).then_some(legacy)
 }
 
 /// Keys are echoed in error messages; a hostile one is cut to a readable length.
@@ -152,6 +182,8 @@ mod tests {
             validate_key(ok).unwrap();
         }
         let long = "k".repeat(1025);
+        let long_segment = format!("a/{}", "s".repeat(MAX_SEGMENT_LEN + 1));
+        validate_key(&format!("a/{}", "s".repeat(MAX_SEGMENT_LEN))).unwrap();
         for bad in [
             "",
             "/etc/passwd",
@@ -165,8 +197,20 @@ mod tests {
             "a\nb",
             "a\0b",
             &long,
+            &long_segment,
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn object_names_are_the_keys_as_written() {
+        for key in ["runs/Zürich.json", "ключ", "結果", "a b/[x]%~*?!@$&+=,;'"] {
+            validate_key(key).unwrap();
+            assert_eq!(object_path(key).unwrap().as_ref(), key);
+            assert!(legacy_object_path(&object_path(key).unwrap()).is_some(), "{key}");
+        }
+        assert_eq!(legacy_object_path(&object_path("r%C3%A9").unwrap()).unwrap().as_ref(), "r%25C3%25A9");
+        assert_eq!(legacy_object_path(&object_path("plain/key-1.json").unwrap()), None);
     }
 }

@@ -23,8 +23,10 @@
 //! - [`record`]: on-storage formats (`prefect3`, `split`, Prefect 2 blobs, bare payloads).
 //! - [`serializer`]: serializer configs, compression, Python-exact JSON, the safe pickle
 //!   reader and writer.
-//! - [`blocks`]: slug → object store, and the counting store wrapper.
-//! - [`keys`]: slug and key validation; [`config`]: the strict config file;
+//! - [`blocks`]: slug → object store, and the counting store wrapper;
+//!   [`legacy_keys`]: the wrapper that still reads results stored under pre-0.2
+//!   percent-encoded names.
+//! - [`keys`]: slug and key validation, and a key's object name (the key as written); [`config`]: the strict config file;
 //!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
 //!   [`telemetry`]: counters, histograms and logging; [`metrics`]: the Prometheus
 //!   endpoint; [`memory`]: the allocator setting that keeps freed stream buffers from
@@ -37,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod legacy_keys;
 pub mod live;
 pub mod memory;
 pub mod metrics;

@@ -23,7 +23,7 @@ use crate::blocks::{Block, BlockRegistry};
 use crate::cache::{LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
-use crate::keys::validate_key;
+use crate::keys::{object_path, validate_key};
 use crate::record::{RecordFormat, ResultRecord};
 use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::plain::PlainValue;
@@ -338,8 +338,7 @@ impl ResultStore {
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
         // before it can replace anything.
-        let value =
-            self.decode(&eff.serializer, &data, |m| Error::InvalidRequest(format!("`data` cannot be read back: {m}")))?;
+        let value = self.decode_written(&eff.serializer, &data, "`data`")?;
         let record_format = if eff.persist && block.format == BlockFormat::Split {
             RecordFormat::Split
         } else {
@@ -390,9 +389,7 @@ impl ResultStore {
         let mut record = ResultRecord::decode(object.clone(), &hint, &key)
             .map_err(|m| Error::InvalidRequest(format!("the object is not a readable record: {m}")))?;
         serializer::check_data(&record.serializer, &record.data)?;
-        let value = self.decode(&record.serializer, &record.data, |m| {
-            Error::InvalidRequest(format!("the object's result cannot be read back: {m}"))
-        })?;
+        let value = self.decode_written(&record.serializer, &record.data, "the object's result")?;
         let version = if block.format == BlockFormat::Split && record.format == RecordFormat::Prefect3 {
             record.format = RecordFormat::Split;
             self.write_record(&block, &key, &record, input.mode).await?
@@ -411,7 +408,7 @@ impl ResultStore {
         let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
         let put = block
             .store
-            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), opts)
+            .put_opts(&object_path(key)?, PutPayload::from_bytes(bytes), opts)
             .await
             .map_err(|e| Error::from_store(&block.slug, key, e))?;
         Ok(put.e_tag.or(put.version))
@@ -425,7 +422,7 @@ impl ResultStore {
         record: &ResultRecord,
         mode: WriteMode,
     ) -> Result<Option<String>> {
-        let path = Path::from(key);
+        let path = object_path(key)?;
         let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
         let map = |e| Error::from_store(&block.slug, key, e);
         match (block.format, &block.metadata_store) {
@@ -509,7 +506,7 @@ impl ResultStore {
                     && expect.sha256.as_ref().is_none_or(|s| *s == e.reference.sha256)
                     && (e.record.format != RecordFormat::Bare
                         || opts.as_stored
-                        || *hint.as_ref().unwrap_or(&block.default_serializer) == e.record.serializer)
+                        || hint.as_ref().is_none_or(|h| *h == e.record.serializer))
             };
             // Reading as stored needs no serializer for a bare payload: load it opaquely.
             let load_hint = hint.clone().or_else(|| opts.as_stored.then(SerializerConfig::opaque));
@@ -533,8 +530,9 @@ impl ResultStore {
 
     /// One storage read of `key`, detecting its format.
     async fn load(&self, block: Arc<Block>, key: String, hint: Option<SerializerConfig>) -> Result<LoadedResult> {
+        let named = hint.is_some();
         let hint = hint.unwrap_or_else(|| block.default_serializer.clone());
-        let path = Path::from(key.as_str());
+        let path = object_path(&key)?;
         let split_first = block.format == BlockFormat::Split;
         let mut metadata = None;
         if split_first && let Some(meta) = &block.metadata_store {
@@ -548,7 +546,7 @@ impl ResultStore {
         let data = got.bytes().await.map_err(|e| Error::from_store(&block.slug, &key, e))?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let raw = data.clone();
-        let record = match metadata {
+        let mut record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
             None => {
                 let record = ResultRecord::decode(data, &hint, &key).map_err(corrupt)?;
@@ -563,6 +561,12 @@ impl ResultStore {
                 }
             }
         };
+        if record.format == RecordFormat::Bare && !named {
+            // Nobody said what wrote these bytes: the block's default is only a guess, and
+            // bytes it cannot read are not damaged. Tell by the bytes, or ask.
+            record.serializer = serializer::sniff(&record.data, &block.default_serializer)
+                .ok_or_else(|| Error::SerializerUnknown { block: block.slug.clone(), key: key.clone() })?;
+        }
         let value = self.decode(&record.serializer, &record.data, |m| Error::corrupt(&block.slug, &key, m))?;
         let version = meta.e_tag.clone().or(meta.version.clone());
         let reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
@@ -625,6 +629,22 @@ impl ResultStore {
         })
     }
 
+    /// The value of serializer bytes a client sent, for a write: bytes that could never
+    /// be read back (`what` says whose) are refused before they replace anything. The
+    /// bytes themselves passed [`serializer::check_data`]; JSON inside a compressed
+    /// serializer is checked here, once it is out.
+    fn decode_written(&self, config: &SerializerConfig, data: &Bytes, what: &str) -> Result<serializer::DecodedValue> {
+        let cannot = |m: String| Error::InvalidRequest(format!("{what} cannot be read back: {m}"));
+        let value = self.decode(config, data, cannot)?;
+        if value.serializer == "json"
+            && !matches!(config.kind()?, serializer::SerializerKind::Json { .. })
+            && let Err(e) = serializer::json_check::check_json(&value.bytes)
+        {
+            return Err(cannot(format!("the JSON text inside is not JSON ({e})")));
+        }
+        Ok(value)
+    }
+
     /// The object as stored (see [`LoadedResult::stored_object`]).
     pub fn stored_object(&self, result: &LoadedResult) -> Result<Bytes> {
         result.stored_object().ok_or_else(|| {
@@ -648,7 +668,7 @@ impl ResultStore {
     pub async fn exists(&self, block: &str, key: &str, access: &Access) -> Result<bool> {
         let block = self.block_for(block, access, Operation::Read)?;
         validate_key(key)?;
-        match block.store.head(&Path::from(key)).await {
+        match block.store.head(&object_path(key)?).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(Error::from_store(&block.slug, key, e)),
@@ -659,7 +679,7 @@ impl ResultStore {
     pub async fn delete(&self, block: &str, key: &str, access: &Access) -> Result<()> {
         let block = self.block_for(block, access, Operation::Delete)?;
         validate_key(key)?;
-        let path = Path::from(key);
+        let path = object_path(key)?;
         let map = |e| Error::from_store(&block.slug, key, e);
         block.store.head(&path).await.map_err(map)?;
         self.cache.invalidate(&block.cache_key(key)).await;
@@ -696,11 +716,11 @@ impl ResultStore {
         }
         // object_store lists whole segments: list the directory part, filter the rest.
         let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
-        let dir_path = dir.map(Path::from);
+        let dir_path = dir.map(object_path).transpose()?;
         let mut stream = if page_token.is_empty() {
             block.store.list(dir_path.as_ref())
         } else {
-            block.store.list_with_offset(dir_path.as_ref(), &Path::from(page_token))
+            block.store.list_with_offset(dir_path.as_ref(), &object_path(page_token)?)
         };
         // Stores do not promise an order: keep the `page_size + 1` smallest keys seen.
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();

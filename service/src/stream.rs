@@ -15,7 +15,10 @@
 //!   `max_result_size` and stored as Put stores objects; any other object is a bare
 //!   payload and is uploaded as it is.
 //!
-//! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 for JSON, base64 for
+//! A stream commits only when it is whole: it ended with its `end` message, or sent
+//! exactly the size its header announced ([`Body`]).
+//!
+//! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 and JSON syntax for JSON, base64 for
 //! pickles), against the header's optional size and sha256, and a multipart upload only
 //! becomes visible when it completes: a stream that fails, breaks or lies leaves whatever
 //! the key held before. Create-only streams are uploaded under the reserved
@@ -54,7 +57,7 @@ use crate::blocks::Block;
 use crate::cache::LoadedResult;
 use crate::config::BlockFormat;
 use crate::error::{Error, Result};
-use crate::keys::{RESERVED_STAGING_PREFIX, validate_key};
+use crate::keys::{RESERVED_STAGING_PREFIX, object_path, validate_key};
 use crate::record::{PREFECT3_SUFFIX, RecordFormat, ResultRecord, escape_json_chunk};
 use crate::reference::{LiteralValue, ResultReference};
 use crate::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
@@ -90,8 +93,54 @@ pub struct PutStreamHeader {
     pub sha256: Option<String>,
 }
 
-/// The payload of a PutStream, as the transport delivers it.
-pub type ChunkStream = BoxStream<'static, Result<Bytes>>;
+/// One message of a PutStream's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadPart {
+    Chunk(Bytes),
+    /// The client sent the whole payload; nothing may follow.
+    End,
+}
+
+/// The body of a PutStream, as the transport delivers it.
+pub type ChunkStream = BoxStream<'static, Result<UploadPart>>;
+
+/// A PutStream's payload, read so that only a whole stream ends well: one that said
+/// [`UploadPart::End`], or whose header announced a size (checked at the end). Any other
+/// end (a cancelled, crashed or disconnected client, which HTTP/2 may deliver as a normal
+/// end of stream) is an error, so nothing is committed.
+struct Body {
+    parts: ChunkStream,
+    announced: bool,
+    ended: bool,
+}
+
+impl Body {
+    async fn next(&mut self) -> Option<Result<Bytes>> {
+        if self.ended {
+            return None;
+        }
+        match self.parts.next().await {
+            Some(Ok(UploadPart::Chunk(chunk))) => Some(Ok(chunk)),
+            Some(Ok(UploadPart::End)) => {
+                self.ended = true;
+                match self.parts.next().await {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(_)) => Some(Err(Error::InvalidRequest(
+                        "a PutStream message came after `end`; nothing was stored".into(),
+                    ))),
+                }
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None if self.announced => None,
+            None => Some(Err(Error::InvalidRequest(
+                "the PutStream ended without its `end` message and its header announced no `size`, so it may be \
+                 cut short; nothing was stored"
+                    .into(),
+            ))),
+        }
+    }
+}
 
 /// One item of a GetStream's body.
 #[derive(Debug, Clone)]
@@ -104,10 +153,26 @@ pub enum StreamPart {
     },
 }
 
+/// What a GetStream sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamContent {
+    /// The serializer bytes (or, with `as_stored`, the object as stored): streamed past
+    /// the cache when large.
+    #[default]
+    Stored,
+    /// The value bytes, as Resolve's `WANT_RAW`: the result is read whole.
+    Value,
+    /// The value as JSON, as Resolve's `WANT_JSON`: the result is read whole.
+    Json,
+}
+
 /// A GetStream: what the header says, then the body.
 pub struct ReadStream {
     pub reference: ResultReference,
     pub metadata_json: String,
+    /// With [`StreamContent::Value`] and [`StreamContent::Json`]: the serializer of the
+    /// value bytes (`json`, `pickle`, ...).
+    pub value_serializer: Option<String>,
     pub parts: BoxStream<'static, Result<StreamPart>>,
 }
 
@@ -139,12 +204,8 @@ fn starts_like_object(head: &[u8]) -> bool {
 
 impl ResultStore {
     /// Stores one result sent in pieces (see the module docs).
-    pub async fn put_stream(
-        &self,
-        header: PutStreamHeader,
-        mut chunks: ChunkStream,
-        access: &Access,
-    ) -> Result<PutOutcome> {
+    pub async fn put_stream(&self, header: PutStreamHeader, parts: ChunkStream, access: &Access) -> Result<PutOutcome> {
+        let mut chunks = Body { parts, announced: header.size.is_some(), ended: false };
         let object = header.payload == StreamPayload::Object;
         let explicit_key = object || header.key.as_deref().is_some_and(|k| !k.is_empty());
         let eff = settings::resolve(&header.task, header.flow.as_ref(), &self.defaults, explicit_key)?;
@@ -286,7 +347,7 @@ impl ResultStore {
         if format == RecordFormat::Split
             && let Some(meta) = &block.metadata_store
         {
-            meta.put(&Path::from(key.as_str()), record.metadata_json().into())
+            meta.put(&object_path(&key)?, record.metadata_json().into())
                 .await
                 .map_err(|e| Error::from_store(&block.slug, &key, e))?;
         }
@@ -298,7 +359,7 @@ impl ResultStore {
     }
 
     /// Reads the rest of a stream into `buf`, up to `max_result_size`.
-    async fn buffer_rest(&self, buf: &mut BytesMut, chunks: &mut ChunkStream) -> Result<()> {
+    async fn buffer_rest(&self, buf: &mut BytesMut, chunks: &mut Body) -> Result<()> {
         while let Some(chunk) = chunks.next().await {
             buf.extend_from_slice(&chunk?);
             if buf.len() as u64 > self.max_result_size {
@@ -323,19 +384,28 @@ impl ResultStore {
     }
 
     /// Reads one result in pieces (see the module docs).
-    pub async fn read_stream(&self, target: ReadTarget, opts: ReadOptions, access: &Access) -> Result<StreamOutcome> {
+    pub async fn read_stream(
+        &self,
+        target: ReadTarget,
+        opts: ReadOptions,
+        content: StreamContent,
+        access: &Access,
+    ) -> Result<StreamOutcome> {
+        if content != StreamContent::Stored {
+            return self.stream_through_cache(target, opts, content, access).await;
+        }
         let (block, key, expect, hint, doc_expiration) = match self.locate(target.clone(), &opts, access)? {
             Located::Literal(l) => return Ok(StreamOutcome::Literal(l)),
             Located::At { block, key, expect, hint, doc_expiration } => (block, key, expect, hint, doc_expiration),
         };
         if !expect.persisted {
-            return self.stream_through_cache(target, opts, access).await;
+            return self.stream_through_cache(target, opts, content, access).await;
         }
-        let path = Path::from(key.as_str());
+        let path = object_path(&key)?;
         let map = |e| Error::from_store(&block.slug, &key, e);
         let meta = block.store.head(&path).await.map_err(map)?;
         if meta.size <= self.cache.max_entry() {
-            return self.stream_through_cache(target, opts, access).await;
+            return self.stream_through_cache(target, opts, content, access).await;
         }
 
         // A large object: find its layout from its metadata document or its first bytes.
@@ -352,7 +422,7 @@ impl ResultStore {
                     return Err(self.record_too_large(meta.size));
                 }
                 if meta.size <= self.max_result_size {
-                    return self.stream_through_cache(target, opts, access).await;
+                    return self.stream_through_cache(target, opts, content, access).await;
                 }
             }
             if block.format != BlockFormat::Split
@@ -381,7 +451,8 @@ impl ResultStore {
         // The bytes as stored, or for `as_stored` of a split result, the record they make.
         let wrap = (opts.as_stored && record.format == RecordFormat::Split).then(|| record.prefect3_prefix());
         let expected = expect.sha256.clone();
-        let ranges = ranged_reads(block.clone(), key.clone(), meta.size, meta.e_tag.clone(), self.stream_chunk);
+        let ranges =
+            ranged_reads(block.clone(), key.clone(), path.clone(), meta.size, meta.e_tag.clone(), self.stream_chunk);
         let (tx, rx) = mpsc::channel::<Result<StreamPart>>(2);
         let slug = block.slug.clone();
         tokio::spawn(async move {
@@ -397,15 +468,17 @@ impl ResultStore {
         Ok(StreamOutcome::Stream(Box::new(ReadStream {
             reference,
             metadata_json,
+            value_serializer: None,
             parts: ReceiverStream::new(rx).boxed(),
         })))
     }
 
-    /// A result read as Get reads it (through the cache), sent in pieces.
+    /// A result read as Get or Resolve reads it (through the cache), sent in pieces.
     async fn stream_through_cache(
         &self,
         target: ReadTarget,
         opts: ReadOptions,
+        content: StreamContent,
         access: &Access,
     ) -> Result<StreamOutcome> {
         let as_stored = opts.as_stored;
@@ -413,8 +486,21 @@ impl ResultStore {
             ReadOutcome::Literal(l) => return Ok(StreamOutcome::Literal(l)),
             ReadOutcome::Loaded { result, .. } => result,
         };
-        let bytes = if as_stored { self.stored_object(&result)? } else { result.record.data.clone() };
-        let sha256 = if as_stored { sha256_hex(&bytes) } else { result.reference.sha256.clone() };
+        let (bytes, sha256) = match content {
+            StreamContent::Stored if as_stored => {
+                let bytes = self.stored_object(&result)?;
+                let sha256 = sha256_hex(&bytes);
+                (bytes, sha256)
+            }
+            StreamContent::Stored => (result.record.data.clone(), result.reference.sha256.clone()),
+            StreamContent::Value => (result.value.bytes.clone(), sha256_hex(&result.value.bytes)),
+            StreamContent::Json => {
+                let json = self.to_json(&result)?;
+                let sha256 = sha256_hex(&json);
+                (json, sha256)
+            }
+        };
+        let value_serializer = (content != StreamContent::Stored).then(|| result.value.serializer.clone());
         let size = bytes.len() as u64;
         let pieces: Vec<Result<StreamPart>> = (0..bytes.len())
             .step_by(MESSAGE_CHUNK)
@@ -424,6 +510,7 @@ impl ResultStore {
         Ok(StreamOutcome::Stream(Box::new(ReadStream {
             reference: result.reference.clone(),
             metadata_json: String::from_utf8_lossy(&result.record.metadata_json()).into_owned(),
+            value_serializer,
             parts: futures::stream::iter(pieces).boxed(),
         })))
     }
@@ -453,11 +540,11 @@ fn check_announced(header: &PutStreamHeader, size: u64, sha256: impl FnOnce() ->
 fn ranged_reads(
     block: Arc<Block>,
     key: String,
+    path: Path,
     size: u64,
     etag: Option<String>,
     chunk: usize,
 ) -> BoxStream<'static, Result<Bytes>> {
-    let path = Path::from(key.as_str());
     let starts = (0..size).step_by(chunk.max(1));
     futures::stream::iter(starts)
         .map(move |start| {
@@ -557,7 +644,7 @@ struct Upload {
 impl Upload {
     async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, part: usize) -> Result<Self> {
         let map = |e| Error::from_store(&block.slug, key, e);
-        let target = Path::from(key);
+        let target = object_path(key)?;
         let staging = match mode {
             WriteMode::Overwrite => None,
             WriteMode::CreateOnly => {
@@ -608,7 +695,7 @@ impl Upload {
         let Some(staging) = staging else {
             return Ok(put.e_tag.or(put.version));
         };
-        let target = Path::from(key.as_str());
+        let target = object_path(&key)?;
         let moved = match block.store.copy_if_not_exists(&staging, &target).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. }) => {

@@ -77,6 +77,21 @@ pub const SERIALIZERS: &[&str] = &[
     r#"{"type":"compressed","serializer":"pickle","compressionlib":"lzma"}"#,
 ];
 
+/// Keys as Prefect's `result_storage_key` templates make them from flow parameters:
+/// letters of several scripts, spaces, and punctuation that URLs and object_store's
+/// `Path::from` would escape. Every block stores each under exactly this name.
+pub const KEY_TABLE: &[&str] = &[
+    "keys/runs/Zürich.json",
+    "keys/ключ-значение",
+    "keys/結果/データ.pkl",
+    "keys/with space/and  two",
+    "keys/brackets[0]",
+    "keys/pct%41 and %2F",
+    "keys/tilde~star*what?",
+    "keys/punct!@$&+=,;'",
+    "keys/emoji-🙂-ß-é",
+];
+
 impl TestServer {
     /// A server with [`base_config`].
     pub async fn start() -> Self {

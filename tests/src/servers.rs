@@ -188,9 +188,16 @@ pub fn fake_gcs(bucket: &str) -> Spawned {
     spawned
 }
 
-/// Seeds one object into a fake-gcs-server bucket.
+/// Seeds one object into a fake-gcs-server bucket, named `name` exactly.
 pub fn gcs_seed(port: u16, bucket: &str, name: &str, body: &[u8]) {
-    let path = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}", name.replace('/', "%2F"));
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let path = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={encoded}");
     let code = http(port, "POST", &path, &[("Content-Type", "application/octet-stream")], body);
     assert_eq!(code, 200, "seeding {name}");
 }
@@ -215,4 +222,47 @@ pub fn s3s_fs(bucket: &str) -> (Spawned, tempfile::TempDir) {
             .arg(root.path());
     });
     (spawned, root)
+}
+
+/// The test servers' Python (moto's venv: boto3 and azure-storage-blob), which reads
+/// storage the way other programs do, to check object names without object_store.
+fn test_python() -> PathBuf {
+    std::env::var_os("RESULTSTORE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| locate("python", "RESULTSTORE_TEST_PYTHON"))
+}
+
+fn names_from_python(code: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(test_python()).arg("-c").arg(code).args(args).output().expect("run the test Python");
+    assert!(out.status.success(), "listing storage: {}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = serde_json::from_slice(&out.stdout).expect("a JSON list of names");
+    names.sort();
+    names
+}
+
+/// Object names under `prefix` in an S3 bucket at `port` (credentials `test`/`test`), as
+/// boto3 lists them.
+pub fn s3_object_names(port: u16, bucket: &str, prefix: &str) -> Vec<String> {
+    names_from_python(
+        "import boto3, json, sys\n\
+         s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+         pages = s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[2], Prefix=sys.argv[3])\n\
+         print(json.dumps([o['Key'] for p in pages for o in p.get('Contents', [])]))",
+        &[&format!("http://127.0.0.1:{port}"), bucket, prefix],
+    )
+}
+
+/// Blob names under `prefix` in an Azurite container at `port`, as azure-storage-blob
+/// lists them.
+pub fn azure_blob_names(port: u16, container: &str, prefix: &str) -> Vec<String> {
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    );
+    names_from_python(
+        "import json, sys\n\
+         from azure.storage.blob import BlobServiceClient as C\n\
+         c = C.from_connection_string(sys.argv[1]).get_container_client(sys.argv[2])\n\
+         print(json.dumps([b.name for b in c.list_blobs(name_starts_with=sys.argv[3])]))",
+        &[&conn, container, prefix],
+    )
 }

@@ -188,6 +188,36 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
             Code::InvalidArgument,
         ),
         (
+            "json data that is not JSON, over a kept result",
+            put_req(|r| {
+                r.key = "kept/0".into();
+                r.payload = Some(pb::put_request::Payload::Data(b"{not json".to_vec().into()));
+                r.task = settings(|s| s.result_serializer = ser("json", ""))
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "json data with trailing garbage",
+            put_req(|r| {
+                r.payload = Some(pb::put_request::Payload::Data(b"{\"a\": 1} x".to_vec().into()));
+                r.task = settings(|s| s.result_serializer = ser("json", ""))
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            // base64 of zlib.compress(b"{not json")
+            "compressed json whose text is not JSON",
+            put_req(|r| {
+                r.key = "kept/0".into();
+                r.payload = Some(pb::put_request::Payload::Data(b"eJyrzssvUcgqzs8DABJ6A6c=\n".to_vec().into()));
+                r.task = settings(|s| {
+                    s.result_serializer =
+                        ser("compressed", r#"{"type":"compressed","serializer":"json","compressionlib":"zlib"}"#)
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
             "json data not UTF-8",
             put_req(|r| {
                 r.payload = Some(pb::put_request::Payload::Data(vec![0xff, 0xfe].into()));
@@ -301,7 +331,17 @@ system"}"#
             resolve(outside("memory/split", ".resultstore-metadata/x"), pb::Want::Raw),
             Code::InvalidArgument,
         ),
-        ("garbage bytes read as pickle", resolve(loc("", "garbage"), pb::Want::Json), Code::DataLoss),
+        // No serializer named and the bytes do not tell: a question, not damage.
+        (
+            "garbage bare bytes, serializer unknown",
+            resolve(loc("", "garbage"), pb::Want::Json),
+            Code::FailedPrecondition,
+        ),
+        (
+            "garbage bytes read as the pickle they were said to be",
+            resolve(loc("", "garbage"), pb::Want::Json).tap(|r| r.serializer_hint = ser("pickle", "")),
+            Code::DataLoss,
+        ),
         ("record whose result is not base64", resolve(loc("", "mislabelled"), pb::Want::Raw), Code::DataLoss),
         ("no target", resolve(None, pb::Want::Raw), Code::InvalidArgument),
         ("missing key", resolve(loc("", "no/such/key"), pb::Want::Raw), Code::NotFound),

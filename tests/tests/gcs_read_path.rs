@@ -5,7 +5,7 @@
 
 use resultstore_client::{ReadOptions, Target, Want};
 use resultstore_e2e::servers::{fake_gcs, gcs_options, gcs_seed};
-use resultstore_e2e::{TestServer, config_with_pair, prefect_samples};
+use resultstore_e2e::{KEY_TABLE, TestServer, config_with_pair, prefect_samples};
 use tonic::Code;
 
 #[tokio::test]
@@ -59,9 +59,34 @@ async fn gcs_blocks_read_prefect_records_list_and_delete() {
     }
     assert_eq!(seen, (0..7).map(|i| format!("many/{i}")).collect::<Vec<_>>());
 
+    // Objects named by the key table (as Prefect's GcsBucket names them) are found under
+    // exactly those names, and listed as those keys.
+    for key in KEY_TABLE {
+        let record = format!(r#"{{"metadata":{{"serializer":{{"type":"json"}}}},"result":{}}}"#, json_string(key));
+        gcs_seed(gcs.port, "results", &format!("p3/{key}"), record.as_bytes());
+    }
+    let mut want: Vec<String> = KEY_TABLE.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    let listed: Vec<String> = c.list_all("gcs-bucket/p3", "keys/").await.unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(listed, want);
+    for key in &listed {
+        let r =
+            c.resolve(loc("gcs-bucket/p3", key), Want::Json, bypass()).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+        let got: String = serde_json::from_str(r.json.as_deref().unwrap()).unwrap();
+        assert_eq!(got, *key);
+        assert_eq!(r.reference.unwrap().0.uri, format!("gs://results/p3/{key}"));
+        c.delete("gcs-bucket/p3", key).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(!c.exists("gcs-bucket/p3", key).await.unwrap(), "{key}");
+    }
+
     assert!(c.exists("gcs-bucket/p3", "json-dict").await.unwrap());
     c.delete("gcs-bucket/p3", "json-dict").await.unwrap();
     assert!(!c.exists("gcs-bucket/p3", "json-dict").await.unwrap());
     let err = c.resolve(loc("gcs-bucket/p3", "json-dict"), Want::Raw, bypass()).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
+}
+
+/// `s` as a JSON string holding the JSON text of `s` (a Prefect 3 record's `result`).
+fn json_string(s: &str) -> String {
+    serde_json::to_string(&serde_json::to_string(s).unwrap()).unwrap()
 }

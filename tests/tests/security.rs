@@ -306,6 +306,10 @@ fn chunk(bytes: &'static [u8]) -> pb::PutStreamRequest {
     pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(Bytes::from_static(bytes))) }
 }
 
+fn end() -> pb::PutStreamRequest {
+    pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::End(pb::PutStreamEnd {})) }
+}
+
 /// Opens a PutStream with its header and one chunk and keeps it open: a call in flight.
 async fn open_put_stream(
     c: &Client,
@@ -351,6 +355,7 @@ async fn calls_beyond_the_limit_are_shed_not_queued() {
     assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
     assert!(e.to_string().contains("limits.max_concurrent_requests"), "{e}");
     tx.send(chunk(b"2]")).await.unwrap();
+    tx.send(end()).await.unwrap();
     drop(tx);
     call.await.unwrap().expect("the admitted stream completes");
     // Its place is free again.
@@ -451,6 +456,7 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_finishes_those_
     assert_eq!(health(&s.url, "").await.unwrap_err().code(), Code::Unavailable);
     // The call in flight finishes, and then the server ends.
     tx.send(chunk(b"2]")).await.unwrap();
+    tx.send(end()).await.unwrap();
     drop(tx);
     call.await.unwrap().expect("the call in flight completes during the drain");
     stopping.await.unwrap().expect("clean shutdown");

@@ -207,7 +207,11 @@ async fn streams_that_go_wrong_leave_the_stored_result_as_it_was() {
         let got = get_all(c, loc(block, key), ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
         assert!(got == old, "{block}: the old result changed");
     }
-    // The abandoned upload's parts are removed once the server sees the stream end.
+    no_multipart_leftovers(&s).await;
+}
+
+/// The abandoned uploads' parts are removed once the server sees their streams end.
+async fn no_multipart_leftovers(s: &TestServer) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let leftovers: Vec<_> = walk(s.dir.path()).into_iter().filter(|p| p.contains('#')).collect();
@@ -218,6 +222,50 @@ async fn streams_that_go_wrong_leave_the_stored_result_as_it_was() {
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Base64 text (valid pickle-serializer bytes to every check a stream can make as it
+/// passes), `len` bytes, a multiple of four, so any prefix cut at 1 MiB is valid too.
+fn b64_payload(len: usize, seed: u8) -> Bytes {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    Bytes::from((0..len).map(|i| alphabet[(i * 7 + seed as usize) % 64]).collect::<Vec<u8>>())
+}
+
+/// A client that cancels a PutStream without having announced a size: HTTP/2 hands the
+/// server a RST_STREAM CANCEL, which tonic delivers as a normal end of stream, so only the
+/// missing `end` message tells it from a whole one. Small (one piece, stored as a Put)
+/// and large (multipart) streams alike leave the key as it was.
+#[tokio::test]
+async fn cancelled_streams_without_a_size_commit_nothing() {
+    let mut s = TestServer::start_with(|d| streaming(base_config(d))).await;
+    let block = "local-file-system/default";
+    // Base64 pickle bytes: every prefix cut at a piece passes the checks made as bytes
+    // pass, so only the stream's end can tell the server it was cut short.
+    let put = |key: &str| Put::data(Bytes::new()).serializer("pickle").storage(block).key(key);
+    let new = b64_payload(12 * MIB, 3);
+    for (key, pieces) in [("cancel/small", 1), ("cancel/large", 7)] {
+        let old = b64_payload(6 * MIB, 9);
+        s.client.put_stream(put(key), chunks(old.clone(), MIB)).await.unwrap();
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(1);
+        let client = s.client.clone();
+        let abandoned = put(key);
+        let upload = tokio::spawn(async move { client.put_stream(abandoned, rx).await });
+        for piece in 0..pieces {
+            let bytes = if pieces == 1 { new.slice(..4) } else { new.slice(piece * MIB..(piece + 1) * MIB) };
+            futures::SinkExt::send(&mut tx, bytes).await.unwrap();
+        }
+        // The last piece was taken by the call; cancel it (the future is dropped).
+        futures::SinkExt::send(&mut tx, Bytes::new()).await.unwrap();
+        upload.abort();
+        let _ = upload.await;
+        drop(tx);
+        // A graceful restart drains every call in flight: the server has finished with
+        // the cancelled stream, whatever it made of it.
+        s.restart().await;
+        let got = get_all(&s.client, loc(block, key), ReadOptions { bypass_cache: true, ..Default::default() }).await;
+        assert!(got.unwrap() == old, "{key}: a cancelled stream replaced the result");
+    }
+    no_multipart_leftovers(&s).await;
 }
 
 #[tokio::test]
@@ -375,6 +423,17 @@ async fn malformed_streams_are_invalid_arguments() {
     assert_eq!(twice.code(), Code::InvalidArgument, "{twice}");
     let empty = raw.put_stream(futures::stream::iter(Vec::<pb::PutStreamRequest>::new())).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument, "{empty}");
+    // Whole streams end with `end` (or announce their size): one that just stops is refused.
+    let end = || pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::End(pb::PutStreamEnd {})) };
+    // (`MQ==` is base64, as the default pickle serializer's bytes are.)
+    let unended = raw.put_stream(futures::stream::iter([header(), chunk(b"MQ==")])).await.unwrap_err();
+    assert_eq!(unended.code(), Code::InvalidArgument, "{unended}");
+    assert!(unended.message().contains("`end`"), "{unended}");
+    let after_end = raw.put_stream(futures::stream::iter([header(), chunk(b"MQ=="), end(), chunk(b"MQ==")])).await;
+    assert_eq!(after_end.unwrap_err().code(), Code::InvalidArgument);
+    assert!(!s.client.exists("", "m").await.unwrap(), "nothing was stored");
+    raw.put_stream(futures::stream::iter([header(), chunk(b"MQ=="), end()])).await.unwrap();
+    assert!(s.client.exists("", "m").await.unwrap());
     let mut bad_sha = header();
     if let Some(pb::put_stream_request::Part::Header(h)) = &mut bad_sha.part {
         h.sha256 = "abc".into();

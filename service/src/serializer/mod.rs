@@ -13,6 +13,7 @@
 //! - `compressed*`: base64 of the compressed serializer bytes of the inner serializer.
 
 pub mod json;
+pub mod json_check;
 pub mod pickle;
 pub mod plain;
 
@@ -256,6 +257,36 @@ pub fn decode_value(config: &SerializerConfig, data: &Bytes, limit: u64) -> Resu
     }
 }
 
+/// The serializer of a bare payload nobody named, when its bytes tell it safely: JSON
+/// text is the JSON serializer's; base64 whose first bytes are a pickle's protocol mark
+/// (`0x80`, protocol 2 and later, which no JSON text starts with) is the pickle
+/// serializer's; base64 whose first bytes are the magic number of `preferred`'s
+/// compression, when `preferred` (the block's default) is a compressed serializer, is
+/// its. `preferred` is returned whenever it is of the kind found, so its options
+/// (`jsonlib`, `picklelib`) are kept. `None`: the bytes do not say.
+pub fn sniff(data: &[u8], preferred: &SerializerConfig) -> Option<SerializerConfig> {
+    let kind = preferred.kind().ok();
+    let prefer =
+        |ty: &str, same: bool| if same { Some(preferred.clone()) } else { SerializerConfig::from_type(ty).ok() };
+    if std::str::from_utf8(data).is_ok() && json_check::check_json(data).is_ok() {
+        return prefer("json", matches!(kind, Some(SerializerKind::Json { .. })));
+    }
+    // The first four base64 symbols are the first three bytes.
+    let start = data.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(data.len());
+    let head = b64_decode(data.get(start..start + 4)?).ok()?;
+    if head.first() == Some(&0x80) {
+        return prefer("pickle", matches!(kind, Some(SerializerKind::Pickle)));
+    }
+    let magic: &[u8] = match kind {
+        Some(SerializerKind::Compressed { lib: Compression::Lzma, .. }) => &[0xfd, 0x37, 0x7a],
+        Some(SerializerKind::Compressed { lib: Compression::Bz2, .. }) => b"BZh",
+        Some(SerializerKind::Compressed { lib: Compression::Gzip, .. }) => &[0x1f, 0x8b],
+        Some(SerializerKind::Compressed { lib: Compression::Zlib, .. }) => &[0x78],
+        _ => return None,
+    };
+    head.starts_with(magic).then(|| preferred.clone())
+}
+
 /// Serializes a plain value with `config`, as the named Prefect serializer would.
 pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec<u8>> {
     match config.kind()? {
@@ -305,10 +336,10 @@ pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
             if let Err(e) = std::str::from_utf8(data) {
                 return bad(format!("JSON text must be UTF-8 ({e})"));
             }
-            // Whether the text is JSON is left to readers (a full parse per Put costs as
-            // much as the write); empty text, which no JSON reader accepts, is refused.
-            if data.trim_ascii().is_empty() {
-                return bad("it is empty; JSON text holds at least one value".into());
+            // Text Python's `json` could not read would replace a result with one that
+            // reads as DATA_LOSS: checked here, without building a value.
+            if let Err(e) = json_check::check_json(data) {
+                return bad(format!("it is not JSON text ({e})"));
             }
         }
         SerializerKind::Pickle | SerializerKind::Compressed { .. } => {
@@ -323,7 +354,7 @@ pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
 
 /// [`check_data`] for serializer bytes that arrive in chunks (streamed puts), in constant
 /// memory. It checks what can be checked without holding the whole payload: JSON text is
-/// UTF-8; pickle and compressed payloads are base64 (standard alphabet and whitespace, `=`
+/// UTF-8 and JSON ([`json_check::JsonCheck`]); pickle and compressed payloads are base64 (standard alphabet and whitespace, `=`
 /// only at the end, a length that is a multiple of four). Whether the pickle or the
 /// compressed stream inside is whole is not checked: reading it needs all of it at once.
 #[derive(Debug)]
@@ -331,6 +362,7 @@ pub struct StreamCheck {
     kind: StreamCheckKind,
     type_name: String,
     utf8: Utf8Stream,
+    json: json_check::JsonCheck,
     /// Base64 symbols seen, and whether padding has begun.
     symbols: u64,
     padding: u64,
@@ -338,7 +370,7 @@ pub struct StreamCheck {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamCheckKind {
-    Utf8,
+    Json,
     Base64,
     None,
 }
@@ -346,7 +378,7 @@ enum StreamCheckKind {
 impl StreamCheck {
     pub fn new(config: &SerializerConfig) -> Result<Self> {
         let kind = match config.kind()? {
-            SerializerKind::Json { .. } => StreamCheckKind::Utf8,
+            SerializerKind::Json { .. } => StreamCheckKind::Json,
             SerializerKind::Pickle | SerializerKind::Compressed { .. } => StreamCheckKind::Base64,
             SerializerKind::Unknown(_) => StreamCheckKind::None,
         };
@@ -354,6 +386,7 @@ impl StreamCheck {
             kind,
             type_name: config.type_name().to_owned(),
             utf8: Utf8Stream::default(),
+            json: json_check::JsonCheck::default(),
             symbols: 0,
             padding: 0,
         })
@@ -367,10 +400,12 @@ impl StreamCheck {
     pub fn update(&mut self, chunk: &[u8]) -> Result<()> {
         match self.kind {
             StreamCheckKind::None => Ok(()),
-            StreamCheckKind::Utf8 => match self.utf8.update(chunk) {
-                Ok(()) => Ok(()),
-                Err(at) => Err(self.bad(format!("JSON text must be UTF-8 (invalid byte near offset {at})"))),
-            },
+            StreamCheckKind::Json => {
+                if let Err(at) = self.utf8.update(chunk) {
+                    return Err(self.bad(format!("JSON text must be UTF-8 (invalid byte near offset {at})")));
+                }
+                self.json.update(chunk).map_err(|e| self.bad(format!("it is not JSON text ({e})")))
+            }
             StreamCheckKind::Base64 => {
                 for &b in chunk {
                     match b {
@@ -393,9 +428,10 @@ impl StreamCheck {
     /// Checks the end of the payload.
     pub fn finish(&self) -> Result<()> {
         match self.kind {
-            StreamCheckKind::Utf8 if !self.utf8.is_complete() => {
+            StreamCheckKind::Json if !self.utf8.is_complete() => {
                 Err(self.bad("JSON text must be UTF-8 (it ends inside a character)".into()))
             }
+            StreamCheckKind::Json => self.json.finish().map_err(|e| self.bad(format!("it is not JSON text ({e})"))),
             StreamCheckKind::Base64 if !(self.symbols + self.padding).is_multiple_of(4) => {
                 Err(self.bad("invalid base64 (its length is not a multiple of four)".into()))
             }
@@ -617,6 +653,25 @@ mod tests {
         let data = Bytes::from(encode_plain(&c, &zeros).unwrap());
         assert!(data.len() < 10_000);
         assert!(matches!(decode_value(&c, &data, 1000), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn bare_payloads_are_told_by_their_bytes_or_not_at_all() {
+        let ty = |t: &str| SerializerConfig::from_type(t).unwrap();
+        let pickle = ty("pickle");
+        let json = ty("json");
+        assert_eq!(sniff(b"{\"a\": [1, NaN]}", &pickle), Some(json.clone()));
+        assert_eq!(sniff(b"\"text\"", &json), Some(json.clone()));
+        // base64 of pickle protocol 4 and 5 (`\x80\x04`, `\x80\x05`).
+        assert_eq!(sniff(b"gASVBQAAAAAAAACMAXiULg==\n", &json), Some(pickle.clone()));
+        assert_eq!(sniff(b"gAWVBQAAAAAAAACMAXiULg==\n", &pickle), Some(pickle.clone()));
+        let xz = ty("compressed/pickle");
+        let compressed = encode_plain(&xz, &PlainValue::Int(7)).unwrap();
+        assert_eq!(sniff(&compressed, &xz), Some(xz.clone()));
+        assert_eq!(sniff(&compressed, &pickle), None);
+        for unknown in [&b"{not json"[..], b"", b"abc", b"\xff\xfe"] {
+            assert_eq!(sniff(unknown, &pickle), None, "{unknown:?}");
+        }
     }
 
     #[test]

@@ -494,9 +494,11 @@ class ResultStoreClient:
     ) -> ResultReference:
         """Stores serializer bytes (or, with `object=True`, an object as `write_object`
         takes it) sent as `chunks`, any number of bytes each. Memory on both sides stays a
-        few chunks whatever the total. Give `size` (and `sha256`) when the source may stop
-        early: the server then refuses a stream that does not match, and nothing is stored;
-        a stream that just ends looks whole to it."""
+        few chunks whatever the total. When `chunks` is exhausted the client sends `end`,
+        the message that tells the server the payload is whole; if `chunks` raises, the
+        call is cancelled without it and nothing is stored. Give `size` (and `sha256`)
+        when the source may stop early without raising: the server then refuses a stream
+        that does not match."""
         header = pb.PutStreamHeader(
             payload=pb.STREAM_PAYLOAD_OBJECT if object else pb.STREAM_PAYLOAD_DATA,
             task=pb.ResultSettings(result_storage=storage or ""),
@@ -520,6 +522,7 @@ class ResultStoreClient:
             for chunk in chunks:
                 for i in range(0, len(chunk), STREAM_CHUNK):
                     yield pb.PutStreamRequest(chunk=bytes(chunk[i : i + STREAM_CHUNK]))
+            yield pb.PutStreamRequest(end=pb.PutStreamEnd())
 
         # The first replica for the key, without failover: the chunks are consumed as they
         # are sent, so they could not be sent again.
