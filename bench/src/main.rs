@@ -275,6 +275,7 @@ async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<V
     }
     if on("put: Put") {
         puts(b, &mut rows).await?;
+        json_validation(b, &mut rows).await?;
     }
     if on("cold: cold Resolve") {
         cold_local(b, &mut rows).await?;
@@ -360,10 +361,74 @@ async fn cache_hits(b: &Bench, values: &HashMap<String, Bytes>, rows: &mut Vec<R
 }
 
 async fn put_one(c: Client, block: &'static str, data: Bytes, n: u64) -> anyhow::Result<usize> {
+    put_as(c, block, "json", data, n).await
+}
+
+async fn put_as(c: Client, block: &'static str, serializer: &str, data: Bytes, n: u64) -> anyhow::Result<usize> {
     let len = data.len();
-    let put = Put::data(data).serializer("json").storage(block).persist(true).key(format!("put/{}", n % 64));
+    let put = Put::data(data).serializer(serializer).storage(block).persist(true).key(format!("put/{}", n % 64));
     c.put(put).await?;
     Ok(len)
+}
+
+/// A serializer the server knows nothing of: its bytes are stored unchecked, so a Put of
+/// the same JSON text under it is the Put path without the JSON validation.
+const UNCHECKED_SERIALIZER: &str = r#"{"type":"bench.unchecked"}"#;
+
+/// What JSON validation costs on the Put path: the same JSON bytes put with the `json`
+/// serializer (checked by the streaming validator before anything is replaced) and with a
+/// serializer the server does not know (not checked), alternating; and the validator
+/// alone against SHA-256 of the same bytes (which every Put computes), in this process.
+async fn json_validation(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    for (size, c) in [(1024usize, 64usize), (MIB, 8)] {
+        let data = json_doc(size, 1);
+        let (checked, unchecked) = alternate(
+            || {
+                let d = data.clone();
+                closed_loop(&b.ours, c, b.secs() / 2, move |cl, n| put_as(cl, "memory/bench", "json", d.clone(), n))
+            },
+            || {
+                let d = data.clone();
+                closed_loop(&b.ours, c, b.secs() / 2, move |cl, n| {
+                    put_as(cl, "memory/bench", UNCHECKED_SERIALIZER, d.clone(), n)
+                })
+            },
+        )
+        .await;
+        rows.push(
+            Row::new(
+                format!("Put {} JSON to memory/bench with validation, concurrency {c}", size_name(size)),
+                checked.summary(),
+                format!("the same bytes unchecked (unknown serializer): {}", unchecked.summary()),
+            )
+            .ratio(checked.rps() / unchecked.rps()),
+        );
+    }
+    let text = json_doc(if b.quick { 8 * MIB } else { 64 * MIB }, 3);
+    let rate = |f: &dyn Fn()| {
+        let started = Instant::now();
+        let mut rounds = 0u32;
+        while started.elapsed() < b.secs() / 4 || rounds < 3 {
+            f();
+            rounds += 1;
+        }
+        (text.len() as f64 * f64::from(rounds)) / started.elapsed().as_secs_f64() / MIB as f64
+    };
+    let validator = rate(&|| {
+        resultstore::serializer::json_check::check_json(&text).expect("the bench's JSON is JSON");
+    });
+    let sha = rate(&|| {
+        std::hint::black_box(<sha2::Sha256 as sha2::Digest>::digest(&text));
+    });
+    rows.push(
+        Row::new(
+            format!("JSON validator alone on {} of JSON text", size_name(text.len())),
+            format!("{validator:.0} MiB/s"),
+            format!("SHA-256 of the same bytes: {sha:.0} MiB/s"),
+        )
+        .ratio(validator / sha),
+    );
+    Ok(())
 }
 
 /// Put to memory and local files against the bare server's Put of the same payload.

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
+import threading
 import uuid
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from resultstore.errors import IncompleteStream, ResourceExhausted, ResultStoreError, error_from_rpc
+from resultstore.errors import DeadlineExceeded, IncompleteStream, ResultStoreError, error_from_rpc
 from resultstore.routing import Router, parse_endpoints
 from resultstore.serializers import (
     CompressedSerializer,
@@ -31,9 +33,15 @@ from resultstore.serializers import (
 from resultstore.v1 import resultstore_pb2 as pb
 from resultstore.v1 import resultstore_pb2_grpc as pb_grpc
 
-__all__ = ["ResultStoreClient", "ResultReference", "ResultLiteral"]
+__all__ = ["ResultStoreClient", "ResultReference", "ResultLiteral", "PrefectDocument"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Seconds a small call may take before it fails with `DeadlineExceeded`: a server that
+#: hangs costs a flow this long per call, not minutes.
+DEFAULT_TIMEOUT = 10.0
+#: The slowest transfer a deadline allows for: a unary call carrying N bytes gets
+#: `timeout + N / MIN_THROUGHPUT` seconds.
+MIN_THROUGHPUT = 4 * 1024 * 1024
 #: Bytes per PutStream message (every server accepts it, whatever its message limit).
 STREAM_CHUNK = 1024 * 1024
 _LITERAL_OF_VALUE = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}
@@ -43,9 +51,9 @@ _UNSET: Any = object()
 SerializerSpec = Union[str, dict, Serializer, Any]
 
 
-def _target_key(target: Union["ResultReference", tuple]) -> str:
-    """The key a reference or a `(block, key)` pair is routed by."""
-    return target.key if isinstance(target, ResultReference) else target[1]
+def _target_key(target: Union["ResultReference", "PrefectDocument", tuple]) -> str:
+    """The key a reference, a Prefect document or a `(block, key)` pair is routed by."""
+    return target.key if isinstance(target, (ResultReference, PrefectDocument)) else target[1]
 
 
 def _target(url: str) -> str:
@@ -125,17 +133,113 @@ def _datetime(ts: Timestamp, present: bool) -> Optional[_dt.datetime]:
     return ts.ToDatetime(tzinfo=_dt.timezone.utc)
 
 
-def _set_target(request: Any, target: Union["ResultReference", tuple]) -> None:
-    """Points a Get or Resolve request at a reference or a `(block, key)` pair."""
+def _set_target(request: Any, target: Union["ResultReference", "PrefectDocument", tuple]) -> None:
+    """Points a Get or Resolve request at a reference, a Prefect document or a `(block,
+    key)` pair."""
     if isinstance(target, ResultReference):
         request.reference.CopyFrom(target.message)
+    elif isinstance(target, PrefectDocument):
+        request.prefect.CopyFrom(pb.PrefectReference(block=target.block, document=target.text))
     else:
         block, key = target
         request.location.CopyFrom(pb.Location(block=block, key=key))
 
 
+class PrefectDocument:
+    """A result as Prefect's API records it: a Prefect 3 `ResultRecordMetadata` document
+    (a task run state's `data`, with `storage_key`, `serializer`, `expiration`) or a
+    Prefect 2 result document, read in `block`, the server's block that holds Prefect's
+    storage. A `storage_key` that is an absolute path (Prefect 3 records one for storage
+    that is not a saved block, such as its default `~/.prefect/storage`) must lie under
+    that block's root (a `local-file-system` block whose url is that folder): the server
+    reads the rest of the path as the key, and refuses any path outside the block."""
+
+    def __init__(self, block: str, document: Union[str, dict]):
+        self.block = block
+        self.doc = json.loads(document) if isinstance(document, (str, bytes)) else dict(document)
+        self.text = document if isinstance(document, str) else json.dumps(self.doc)
+
+    @property
+    def key(self) -> str:
+        """What calls for it are routed by: the key the document names."""
+        return str(self.doc.get("storage_key") or "")
+
+    @property
+    def literal(self) -> tuple:
+        """`(True, value)` for a literal document (no record to read), else `(False, None)`."""
+        if self.doc.get("type") == "literal":
+            return True, self.doc.get("value")
+        return False, None
+
+    def __repr__(self) -> str:
+        return f"PrefectDocument(block={self.block!r}, key={self.key!r})"
+
+
+class _ChunkReader(io.RawIOBase):
+    """A binary file over an iterator of byte chunks: lets `pickle.load` read a value as
+    it streams, one chunk in memory at a time."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buf = chunk
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class _Watchdog:
+    """Cancels a streaming call that made no progress for `timeout` seconds: a stalled
+    server or network fails the call, a large transfer that keeps moving never does.
+    `kick()` on every message; `stop()` when the call is over."""
+
+    def __init__(self, timeout: Optional[float], cancel: Callable[[], Any]):
+        self.timeout = timeout
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self._timer: Optional[threading.Timer] = None
+        self.fired = False
+        self.kick()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._cancel()
+
+    def kick(self) -> None:
+        if self.timeout is None:
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
 def _serializer_pb(s: Serializer) -> pb.Serializer:
     return pb.Serializer(type=s.type, config_json=json.dumps(s.config()))
+
+
+def _serializer_of(reference: pb.Reference) -> Serializer:
+    """The serializer a reference names."""
+    cfg = reference.serializer
+    return serializer_from(json.loads(cfg.config_json) if cfg.config_json else cfg.type)
 
 
 def _innermost(s: Serializer) -> Serializer:
@@ -307,7 +411,7 @@ class ResultStoreClient:
         url: Union[str, Sequence[str]] = "127.0.0.1:50051",
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        timeout: Optional[float] = 60.0,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
         token: Optional[str] = None,
         tls_ca: Union[None, str, bytes, os.PathLike] = None,
         tls_cert: Union[None, str, bytes, os.PathLike] = None,
@@ -316,7 +420,11 @@ class ResultStoreClient:
         dns_refresh: float = 30.0,
         replica_backoff: float = 5.0,
     ):
-        """`token`: bearer token for servers with `[auth]`. TLS is on for `https://` URLs,
+        """`timeout`: seconds a call may take (`None`: no limit); a call that carries
+        N bytes gets N / MIN_THROUGHPUT seconds more, and a stream is cut only when no
+        message moved for `timeout` seconds. Errors name the call and the server
+        (`DEADLINE_EXCEEDED calling Resolve on http://...: ...`).
+        `token`: bearer token for servers with `[auth]`. TLS is on for `https://` URLs,
         `dns+https://` names, or when `tls_ca` is given: `tls_ca` is the CA that signed
         the server's certificate (PEM text, bytes or a path; the system roots when
         omitted), `tls_cert`/`tls_key` the client certificate for mutual TLS,
@@ -373,24 +481,30 @@ class ResultStoreClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, key: str) -> Any:
+    def _deadline(self, size: int = 0) -> Optional[float]:
+        """The timeout of a unary call carrying `size` bytes either way."""
+        return None if self.timeout is None else self.timeout + size / MIN_THROUGHPUT
+
+    def _call(self, method: str, request: Any, key: str, size: int = 0) -> Any:
         """One unary call, routed by `key` (a storage key, or a List's prefix), failing
         over while replicas answer UNAVAILABLE."""
-        return self._routed(key, lambda stub: getattr(stub, method)(request, timeout=self.timeout))
+        timeout = self._deadline(size)
+        return self._routed(key, method, lambda replica: getattr(replica.stub, method)(request, timeout=timeout))
 
-    def _routed(self, key: str, call: Any) -> Any:
+    def _routed(self, key: str, method: str, call: Any) -> Any:
+        """`call(replica)` on the replicas for `key` in turn, while they answer UNAVAILABLE."""
         last = None
         for replica in self._router.order(key):
             try:
-                result = call(replica.stub)
+                result = call(replica)
             except grpc.RpcError as e:
                 if not self._router.failed_over(replica, e):
-                    raise error_from_rpc(e) from None
-                last = e
+                    raise error_from_rpc(e, method, replica.url) from None
+                last = (e, replica.url)
                 continue
             self._router.failed_over(replica, None)
             return result
-        raise error_from_rpc(last) from None
+        raise error_from_rpc(last[0], method, last[1]) from None
 
     # Writing.
     def put(
@@ -444,7 +558,7 @@ class ResultStoreClient:
             request.literal = _LITERAL_OF_VALUE[obj]
         else:
             request.data = ser.dumps(obj)
-        return self._stored(self._call("Put", request, key or cache_key or request.new_key))
+        return self._stored(self._call("Put", request, key or cache_key or request.new_key, len(request.data)))
 
     @staticmethod
     def _flow_settings(flow: dict) -> pb.ResultSettings:
@@ -471,7 +585,7 @@ class ResultStoreClient:
             chunks = (content[i : i + STREAM_CHUNK] for i in range(0, len(content), STREAM_CHUNK))
             return self.put_stream(chunks, storage=storage, key=key, object=True, size=len(content))
         request = pb.PutRequest(object=content, key=key, task=pb.ResultSettings(result_storage=storage))
-        return ResultReference(self._call("Put", request, key).reference, self)
+        return ResultReference(self._call("Put", request, key, len(content)).reference, self)
 
     def _unary_payload_limit(self) -> int:
         # Room for the settings and framing around the payload.
@@ -517,21 +631,36 @@ class ResultStoreClient:
         if ts is not None:
             header.expiration.CopyFrom(ts)
 
+        # Cancels the call when no message could be sent (or no reply came) for `timeout`.
+        future: list = []
+        watchdog = _Watchdog(self.timeout, lambda: future and future[0].cancel())
+
         def messages() -> Iterator[pb.PutStreamRequest]:
             yield pb.PutStreamRequest(header=header)
             for chunk in chunks:
                 for i in range(0, len(chunk), STREAM_CHUNK):
+                    watchdog.kick()
                     yield pb.PutStreamRequest(chunk=bytes(chunk[i : i + STREAM_CHUNK]))
+            watchdog.kick()
             yield pb.PutStreamRequest(end=pb.PutStreamEnd())
 
         # The first replica for the key, without failover: the chunks are consumed as they
         # are sent, so they could not be sent again.
         replica = self._router.order(key or header.new_key)[0]
         try:
-            reply = replica.stub.PutStream(messages(), timeout=None)
-        except grpc.RpcError as e:
+            future.append(replica.stub.PutStream.future(messages(), timeout=None))
+            reply = future[0].result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as e:
+            if watchdog.fired:
+                raise DeadlineExceeded(
+                    f"the stream made no progress for {self.timeout} s", call="PutStream", server=replica.url
+                ) from None
+            if not isinstance(e, grpc.RpcError):
+                raise
             self._router.failed_over(replica, e)
-            raise error_from_rpc(e) from None
+            raise error_from_rpc(e, "PutStream", replica.url) from None
+        finally:
+            watchdog.stop()
         self._router.failed_over(replica, None)
         return self._stored(reply)
 
@@ -551,25 +680,46 @@ class ResultStoreClient:
 
     def get_stream(
         self,
-        target: Union[ResultReference, tuple],
+        target: Union[ResultReference, "PrefectDocument", tuple],
         *,
         as_stored: bool = False,
         allow_expired: bool = False,
         bypass_cache: bool = False,
+        want: Optional[str] = None,
+        serializer: Optional[SerializerSpec] = None,
     ) -> "ResultStream":
-        """Reads a stored record in chunks: `target` is a reference or `(block, key)`.
-        Iterate the returned `ResultStream` for the bytes (serializer bytes, or with
-        `as_stored` the object as stored); the last iteration checks them against the
-        server's trailer, so only a loop that ends without an exception read them whole."""
+        """Reads a stored record in chunks: `target` is a reference, a `PrefectDocument`
+        or `(block, key)`. Iterate the returned `ResultStream` for the bytes (serializer
+        bytes; with `as_stored` the object as stored; with `want="raw"` the value bytes
+        and `want="json"` the value as JSON, as Resolve gives them, at any size); the last
+        iteration checks them against the server's trailer, so only a loop that ends
+        without an exception read them whole. `serializer` names the serializer of a bare
+        payload (a Prefect 3 flow result) when its bytes cannot tell. A stream that makes
+        no progress for `timeout` seconds fails with `DeadlineExceeded`."""
         request = pb.GetRequest(allow_expired=allow_expired, bypass_cache=bypass_cache, as_stored=as_stored)
         _set_target(request, target)
-        # Fails over like a unary call until the first message arrived; not after.
-        def first_message(stub: Any) -> tuple:
-            call = stub.GetStream(request, timeout=None)
-            return call, next(call, None)
+        if want is not None:
+            request.want = {"raw": pb.WANT_RAW, "json": pb.WANT_JSON}[want]
+        if serializer is not None:
+            request.serializer_hint.CopyFrom(_serializer_pb(serializer_from(serializer)))
 
-        call, first = self._routed(_target_key(target), first_message)
-        return ResultStream(call, self, first)
+        # Fails over like a unary call until the first message arrived; not after.
+        def first_message(replica: Any) -> tuple:
+            url = replica.url
+            call = replica.stub.GetStream(request, timeout=None)
+            watchdog = _Watchdog(self.timeout, call.cancel)
+            try:
+                return call, next(call, None), watchdog, url
+            except grpc.RpcError:
+                watchdog.stop()
+                if watchdog.fired:
+                    raise DeadlineExceeded(
+                        f"no reply within {self.timeout} s", call="GetStream", server=url
+                    ) from None
+                raise
+
+        call, first, watchdog, url = self._routed(_target_key(target), "GetStream", first_message)
+        return ResultStream(call, self, first, watchdog=watchdog, server=url)
 
     def get_to_file(self, target: Union[ResultReference, tuple], path: Union[str, os.PathLike], **kwargs: Any) -> "ResultStream":
         """Reads a stored record into `path`, through `PATH.partial`, renamed only when
@@ -588,27 +738,39 @@ class ResultStoreClient:
         os.replace(partial, path)
         return stream
 
-    # Reading.
+    # Reading. Every read works at any size: a reference's size says whether one message
+    # holds the value (then one Resolve); other reads, and large ones, take one GetStream
+    # of the value, so no read spends a refused unary call before it streams.
+    def _fits_one_message(self, size: int) -> bool:
+        return size <= self._unary_payload_limit()
+
     def get(
         self,
-        target: Union[ResultReference, ResultLiteral, dict, str],
+        target: Union[ResultReference, ResultLiteral, "PrefectDocument", dict, str],
         *,
         allow_expired: bool = False,
         bypass_cache: bool = False,
     ) -> Any:
-        """The value of a reference (or of its `to_dict()` document, or of a literal)."""
+        """The value of a reference (or of its `to_dict()` document, of a literal, or of a
+        `PrefectDocument`)."""
         if isinstance(target, ResultLiteral):
             return target.value
+        if isinstance(target, PrefectDocument):
+            return self.load_prefect(target.block, target.doc, allow_expired=allow_expired)
         if isinstance(target, str):
             target = json.loads(target)
         if isinstance(target, dict):
             if target.get("type") == "literal":
                 return target.get("value")
             target = ResultReference.from_dict(target, self)
+        if not self._fits_one_message(target.size):
+            stream = self.get_stream(target, want="raw", allow_expired=allow_expired, bypass_cache=bypass_cache)
+            return self._value_of_stream(stream)
         request = pb.ResolveRequest(
             reference=target.message, want=pb.WANT_RAW, allow_expired=allow_expired, bypass_cache=bypass_cache
         )
-        return self._load(self._call("Resolve", request, target.key), request.reference, None, allow_expired)
+        reply = self._call("Resolve", request, target.key, target.size)
+        return self._load(reply, allow_expired)
 
     def load(
         self,
@@ -618,24 +780,26 @@ class ResultStoreClient:
         *,
         allow_expired: bool = False,
     ) -> Any:
-        """The value stored at `key` in a block (a record Prefect or anyone wrote).
-        `serializer` is needed only for bare payloads (Prefect 3 flow results)."""
-        request = pb.ResolveRequest(
-            location=pb.Location(block=storage, key=key), want=pb.WANT_RAW, allow_expired=allow_expired
-        )
-        hint = serializer_from(serializer) if serializer is not None else None
-        if hint is not None:
-            request.serializer_hint.CopyFrom(_serializer_pb(hint))
-        return self._load(self._call("Resolve", request, key), None, hint, allow_expired)
+        """The value stored at `key` in a block (a record Prefect or anyone wrote), at any
+        size. `serializer` is needed only for bare payloads (Prefect 3 flow results) whose
+        bytes do not say what they are (JSON text and base64 pickles do)."""
+        stream = self.get_stream((storage, key), want="raw", allow_expired=allow_expired, serializer=serializer)
+        return self._value_of_stream(stream)
 
-    def _load(
-        self, reply: pb.ResolveResponse, reference: Optional[pb.Reference], hint: Any, allow_expired: bool
-    ) -> Any:
+    def load_prefect(self, storage: str, document: Union[str, dict], *, allow_expired: bool = False) -> Any:
+        """The value a Prefect API document points to (see `PrefectDocument`), read in the
+        server's block `storage`: a task run state's `data`, a Prefect 2 result document,
+        or a literal document (its value, with no call)."""
+        doc = PrefectDocument(storage, document)
+        is_literal, value = doc.literal
+        if is_literal:
+            return value
+        return self._value_of_stream(self.get_stream(doc, want="raw", allow_expired=allow_expired))
+
+    def _load(self, reply: pb.ResolveResponse, allow_expired: bool) -> Any:
         if reply.WhichOneof("value") == "literal":
             return _VALUE_OF_LITERAL.get(reply.literal)
-        ref = reply.reference
-        config = json.loads(ref.serializer.config_json) if ref.serializer.config_json else ref.serializer.type
-        ser = serializer_from(config)
+        ser = _serializer_of(reply.reference)
         inner = _innermost(ser)
         # The server removed base64 and compression: load the value bytes directly.
         if reply.value_serializer == "json" and isinstance(inner, JSONSerializer):
@@ -643,33 +807,60 @@ class ResultStoreClient:
         if reply.value_serializer == "pickle" and isinstance(inner, PickleSerializer):
             return inner.loads_value(reply.data)
         # A layer the server leaves alone (a compressionlib it does not know): do it all here.
-        get = pb.GetRequest(reference=ref, allow_expired=allow_expired)
-        return ser.loads(self._call("Get", get, ref.key).data)
+        return ser.loads(self._serializer_bytes(ResultReference(reply.reference, self), allow_expired))
 
-    def resolve_json(self, target: Union[ResultReference, tuple], *, allow_expired: bool = False) -> str:
+    def _value_of_stream(self, stream: "ResultStream") -> Any:
+        """The value whose value bytes `stream` carries (GetStream with `want="raw"`).
+        Pickles load as they arrive (one chunk held at a time beside the value); JSON
+        text is read whole, as every JSON library reads it."""
+        ser = _serializer_of(stream.reference.message)
+        inner = _innermost(ser)
+        if stream.value_serializer == "pickle" and isinstance(inner, PickleSerializer):
+            chunks = iter(stream)
+            value = inner.load_value(io.BufferedReader(_ChunkReader(chunks)))
+            # The rest (nothing, for a whole pickle) and the trailer's check.
+            for _ in chunks:
+                pass
+            return value
+        data = stream.read()
+        if stream.value_serializer == "json" and isinstance(inner, JSONSerializer):
+            return inner.loads(data)
+        # The server left the layers alone: the value bytes are the serializer bytes.
+        return ser.loads(data)
+
+    def _serializer_bytes(self, reference: ResultReference, allow_expired: bool) -> bytes:
+        """The serializer bytes of a reference's result, in one Get or, when large, streamed."""
+        if not self._fits_one_message(reference.size):
+            return self.get_stream(reference, allow_expired=allow_expired).read()
+        get = pb.GetRequest(reference=reference.message, allow_expired=allow_expired)
+        return self._call("Get", get, reference.key, reference.size).data
+
+    def resolve_json(
+        self, target: Union[ResultReference, "PrefectDocument", tuple], *, allow_expired: bool = False
+    ) -> str:
         """The value as JSON text, transcoded by the server (plain data only); for
-        clients without a Python runtime's view of the value. `target` is a reference or
-        a `(block, key)` pair."""
-        request = pb.ResolveRequest(want=pb.WANT_JSON, allow_expired=allow_expired)
-        _set_target(request, target)
-        return self._call("Resolve", request, _target_key(target)).json
+        clients without a Python runtime's view of the value, at any size. `target` is a
+        reference, a `PrefectDocument` or a `(block, key)` pair."""
+        if isinstance(target, PrefectDocument) and target.literal[0]:
+            return json.dumps(target.literal[1])
+        # JSON of a pickle may be larger than the pickle: one message only for small ones.
+        if isinstance(target, ResultReference) and self._fits_one_message(4 * target.size):
+            request = pb.ResolveRequest(want=pb.WANT_JSON, allow_expired=allow_expired)
+            _set_target(request, target)
+            return self._call("Resolve", request, _target_key(target), 4 * target.size).json
+        return self.get_stream(target, want="json", allow_expired=allow_expired).read().decode()
 
     def read_record(self, storage: str, key: str, *, allow_expired: bool = False) -> tuple:
-        """`(reference, serializer bytes, metadata dict)` of the record at `key`."""
-        request = pb.GetRequest(location=pb.Location(block=storage, key=key), allow_expired=allow_expired)
-        reply = self._call("Get", request, key)
-        return ResultReference(reply.reference, self), reply.data, json.loads(reply.metadata_json or "{}")
+        """`(reference, serializer bytes, metadata dict)` of the record at `key`, at any size."""
+        stream = self.get_stream((storage, key), allow_expired=allow_expired)
+        data = stream.read()
+        return stream.reference, data, stream.metadata
 
     def read_object(self, storage: str, key: str) -> bytes:
         """The object at `key` as stored (what a storage block's `read_path` returns),
-        through the server's cache. Expired records are returned too: Prefect checks
-        expiration itself."""
-        request = pb.GetRequest(location=pb.Location(block=storage, key=key), as_stored=True, allow_expired=True)
-        try:
-            return self._call("Get", request, key).data
-        except ResourceExhausted:
-            # Above the unary message limit: the same object, streamed.
-            return b"".join(self.get_stream((storage, key), as_stored=True, allow_expired=True))
+        through the server's cache, in one GetStream whatever its size. Expired records
+        are returned too: Prefect checks expiration itself."""
+        return self.get_stream((storage, key), as_stored=True, allow_expired=True).read()
 
     def exists(self, storage: str, key: str) -> bool:
         return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key)), key).exists
@@ -702,40 +893,72 @@ class ResultStream:
     by iteration. Iteration ends only when the trailer arrived and matched every byte
     (`IncompleteStream` otherwise); a server error mid-way raises its status's error."""
 
-    def __init__(self, call: Any, client: ResultStoreClient, first: Optional[pb.GetStreamResponse]):
-        """`first`: the stream's first message, already read (None: the stream ended)."""
+    def __init__(
+        self,
+        call: Any,
+        client: ResultStoreClient,
+        first: Optional[pb.GetStreamResponse],
+        *,
+        watchdog: Optional[_Watchdog] = None,
+        server: str = "",
+    ):
+        """`first`: the stream's first message, already read (None: the stream ended);
+        `watchdog` cancels the call when it stalls."""
         self._call = call
+        self._watchdog = watchdog
+        self._server = server
         self._hash = hashlib.sha256()
         self._received = 0
         self.trailer: Optional[pb.GetStreamTrailer] = None
         if first is None:
+            self._stop()
             raise IncompleteStream("the stream ended before its header")
         if first.WhichOneof("part") != "header":
+            self._stop()
             raise IncompleteStream("the stream did not start with a header")
         self.reference = ResultReference(first.header.reference, client)
         self.metadata = json.loads(first.header.metadata_json or "{}")
+        #: With `want`: what the value bytes are (`json`, `pickle`, ...).
+        self.value_serializer = first.header.value_serializer
+
+    def _stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            for message in self._call:
-                part = message.WhichOneof("part")
-                if part == "chunk":
-                    self._hash.update(message.chunk)
-                    self._received += len(message.chunk)
-                    yield message.chunk
-                elif part == "trailer":
-                    t = message.trailer
-                    if t.size != self._received or t.sha256 != self._hash.hexdigest():
-                        raise IncompleteStream(
-                            f"received {self._received} bytes with sha256 {self._hash.hexdigest()}; "
-                            f"the server sent {t.size} bytes with sha256 {t.sha256}"
-                        )
-                    self.trailer = t
-                    return
-                else:
-                    raise IncompleteStream("a second header arrived")
+            yield from self._parts()
         except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+            if self._watchdog is not None and self._watchdog.fired:
+                raise DeadlineExceeded(
+                    f"the stream made no progress for {self._watchdog.timeout} s",
+                    call="GetStream",
+                    server=self._server,
+                ) from None
+            raise error_from_rpc(e, "GetStream", self._server) from None
+        finally:
+            self._stop()
+
+    def _parts(self) -> Iterator[bytes]:
+        for message in self._call:
+            if self._watchdog is not None:
+                self._watchdog.kick()
+            part = message.WhichOneof("part")
+            if part == "chunk":
+                self._hash.update(message.chunk)
+                self._received += len(message.chunk)
+                yield message.chunk
+            elif part == "trailer":
+                t = message.trailer
+                if t.size != self._received or t.sha256 != self._hash.hexdigest():
+                    raise IncompleteStream(
+                        f"received {self._received} bytes with sha256 {self._hash.hexdigest()}; "
+                        f"the server sent {t.size} bytes with sha256 {t.sha256}"
+                    )
+                self.trailer = t
+                return
+            else:
+                raise IncompleteStream("a second header arrived")
         raise IncompleteStream("the stream ended without its trailer")
 
     def read(self) -> bytes:

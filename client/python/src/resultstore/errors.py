@@ -20,23 +20,37 @@ __all__ = [
     "DataLoss",
     "Aborted",
     "Unavailable",
+    "DeadlineExceeded",
     "IncompleteStream",
     "error_from_rpc",
 ]
 
 
 class ResultStoreError(Exception):
-    """A call the service refused or could not serve. `code` is the gRPC status code."""
+    """A call the service refused or could not serve. `code` is the gRPC status code;
+    `call` and `server`, when known, the RPC and the address it went to (a replica of a
+    routed client), so a log line says where to look."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        *,
+        call: str | None = None,
+        server: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.call = call
+        self.server = server
         if code is not None:
             self.code = code
 
     def __str__(self) -> str:
+        if self.call:
+            return f"{self.code.name} calling {self.call} on {self.server}: {self.message}"
         return f"{self.code.name}: {self.message}"
 
 
@@ -92,6 +106,13 @@ class IncompleteStream(ResultStoreError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class DeadlineExceeded(ResultStoreError, TimeoutError):
+    """The call took longer than the client's `timeout` (a stream: made no progress for
+    that long); the server may still be working on it."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unavailable(ResultStoreError):
     """The service, or the storage behind it, cannot be reached; retrying may help."""
 
@@ -110,13 +131,15 @@ _BY_CODE = {
         Unauthenticated,
         DataLoss,
         Aborted,
+        DeadlineExceeded,
         Unavailable,
     )
 }
 
 
-def error_from_rpc(err: grpc.RpcError) -> ResultStoreError:
+def error_from_rpc(err: grpc.RpcError, call: str | None = None, server: str | None = None) -> ResultStoreError:
+    """The error of a failed call: its status's class, naming the RPC and the server."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
     cls = _BY_CODE.get(code, ResultStoreError)
-    return cls(details or code.name, code)
+    return cls(details or code.name, code, call=call, server=server)

@@ -55,7 +55,11 @@ class ResultStoreStorage(WritableFileSystem):
         default="",
         description="The server's storage block results go to (e.g. s3-bucket/prod); empty: its default block.",
     )
-    timeout: float = Field(default=60.0, description="Seconds one call may take.")
+    timeout: float = Field(
+        default=10.0,
+        description="Seconds a call may take before it fails (a call moving N bytes gets N / 4 MiB/s more; a "
+        "stream fails only when it made no progress for this long), so a server that hangs does not hang flows.",
+    )
     token: Optional[SecretStr] = Field(
         default=None, description="Bearer token, for servers that require one ([auth] in their config)."
     )

@@ -166,6 +166,11 @@ class PickleSerializer(Serializer):
         """Loads the pickle itself (what the server's Resolve returns)."""
         return from_qualified_name(self.picklelib).loads(raw_pickle)
 
+    def load_value(self, file: Any) -> Any:
+        """Loads the pickle itself from a binary file, a piece at a time (a large
+        result's value bytes as they stream, never held whole)."""
+        return from_qualified_name(self.picklelib).load(file)
+
     def config(self) -> dict:
         return {"type": self.type, "picklelib": self.picklelib, "picklelib_version": self.picklelib_version}
 
