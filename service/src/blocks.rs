@@ -65,6 +65,31 @@ impl Block {
         CacheKey { block: self.cache_name.clone(), key: key.into() }
     }
 
+    /// The error of a storage call on `key` ([`Error::from_store`]), except when a local
+    /// block's root folder is gone or is not a folder: then every key fails, which is an
+    /// outage of the block, not the caller's mistake.
+    pub fn storage_error(&self, key: &str, err: object_store::Error) -> Error {
+        if let Err(e) = self.check_root() {
+            return e;
+        }
+        Error::from_store(&self.slug, key, err)
+    }
+
+    /// Whether a local block's root is still a folder (UNAVAILABLE if not, so a listing of
+    /// a broken block fails as its reads and writes do, instead of looking empty).
+    pub fn check_root(&self) -> Result<()> {
+        match &self.local_root {
+            Some(root) if !root.is_dir() => {
+                tracing::error!(block = self.slug, root = %root.display(), "the block's root is missing or not a folder");
+                Err(Error::StorageUnavailable {
+                    block: self.slug.clone(),
+                    reason: "its root folder is missing or not a folder (the server's log names it)".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The full storage URI of a key.
     pub fn uri(&self, key: &str) -> String {
         match &self.local_root {

@@ -118,6 +118,15 @@ pub enum Error {
     #[error("the upload stream broke before its end: {0}; nothing was stored")]
     UploadInterrupted(String),
 
+    /// The key conflicts with what storage holds around it (a result where the key needs
+    /// a folder, or a folder of results where the key names a result).
+    #[error("key `{key}` in block `{block}`: {reason}")]
+    KeyConflict { block: String, key: String, reason: &'static str },
+
+    /// The block's storage has no room left.
+    #[error("storage of block `{block}` is full; free space (delete results, or grow the volume) and write again")]
+    StorageFull { block: String },
+
     /// The block's storage could not be reached or failed.
     #[error("storage of block `{block}` is unavailable: {reason}")]
     StorageUnavailable { block: String, reason: String },
@@ -129,17 +138,50 @@ pub enum Error {
 
 impl Error {
     /// Maps an `object_store` error met while working on `block`/`key`.
+    ///
+    /// A filesystem reports some client mistakes as I/O errors: a key under a result
+    /// (`f/x` where `f` is one), a key that names a folder of results, a name too long.
+    /// Those are the caller's to fix (FAILED_PRECONDITION, INVALID_ARGUMENT), not outages
+    /// that clients retry and routers fail over on; a full disk is RESOURCE_EXHAUSTED.
+    /// Local I/O errors are told by their kind only: their text holds the server's paths,
+    /// which go to the log, never to a caller.
     pub fn from_store(block: &str, key: &str, err: object_store::Error) -> Self {
+        use std::io::ErrorKind;
+        let block = block.to_owned();
+        let key = key.to_owned();
         match err {
-            object_store::Error::NotFound { .. } => Error::NotFound { block: block.to_owned(), key: key.to_owned() },
+            object_store::Error::NotFound { .. } => Error::NotFound { block, key },
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                Error::AlreadyExists { block: block.to_owned(), key: key.to_owned() }
+                Error::AlreadyExists { block, key }
             }
-            object_store::Error::InvalidPath { source } => Error::InvalidKey {
-                key: key.to_owned(),
-                reason: format!("the block's storage cannot hold this key ({source})"),
+            object_store::Error::InvalidPath { source } => {
+                Error::InvalidKey { key, reason: format!("the block's storage cannot hold this key ({source})") }
+            }
+            other => match io_error_kind(&other) {
+                None => Error::StorageUnavailable { block, reason: other.to_string() },
+                Some(ErrorKind::NotADirectory) => Error::KeyConflict {
+                    block,
+                    key,
+                    reason: "a leading part of the key is a result, so no result can be stored or found under it",
+                },
+                Some(ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty) => Error::KeyConflict {
+                    block,
+                    key,
+                    reason: "the key names a folder that holds results; a result cannot take its place",
+                },
+                Some(ErrorKind::InvalidFilename) => Error::InvalidKey {
+                    key,
+                    reason: "a segment of the key is longer than the block's storage can name".into(),
+                },
+                Some(ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge) => {
+                    tracing::error!(block, error = %other, "storage is full");
+                    Error::StorageFull { block }
+                }
+                Some(kind) => {
+                    tracing::warn!(block, key, error = %other, "storage failed");
+                    Error::StorageUnavailable { block, reason: format!("local storage failed: {kind}") }
+                }
             },
-            other => Error::StorageUnavailable { block: block.to_owned(), reason: other.to_string() },
         }
     }
 
@@ -147,4 +189,16 @@ impl Error {
     pub fn corrupt(block: &str, key: &str, reason: impl Into<String>) -> Self {
         Error::CorruptRecord { block: block.to_owned(), key: key.to_owned(), reason: reason.into() }
     }
+}
+
+/// The kind of the I/O error behind a store error (local files), if there is one.
+fn io_error_kind(err: &object_store::Error) -> Option<std::io::ErrorKind> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
 }

@@ -42,9 +42,10 @@ pub fn status_of(e: Error) -> Status {
         Error::Expired { .. }
         | Error::NotPersisted { .. }
         | Error::CannotTranscode(_)
-        | Error::SerializerUnknown { .. } => Status::failed_precondition(msg),
+        | Error::SerializerUnknown { .. }
+        | Error::KeyConflict { .. } => Status::failed_precondition(msg),
         Error::AlreadyExists { .. } => Status::already_exists(msg),
-        Error::TooLarge { .. } => Status::resource_exhausted(msg),
+        Error::TooLarge { .. } | Error::StorageFull { .. } => Status::resource_exhausted(msg),
         Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } | Error::UploadMismatch(_) => {
             Status::data_loss(msg)
         }

@@ -405,13 +405,57 @@ impl ResultStore {
 
     /// Writes bytes at a key as they are; returns the store's version of them.
     async fn write_object(&self, block: &Block, key: &str, bytes: Bytes, mode: WriteMode) -> Result<Option<String>> {
+        self.put_bytes(block, block.store.as_ref(), key, bytes, mode).await
+    }
+
+    /// One write of `bytes` at `key` in `store` (the block's, or its metadata store's).
+    /// A create-only write that finds the key holding exactly these bytes succeeds: it is
+    /// a retry of a write whose reply was lost (the client's, or the store client's own
+    /// retry after a 5xx that came after the object was stored), and nothing is replaced.
+    async fn put_bytes(
+        &self,
+        block: &Block,
+        store: &dyn ObjectStore,
+        key: &str,
+        bytes: Bytes,
+        mode: WriteMode,
+    ) -> Result<Option<String>> {
+        let path = object_path(key)?;
         let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
-        let put = block
-            .store
-            .put_opts(&object_path(key)?, PutPayload::from_bytes(bytes), opts)
-            .await
-            .map_err(|e| Error::from_store(&block.slug, key, e))?;
-        Ok(put.e_tag.or(put.version))
+        match store.put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts).await {
+            Ok(put) => Ok(put.e_tag.or(put.version)),
+            Err(e) => match block.storage_error(key, e) {
+                Error::AlreadyExists { .. } if mode == WriteMode::CreateOnly => {
+                    self.holds_exactly(block, store, &path, key, &bytes).await
+                }
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The version of the object at `path` when it is byte for byte `bytes`; else
+    /// ALREADY_EXISTS. Reads nothing but metadata when the sizes differ.
+    async fn holds_exactly(
+        &self,
+        block: &Block,
+        store: &dyn ObjectStore,
+        path: &Path,
+        key: &str,
+        bytes: &Bytes,
+    ) -> Result<Option<String>> {
+        let taken = || Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() };
+        let got = match store.get(path).await {
+            Ok(got) => got,
+            // Deleted since: still not this write's to claim.
+            Err(object_store::Error::NotFound { .. }) => return Err(taken()),
+            Err(e) => return Err(block.storage_error(key, e)),
+        };
+        if got.meta.size != bytes.len() as u64 {
+            return Err(taken());
+        }
+        let version = got.meta.e_tag.clone().or(got.meta.version.clone());
+        let stored = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
+        if stored == *bytes { Ok(version) } else { Err(taken()) }
     }
 
     /// Writes a record in the block's format; returns the store's version of it.
@@ -422,19 +466,15 @@ impl ResultStore {
         record: &ResultRecord,
         mode: WriteMode,
     ) -> Result<Option<String>> {
-        let path = object_path(key)?;
-        let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
-        let map = |e| Error::from_store(&block.slug, key, e);
         match (block.format, &block.metadata_store) {
             (BlockFormat::Split, Some(meta)) => {
                 // Payload first, then metadata, as Prefect writes split records.
-                let put = block
-                    .store
-                    .put_opts(&path, PutPayload::from_bytes(record.data.clone()), opts)
+                let version = self.put_bytes(block, block.store.as_ref(), key, record.data.clone(), mode).await?;
+                let path = object_path(key)?;
+                meta.put(&path, PutPayload::from(record.metadata_json()))
                     .await
-                    .map_err(map)?;
-                meta.put(&path, PutPayload::from(record.metadata_json())).await.map_err(map)?;
-                Ok(put.e_tag.or(put.version))
+                    .map_err(|e| block.storage_error(key, e))?;
+                Ok(version)
             }
             _ => {
                 let bytes = record.encode_prefect3().ok_or_else(|| {
@@ -543,7 +583,7 @@ impl ResultStore {
         // documents (small) take none: a fill never waits for budget while holding some.
         let _fill = self.cache.fill_permit(got.meta.size).await;
         let meta = got.meta.clone();
-        let data = got.bytes().await.map_err(|e| Error::from_store(&block.slug, &key, e))?;
+        let data = got.bytes().await.map_err(|e| block.storage_error(&key, e))?;
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let raw = data.clone();
         let mut record = match metadata {
@@ -583,7 +623,7 @@ impl ResultStore {
         path: &Path,
         key: &str,
     ) -> Result<object_store::GetResult> {
-        let got = store.get(path).await.map_err(|e| Error::from_store(&block.slug, key, e))?;
+        let got = store.get(path).await.map_err(|e| block.storage_error(key, e))?;
         if got.meta.size > self.max_result_size {
             return Err(Error::TooLarge {
                 what: format!(
@@ -606,7 +646,7 @@ impl ResultStore {
         key: &str,
     ) -> Result<Option<Bytes>> {
         match self.get_checked(block, store, path, key).await {
-            Ok(got) => Ok(Some(got.bytes().await.map_err(|e| Error::from_store(&block.slug, key, e))?)),
+            Ok(got) => Ok(Some(got.bytes().await.map_err(|e| block.storage_error(key, e))?)),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -671,7 +711,7 @@ impl ResultStore {
         match block.store.head(&object_path(key)?).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::from_store(&block.slug, key, e)),
+            Err(e) => Err(block.storage_error(key, e)),
         }
     }
 
@@ -680,7 +720,7 @@ impl ResultStore {
         let block = self.block_for(block, access, Operation::Delete)?;
         validate_key(key)?;
         let path = object_path(key)?;
-        let map = |e| Error::from_store(&block.slug, key, e);
+        let map = |e| block.storage_error(key, e);
         block.store.head(&path).await.map_err(map)?;
         self.cache.invalidate(&block.cache_key(key)).await;
         block.store.delete(&path).await.map_err(map)?;
@@ -714,6 +754,7 @@ impl ResultStore {
         if !page_token.is_empty() {
             validate_key(page_token)?;
         }
+        block.check_root()?;
         // object_store lists whole segments: list the directory part, filter the rest.
         let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
         let dir_path = dir.map(object_path).transpose()?;
@@ -724,7 +765,7 @@ impl ResultStore {
         };
         // Stores do not promise an order: keep the `page_size + 1` smallest keys seen.
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
-        while let Some(meta) = stream.try_next().await.map_err(|e| Error::from_store(&block.slug, prefix, e))? {
+        while let Some(meta) = stream.try_next().await.map_err(|e| block.storage_error(prefix, e))? {
             let key = meta.location.as_ref();
             let reserved = crate::keys::is_reserved(key);
             if reserved || !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {

@@ -349,7 +349,7 @@ impl ResultStore {
         {
             meta.put(&object_path(&key)?, record.metadata_json().into())
                 .await
-                .map_err(|e| Error::from_store(&block.slug, &key, e))?;
+                .map_err(|e| block.storage_error(&key, e))?;
         }
         self.cache.invalidate(&block.cache_key(key.as_str())).await;
         let mut reference = reference_of(&block, &key, &record, version, Utc::now(), true);
@@ -402,7 +402,7 @@ impl ResultStore {
             return self.stream_through_cache(target, opts, content, access).await;
         }
         let path = object_path(&key)?;
-        let map = |e| Error::from_store(&block.slug, &key, e);
+        let map = |e| block.storage_error(&key, e);
         let meta = block.store.head(&path).await.map_err(map)?;
         if meta.size <= self.cache.max_entry() {
             return self.stream_through_cache(target, opts, content, access).await;
@@ -554,7 +554,7 @@ fn ranged_reads(
                     object_store::Error::Precondition { .. } => {
                         Error::ChangedWhileReading { block: block.slug.clone(), key: key.clone() }
                     }
-                    e => Error::from_store(&block.slug, &key, e),
+                    e => block.storage_error(&key, e),
                 };
                 let range = start..size.min(start + chunk as u64);
                 let opts = GetOptions { range: Some(range.into()), if_match: etag, ..Default::default() };
@@ -643,7 +643,7 @@ struct Upload {
 
 impl Upload {
     async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, part: usize) -> Result<Self> {
-        let map = |e| Error::from_store(&block.slug, key, e);
+        let map = |e| block.storage_error(key, e);
         let target = object_path(key)?;
         let staging = match mode {
             WriteMode::Overwrite => None,
@@ -668,7 +668,7 @@ impl Upload {
     }
 
     fn map(&self, e: object_store::Error) -> Error {
-        Error::from_store(&self.block.slug, &self.key, e)
+        self.block.storage_error(&self.key, e)
     }
 
     /// Buffers `data`, waiting while [`PARTS_IN_FLIGHT`] parts upload.
@@ -690,7 +690,7 @@ impl Upload {
     /// Completes the upload (and moves a staged one into place); returns the version.
     async fn complete(self) -> Result<Option<String>> {
         let Upload { writer, block, key, staging, .. } = self;
-        let map = |e| Error::from_store(&block.slug, &key, e);
+        let map = |e| block.storage_error(&key, e);
         let put = writer.finish().await.map_err(map)?;
         let Some(staging) = staging else {
             return Ok(put.e_tag.or(put.version));

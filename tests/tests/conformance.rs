@@ -61,6 +61,11 @@ async fn conformance(s: &TestServer, block: &str) {
     let first = c.put(Put::json(r#""one""#).storage(block).key("conf/once").create_only()).await.unwrap();
     let err = c.put(Put::json(r#""two""#).storage(block).key("conf/once").create_only()).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::AlreadyExists), "{block}: {err}");
+    // The same write again (a retry whose first reply was lost) finds its own bytes there:
+    // it succeeds, and nothing was replaced.
+    let again = c.put(Put::json(r#""one""#).storage(block).key("conf/once").create_only()).await;
+    let again = again.unwrap_or_else(|e| panic!("{block}: a retried create-only write: {e}"));
+    assert_eq!(again.reference().unwrap().sha256(), first.reference().unwrap().sha256(), "{block}");
     let v = c.resolve(first.reference().unwrap(), Want::Json, bypass()).await.unwrap();
     assert_eq!(v.json.as_deref(), Some("\"one\""));
     c.put(Put::json(r#""two""#).storage(block).key("conf/once")).await.unwrap();

@@ -174,8 +174,12 @@ async fn objects_that_could_not_be_read_back_are_refused_and_replace_nothing() {
         .key("k")
         .expires_in(std::time::Duration::from_secs(3600));
     assert_eq!(code_of(s.client.put(with_expiration).await), Code::InvalidArgument);
-    let create_only = Put::object(good.clone()).storage("local-file-system/default").key("k").create_only();
+    let other = std::fs::read(prefect_samples().join("v3.9.1/resultstore-api/json-dict")).expect("sample");
+    let create_only = Put::object(other).storage("local-file-system/default").key("k").create_only();
     assert_eq!(code_of(s.client.put(create_only).await), Code::AlreadyExists);
+    // The very same bytes create-only: a retry of the write that stored them, which succeeds.
+    let retried = Put::object(good.clone()).storage("local-file-system/default").key("k").create_only();
+    s.client.put(retried).await.expect("a create-only retry of the same object");
     // Nothing was replaced.
     assert_eq!(std::fs::read(s.path("results/k")).expect("file"), good);
     assert_eq!(read_stored(&s, "local-file-system/default", "k").await, good);

@@ -122,3 +122,103 @@ async fn records_altered_or_truncated_in_the_bucket_are_data_loss() {
     let err = s.client.resolve(loc, Want::Json, ReadOptions::default()).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
 }
+
+/// Client mistakes that a filesystem reports as I/O errors are the caller's to fix, with a
+/// precise status, never UNAVAILABLE (which clients retry and routers fail over on), and
+/// no message shows the server's paths.
+#[tokio::test]
+async fn local_key_conflicts_are_the_callers_mistakes_not_outages() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let dir = s.dir.path().to_str().unwrap().to_owned();
+    let block = "local-file-system/default";
+    c.put(Put::json("1").storage(block).key("f")).await.unwrap();
+    c.put(Put::json("1").storage(block).key("dd/a")).await.unwrap();
+    let loc = |key: &str| Target::Location { block: block.into(), key: key.into() };
+    for (what, err) in [
+        ("a key under a result", c.put(Put::json("2").storage(block).key("f/x")).await.unwrap_err()),
+        ("a result where a folder of results is", c.put(Put::json("2").storage(block).key("dd")).await.unwrap_err()),
+        ("reading under a result", c.resolve(loc("f/x"), Want::Raw, ReadOptions::default()).await.unwrap_err()),
+    ] {
+        assert!(
+            matches!(err.code(), Some(Code::FailedPrecondition | Code::NotFound)),
+            "{what}: {err} (UNAVAILABLE would send clients to retry)"
+        );
+        assert!(!err.to_string().contains(&dir), "{what}: the message shows a server path: {err}");
+    }
+    let long = format!("a/{}", "s".repeat(300));
+    assert_eq!(c.put(Put::json("1").storage(block).key(&long)).await.unwrap_err().code(), Some(Code::InvalidArgument));
+    // Nothing stored was touched.
+    let v = c.resolve(loc("f"), Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
+    assert_eq!(v.json.as_deref(), Some("1"));
+}
+
+/// A block whose root folder was replaced by a file is an outage for every operation,
+/// List included (it used to answer OK and empty), and says so without the path.
+#[tokio::test]
+async fn a_block_whose_root_is_not_a_folder_is_unavailable_for_every_call() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let block = "local-file-system/other";
+    c.put(Put::json("1").storage(block).key("k")).await.unwrap();
+    let root = s.path("other");
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"not a folder").unwrap();
+    let dir = s.dir.path().to_str().unwrap().to_owned();
+    let loc = Target::Location { block: block.into(), key: "k2".into() };
+    for (what, err) in [
+        ("list", c.list(block, "", 10, "").await.unwrap_err()),
+        ("put", c.put(Put::json("1").storage(block).key("k2")).await.unwrap_err()),
+        (
+            "resolve",
+            c.resolve(loc, Want::Raw, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap_err(),
+        ),
+    ] {
+        assert_eq!(err.code(), Some(Code::Unavailable), "{what}: {err}");
+        assert!(!err.to_string().contains(&dir), "{what}: the message shows a server path: {err}");
+    }
+}
+
+/// A full disk answers RESOURCE_EXHAUSTED (what to do: free space), not UNAVAILABLE, and
+/// loses nothing: a 1 MiB tmpfs mounted for the test holds the block.
+#[tokio::test]
+async fn a_full_disk_is_resource_exhausted_and_loses_nothing() {
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .expect("mount(8) runs (the tests run as root, as CI does)");
+    assert!(status.success(), "mounting a 1 MiB tmpfs failed: this test needs root, as CI has");
+    let _guard = Mounted(mount.clone());
+    let m = mount.display().to_string();
+    let s = TestServer::start_with(|dir| {
+        format!("{}\n[blocks.\"local-file-system/small\"]\nurl = \"file://{m}\"\n", base_config(dir))
+    })
+    .await;
+    let c = &s.client;
+    let block = "local-file-system/small";
+    c.put(Put::json(r#""kept""#).storage(block).key("kept")).await.unwrap();
+    let big = format!("\"{}\"", "x".repeat(400 << 10));
+    let mut full = None;
+    for i in 0..8 {
+        if let Err(e) = c.put(Put::json(&big).serializer("json").storage(block).key(format!("fill/{i}"))).await {
+            full = Some(e);
+            break;
+        }
+    }
+    let err = full.expect("a 1 MiB disk fills up");
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(!err.to_string().contains(&m), "the message shows a server path: {err}");
+    let v = c.resolve(Target::Location { block: block.into(), key: "kept".into() }, Want::Json, ReadOptions::default());
+    assert_eq!(v.await.unwrap().json.as_deref(), Some(r#""kept""#));
+}
