@@ -245,6 +245,39 @@ pub struct LimitsConfig {
     /// whole transfer. A client's own deadline (`grpc-timeout`) applies too. Default 60s.
     #[serde(default = "default_rpc_timeout")]
     pub request_timeout: HumanDuration,
+    /// PutStream and GetStream calls in flight at once, all connections together, apart
+    /// from `max_concurrent_requests`: streams never take the places of unary calls, so
+    /// stalled or slow streams cannot lock unary callers out. A stream beyond it is
+    /// refused at once with RESOURCE_EXHAUSTED. Default 64.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: usize,
+    /// The longest a PutStream may stay silent (before its header, and between two
+    /// messages) before it fails with DEADLINE_EXCEEDED and frees its place: a client
+    /// that stalls is cut off this quickly, whatever `request_timeout` says. Default 15s.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: HumanDuration,
+    /// Connections open at once; one more is accepted and closed at once. Keep it under
+    /// the process's open-file limit (`ulimit -n`) less what storage needs. Default 1024.
+    /// Read at start.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing (no HTTP/2 preface, no TLS hello) this long after
+    /// it was accepted is closed. Default 10s. Read at start.
+    #[serde(default = "default_connection_preface_timeout")]
+    pub connection_preface_timeout: HumanDuration,
+}
+
+fn default_max_concurrent_streams() -> usize {
+    64
+}
+fn default_stream_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_connection_preface_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn default_max_concurrent_requests() -> usize {
@@ -276,6 +309,10 @@ impl Default for LimitsConfig {
             max_concurrent_requests: default_max_concurrent_requests(),
             max_concurrent_streams_per_connection: default_max_streams(),
             request_timeout: default_rpc_timeout(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            stream_idle_timeout: default_stream_idle_timeout(),
+            max_connections: default_max_connections(),
+            connection_preface_timeout: default_connection_preface_timeout(),
         }
     }
 }
@@ -518,14 +555,28 @@ impl Config {
                     .into(),
             ));
         }
-        if self.limits.max_concurrent_requests == 0 || self.limits.max_concurrent_streams_per_connection == 0 {
+        let l = &self.limits;
+        if l.max_concurrent_requests == 0
+            || l.max_concurrent_streams_per_connection == 0
+            || l.max_concurrent_streams == 0
+            || l.max_connections == 0
+        {
             return Err(Error::Config(
-                "limits.max_concurrent_requests and limits.max_concurrent_streams_per_connection must be above zero"
+                "limits.max_concurrent_requests, max_concurrent_streams, max_concurrent_streams_per_connection and \
+                 max_connections must be above zero (zero never means unbounded)"
                     .into(),
             ));
         }
-        if self.limits.request_timeout.0.is_zero() || self.shutdown_grace_period.0.is_zero() {
-            return Err(Error::Config("limits.request_timeout and shutdown_grace_period must be above zero".into()));
+        if l.request_timeout.0.is_zero()
+            || l.stream_idle_timeout.0.is_zero()
+            || l.connection_preface_timeout.0.is_zero()
+            || self.shutdown_grace_period.0.is_zero()
+        {
+            return Err(Error::Config(
+                "limits.request_timeout, stream_idle_timeout, connection_preface_timeout and shutdown_grace_period \
+                 must be above zero"
+                    .into(),
+            ));
         }
         if let Some(tls) = &self.tls
             && tls.handshake_timeout.0.is_zero()

@@ -33,9 +33,9 @@ pub enum Error {
     #[error("overloaded: {0}")]
     Overloaded(String),
 
-    /// A call, or a stream's silence, outlasted `limits.request_timeout`.
-    #[error("{0} (limits.request_timeout)")]
-    TimedOut(String),
+    /// A call, or a stream's silence, outlasted its limit (`setting` names it).
+    #[error("{what} ({setting})")]
+    TimedOut { what: String, setting: &'static str },
 
     /// The server is draining before it stops: retry on another replica or after restart.
     #[error("the server is shutting down; retry the call (another replica, or after the restart)")]

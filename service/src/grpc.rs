@@ -21,7 +21,7 @@ use tracing::{Span, instrument};
 
 use crate::auth::Access;
 use crate::error::Error;
-use crate::live::Live;
+use crate::live::{Generation, Live};
 use crate::metrics::{Method, Metrics};
 use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::SerializerConfig;
@@ -55,7 +55,7 @@ pub fn status_of(e: Error) -> Status {
         Error::Unauthenticated(_) => Status::unauthenticated(msg),
         Error::PermissionDenied { .. } => Status::permission_denied(msg),
         Error::Overloaded(_) => Status::resource_exhausted(msg),
-        Error::TimedOut(_) => Status::deadline_exceeded(msg),
+        Error::TimedOut { .. } => Status::deadline_exceeded(msg),
         Error::Config(_) => Status::internal(msg),
     }
 }
@@ -143,6 +143,15 @@ impl ResultStoreService {
     /// calls may go), and only while fewer than `limits.max_concurrent_requests` run.
     /// The permit is the call's place among the calls in flight: hold it to the call's end.
     fn admit(&self, metadata: &MetadataMap) -> Result<(Ctx, OwnedSemaphorePermit), Status> {
+        let (generation, access) = self.enter(metadata)?;
+        let permit = self.shed_unless(generation.admit())?;
+        let request_timeout = generation.config.limits.request_timeout.0;
+        Ok((Ctx { store: generation.store.clone(), access, request_timeout }, permit))
+    }
+
+    /// The generation in force and the caller's access: not while draining, only with a
+    /// known token (or where anonymous calls may go). Takes no place among the calls.
+    fn enter(&self, metadata: &MetadataMap) -> Result<(Arc<Generation>, Access), Status> {
         if self.live.is_draining() {
             return Err(status_of(Error::ShuttingDown));
         }
@@ -150,12 +159,15 @@ impl ResultStoreService {
         let access =
             generation.access.authenticate(metadata.get("authorization").map(|v| v.as_bytes())).map_err(status_of)?;
         Span::current().record("caller", access.name());
-        let permit = generation.admit().map_err(|e| {
+        Ok((generation, access))
+    }
+
+    /// A place among the calls (or streams) in flight, counting the calls shed.
+    fn shed_unless(&self, admitted: Result<OwnedSemaphorePermit, Error>) -> Result<OwnedSemaphorePermit, Status> {
+        admitted.map_err(|e| {
             self.metrics.shed.fetch_add(1, Ordering::Relaxed);
             status_of(e)
-        })?;
-        let request_timeout = generation.config.limits.request_timeout.0;
-        Ok((Ctx { store: generation.store.clone(), access, request_timeout }, permit))
+        })
     }
 
     /// Runs a call whose reply is one message: admit, run `body` (within
@@ -470,8 +482,17 @@ impl futures::Stream for TrackedStream {
     }
 }
 
+/// `limits.request_timeout` ran out.
 fn timed_out(limit: Duration, what: &str) -> Error {
-    Error::TimedOut(format!("{what} {}", humantime::format_duration(limit)))
+    Error::TimedOut { what: format!("{what} {}", humantime::format_duration(limit)), setting: "limits.request_timeout" }
+}
+
+/// `limits.stream_idle_timeout` ran out.
+fn stream_stalled(limit: Duration, what: &str) -> Error {
+    Error::TimedOut {
+        what: format!("{what} {}", humantime::format_duration(limit)),
+        setting: "limits.stream_idle_timeout",
+    }
 }
 
 #[tonic::async_trait]
@@ -518,11 +539,16 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         &self,
         request: Request<Streaming<pb::PutStreamRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        self.call(Method::PutStream, false, request, |ctx, mut messages| async move {
-            let limit = ctx.request_timeout;
-            let first = tokio::time::timeout(limit, messages.message())
+        let end = CallEnd::start(&self.metrics, Method::PutStream);
+        let result = async {
+            // Authenticated, but no place taken yet: a stream earns one with a header
+            // whose block the caller may write, sent within limits.stream_idle_timeout.
+            let (generation, access) = self.enter(request.metadata())?;
+            let idle = generation.config.limits.stream_idle_timeout.0;
+            let mut messages = request.into_inner();
+            let first = tokio::time::timeout(idle, messages.message())
                 .await
-                .map_err(|_| status_of(timed_out(limit, "no PutStream header arrived within")))??;
+                .map_err(|_| status_of(stream_stalled(idle, "no PutStream header arrived within")))??;
             let header = match first {
                 Some(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(h)) }) => h,
                 _ => {
@@ -535,6 +561,8 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             if let Some(key) = &header.key {
                 Span::current().record("key", key.as_str());
             }
+            generation.store.put_stream_block(&header, &access).map_err(status_of)?;
+            let _permit = self.shed_unless(generation.admit_stream())?;
             let chunks = messages.map(|m| match m {
                 Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => {
                     Ok(UploadPart::Chunk(c))
@@ -545,11 +573,13 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 )),
                 Err(status) => Err(Error::UploadInterrupted(status.message().to_owned())),
             });
-            let chunks = idle_timeout(chunks, limit, move || Err(timed_out(limit, "the stream sent nothing for")));
-            let outcome = ctx.store.put_stream(header, chunks, &ctx.access).await.map_err(status_of)?;
+            let chunks = idle_timeout(chunks, idle, move || Err(stream_stalled(idle, "the stream sent nothing for")));
+            let outcome = generation.store.put_stream(header, chunks, &access).await.map_err(status_of)?;
             Ok(put_response(outcome))
-        })
-        .await
+        }
+        .await;
+        end.finish(result.as_ref().err());
+        result.map(Response::new)
     }
 
     type GetStreamStream = BoxStream<'static, Result<pb::GetStreamResponse, Status>>;
@@ -560,9 +590,17 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
         let end = CallEnd::start(&self.metrics, Method::GetStream);
         let opened = async {
-            let (ctx, permit) = self.admit(request.metadata())?;
+            let (generation, access) = self.enter(request.metadata())?;
             let req = request.into_inner();
             let (target, opts) = get_target_and_options(&req)?;
+            // The caller's scope first: a token that may not read there takes no place.
+            generation.store.check_read(&target, &opts, &access).map_err(status_of)?;
+            let permit = self.shed_unless(generation.admit_stream())?;
+            let ctx = Ctx {
+                store: generation.store.clone(),
+                access,
+                request_timeout: generation.config.limits.request_timeout.0,
+            };
             let content = match req.want.map(pb::Want::try_from) {
                 None => StreamContent::Stored,
                 Some(Ok(pb::Want::Raw)) => StreamContent::Value,

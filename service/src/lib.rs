@@ -5,7 +5,8 @@
 //! # Map
 //! A request's whole path, top to bottom:
 //! - [`server`]: binds, serves `resultstore.v1` with health and reflection, shuts down
-//!   gracefully (NOT_SERVING, refuse, drain within the grace period); [`tls`]: the TLS
+//!   gracefully (NOT_SERVING, refuse, drain within the grace period); [`connections`]:
+//!   accepting within bounds (how many, how long silent, backoff on errors); [`tls`]: the TLS
 //!   listener whose certificate a reload swaps; [`live`]: the config generation in force,
 //!   swapped whole on SIGHUP.
 //! - [`grpc`]: one thin handler per RPC: admit (draining? token? a free place among the
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod blocks;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod grpc;
 pub mod keys;

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::auth::AccessPolicy;
 use crate::config::Config;
@@ -27,8 +27,10 @@ pub struct Generation {
     pub config: Config,
     pub store: Arc<ResultStore>,
     pub access: AccessPolicy,
-    /// Calls in flight, at most `limits.max_concurrent_requests`.
+    /// Unary calls in flight, at most `limits.max_concurrent_requests`.
     admission: Arc<Semaphore>,
+    /// Streams in flight, at most `limits.max_concurrent_streams`.
+    stream_admission: Arc<Semaphore>,
     /// The rustls config built from `config.tls`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -44,18 +46,29 @@ impl Generation {
         Ok(Generation {
             access: AccessPolicy::from_config(config.auth.as_ref())?,
             admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            stream_admission: Arc::new(Semaphore::new(config.limits.max_concurrent_streams)),
             tls,
             store: Arc::new(store),
             config,
         })
     }
 
-    /// A place among the calls in flight, or `Overloaded` at once when all are taken.
+    /// A place among the unary calls in flight, or `Overloaded` at once when all are taken.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit> {
         self.admission.clone().try_acquire_owned().map_err(|_| {
             Error::Overloaded(format!(
                 "{} calls are in flight (limits.max_concurrent_requests); retry with backoff",
                 self.config.limits.max_concurrent_requests
+            ))
+        })
+    }
+
+    /// A place among the streams in flight (apart from unary calls), or `Overloaded`.
+    pub fn admit_stream(&self) -> Result<OwnedSemaphorePermit> {
+        self.stream_admission.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} streams are in flight (limits.max_concurrent_streams); retry with backoff",
+                self.config.limits.max_concurrent_streams
             ))
         })
     }
@@ -65,11 +78,17 @@ impl Generation {
 pub struct Live {
     current: RwLock<Arc<Generation>>,
     draining: AtomicBool,
+    /// The same, for whoever waits on it (connections still silent close when it turns).
+    drain_signal: watch::Sender<bool>,
 }
 
 impl Live {
     pub fn new(config: Config) -> Result<Self> {
-        Ok(Live { current: RwLock::new(Arc::new(Generation::build(config, None)?)), draining: AtomicBool::new(false) })
+        Ok(Live {
+            current: RwLock::new(Arc::new(Generation::build(config, None)?)),
+            draining: AtomicBool::new(false),
+            drain_signal: watch::Sender::new(false),
+        })
     }
 
     /// The generation in force now.
@@ -102,6 +121,12 @@ impl Live {
         if a.limits.max_concurrent_streams_per_connection != b.limits.max_concurrent_streams_per_connection {
             needs_restart.push("limits.max_concurrent_streams_per_connection");
         }
+        if a.limits.max_connections != b.limits.max_connections {
+            needs_restart.push("limits.max_connections");
+        }
+        if a.limits.connection_preface_timeout != b.limits.connection_preface_timeout {
+            needs_restart.push("limits.connection_preface_timeout");
+        }
         if a.cache.capacity != b.cache.capacity
             || a.cache.max_entry_size != b.cache.max_entry_size
             || a.cache.time_to_live != b.cache.time_to_live
@@ -116,6 +141,12 @@ impl Live {
     /// From now on, new calls are refused with UNAVAILABLE.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drain_signal.send_replace(true);
+    }
+
+    /// Turns true when the server starts draining.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_signal.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -9,15 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures::TryStreamExt;
 use resultstore_proto::v1::FILE_DESCRIPTOR_SET;
 use resultstore_proto::v1::result_store_server::ResultStoreServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
+use crate::connections::ConnectionLimits;
 use crate::error::{Error, Result};
 use crate::grpc::ResultStoreService;
 use crate::live::Live;
@@ -150,26 +149,32 @@ pub async fn start(
     // window on large transfers; 8 MiB per stream, 16 MiB per connection keep PutStream
     // and large replies flowing (measured with `scripts/bench --only streams`). They bound
     // what a client can make the server buffer per connection, too.
+    // Keepalive pings close connections whose peer is gone (see `connections` for the
+    // other bounds on connections).
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams_per_connection))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
+    let limits = ConnectionLimits {
+        max_connections: config.limits.max_connections,
+        preface_timeout: config.limits.connection_preface_timeout.0,
+    };
+    // Connections are accepted within bounds, with TCP_NODELAY (tonic sets it only on
+    // listeners it binds itself; without it, replies that span several segments wait
+    // ~40 ms on Nagle and delayed ACKs).
+    let connections = crate::connections::accept(listener, limits, live.drain_signal());
     let serve: Pin<Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>> =
         if config.tls.is_some() {
-            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, live.clone()), shutdown))
+            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(connections, live.clone()), shutdown))
         } else {
-            // tonic sets TCP_NODELAY only on listeners it binds itself; without it, replies
-            // that span several segments wait ~40 ms on Nagle and delayed ACKs.
-            let incoming = TcpListenerStream::new(listener).map_ok(|stream| {
-                let _ = stream.set_nodelay(true);
-                stream
-            });
-            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+            Box::pin(router.serve_with_incoming_shutdown(connections, shutdown))
         };
     let grace_live = live.clone();
     let join = tokio::spawn(async move {
@@ -193,6 +198,12 @@ pub async fn start(
     });
     Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task })
 }
+
+/// How often the server pings an HTTP/2 connection, and how long it waits for the answer
+/// before closing it: a peer that vanished (a killed pod, a dropped network) frees its
+/// connection within about a minute and a half.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Says so at start when anyone who can reach the address could read or write results,
 /// or could read the tokens off the wire.

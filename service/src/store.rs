@@ -523,6 +523,13 @@ impl ResultStore {
         Ok(Located::At { block, key, expect, hint, doc_expiration })
     }
 
+    /// Whether `access` may read what `target` names (and whether it names something
+    /// readable at all), without touching storage: for admission, before a stream takes
+    /// a place.
+    pub fn check_read(&self, target: &ReadTarget, opts: &ReadOptions, access: &Access) -> Result<()> {
+        self.locate(target.clone(), opts, access).map(|_| ())
+    }
+
     /// Reads one result (cache first), checks it against what the caller expects, and
     /// enforces its expiration.
     pub async fn read(&self, target: ReadTarget, opts: ReadOptions, access: &Access) -> Result<ReadOutcome> {

@@ -204,12 +204,25 @@ fn starts_like_object(head: &[u8]) -> bool {
 
 impl ResultStore {
     /// Stores one result sent in pieces (see the module docs).
-    pub async fn put_stream(&self, header: PutStreamHeader, parts: ChunkStream, access: &Access) -> Result<PutOutcome> {
-        let mut chunks = Body { parts, announced: header.size.is_some(), ended: false };
+    /// The settings and block of a PutStream, once `access` may write there: checked
+    /// before the stream takes a place among those in flight (see `grpc`), and again as
+    /// the stream starts.
+    pub fn put_stream_block(
+        &self,
+        header: &PutStreamHeader,
+        access: &Access,
+    ) -> Result<(settings::EffectiveSettings, Arc<Block>)> {
         let object = header.payload == StreamPayload::Object;
         let explicit_key = object || header.key.as_deref().is_some_and(|k| !k.is_empty());
         let eff = settings::resolve(&header.task, header.flow.as_ref(), &self.defaults, explicit_key)?;
         let block = self.block_for(&eff.storage, access, Operation::Write)?;
+        Ok((eff, block))
+    }
+
+    pub async fn put_stream(&self, header: PutStreamHeader, parts: ChunkStream, access: &Access) -> Result<PutOutcome> {
+        let mut chunks = Body { parts, announced: header.size.is_some(), ended: false };
+        let object = header.payload == StreamPayload::Object;
+        let (eff, block) = self.put_stream_block(&header, access)?;
         // A result that is not persisted lives only in the cache: it must fit an entry.
         let memory_only = !eff.persist && !object;
         let in_memory = if memory_only { self.cache.max_entry() } else { self.stream_chunk as u64 };

@@ -5,24 +5,27 @@
 //! handshakes itself: each accepted TCP connection gets the rustls config in force
 //! *at that moment* ([`crate::live::Live::current`]), so after a SIGHUP new connections
 //! present the new certificate while open ones keep theirs. Handshakes run in their own
-//! tasks with a timeout, so a slow or silent client never holds up the accept loop.
+//! tasks with a timeout, at most 64 at once, so a slow, silent or flooding client never
+//! holds up the accept loop or the calls. Connections arrive already bounded
+//! ([`crate::connections`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsConfig;
+use crate::connections::Connection;
 use crate::error::{Error, Result};
 use crate::live::Live;
 
@@ -83,31 +86,36 @@ fn certificates(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDe
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake
 /// succeeds, each with the config `live` holds when it arrives. Ends when the stream is
 /// dropped (the accept task notices the closed channel).
-pub fn incoming(listener: TcpListener, live: Arc<Live>) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+pub fn incoming(
+    connections: impl Stream<Item = io::Result<Connection>> + Send + 'static,
+    live: Arc<Live>,
+) -> ReceiverStream<io::Result<TlsStream<Connection>>> {
     let (tx, rx) = mpsc::channel(64);
+    // Handshakes cost CPU (a full one is a few hundred microseconds of signing): at most
+    // this many run at once, so a flood of new connections cannot starve the calls.
+    let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     tokio::spawn(async move {
+        let mut connections = std::pin::pin!(connections);
         loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and the like: say so, and keep accepting.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
+            let tcp = tokio::select! {
+                next = connections.next() => match next {
+                    Some(Ok(tcp)) => tcp,
+                    Some(Err(_)) => continue,
+                    None => return,
                 },
                 _ = tx.closed() => return,
             };
-            let _ = tcp.set_nodelay(true);
+            let peer = tcp.get_ref().peer_addr().ok();
             // The generation in force now: its certificate and its handshake timeout.
             let generation = live.current();
             let (Some(config), Some(settings)) = (generation.tls.clone(), generation.config.tls.as_ref()) else {
                 return;
             };
             let timeout = settings.handshake_timeout.0;
+            let Ok(slot) = handshakes.clone().acquire_owned().await else { return };
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
@@ -121,6 +129,9 @@ pub fn incoming(listener: TcpListener, live: Arc<Live>) -> ReceiverStream<io::Re
     ReceiverStream::new(rx)
 }
 
-fn log_refused(peer: SocketAddr, why: &str) {
-    tracing::info!(%peer, reason = why, "TLS handshake failed; connection closed");
+/// TLS handshakes in progress at once (see [`incoming`]).
+const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
+fn log_refused(peer: Option<SocketAddr>, why: &str) {
+    tracing::info!(peer = ?peer, reason = why, "TLS handshake failed; connection closed");
 }

@@ -324,3 +324,168 @@ async fn thirty_seconds_of_load_across_sigterm_restarts_lose_no_acknowledged_put
     );
     assert!(service.terminate().await.success());
 }
+
+/// The config of the hostile-client tests: tight connection and stream bounds, a token
+/// that may write and one that may only read.
+fn hostile_config(dir: &Path, extra: &str) {
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[blocks.\"local-file-system/default\"]\nurl = \"file://results\"\n\
+         [limits]\nmax_connections = 40\nconnection_preface_timeout = \"1s\"\nstream_idle_timeout = \"1s\"\n\
+         max_concurrent_streams = 2\nmax_concurrent_requests = 4\n{extra}\
+         [auth]\n[[auth.tokens]]\nname = \"writer\"\nsha256 = \"{}\"\nscopes = {{ \"*\" = [\"read\", \"write\", \"delete\"] }}\n\
+         [[auth.tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nscopes = {{ \"*\" = [\"read\"] }}\n",
+        hash(TOKEN),
+        hash("reader-token")
+    );
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+/// Sockets the process has open (its file descriptors that are sockets).
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds the process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Silent connections are closed after `connection_preface_timeout`, at most
+/// `max_connections` are ever open, and a client that comes after them gets in.
+#[tokio::test]
+async fn silent_connections_are_closed_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    hostile_config(dir.path(), "");
+    let service = Service::start(dir.path(), "127.0.0.1:0", None, &[]);
+    let addr = service.url.trim_start_matches("http://").to_owned();
+    let pid = service.child.id();
+    let base = open_sockets(pid);
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // The server holds at most max_connections of them; the others it accepts and closes
+    // at once (one may be between the two when counted, hence the short wait).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while open_sockets(pid) - base > 40 {
+        assert!(Instant::now() < deadline, "{} connections held open (max_connections = 40)", open_sockets(pid) - base);
+        tokio::task::yield_now().await;
+    }
+    // Each is closed by the server once it stayed silent past the preface timeout.
+    let started = Instant::now();
+    for conn in &mut silent {
+        // The server's SETTINGS frame may come first; then the end of the connection.
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "a silent connection was not closed within 10 s");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "closing took {:?}", started.elapsed());
+    drop(silent);
+    // Not locked out: a real client's calls go through.
+    let c = client(&service.url, TOKEN).await;
+    c.put(Put::json("1").key("after")).await.expect("a client after the silent ones");
+    assert!(open_sockets(pid) - base <= 2, "connections left open: {}", open_sockets(pid) - base);
+}
+
+/// Streams that stall take neither the unary calls' places nor longer than
+/// `stream_idle_timeout`; a read-only token's PutStream is refused before it takes a place.
+#[tokio::test]
+async fn stalled_streams_neither_lock_out_unary_calls_nor_outlive_their_idle_limit() {
+    use resultstore_client::proto as pb;
+    let dir = tempfile::tempdir().unwrap();
+    hostile_config(dir.path(), "");
+    let service = Service::start(dir.path(), "127.0.0.1:0", None, &[]);
+    let writer = client(&service.url, TOKEN).await;
+    let reader = client(&service.url, "reader-token").await;
+    let header = || pb::PutStreamRequest {
+        part: Some(pb::put_stream_request::Part::Header(pb::PutStreamHeader {
+            key: "stalled".into(),
+            task: Some(pb::ResultSettings {
+                result_serializer: Some(resultstore_client::serializer_pb("json")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    // Header, then silence: each stalled stream keeps its sender open.
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let (mut tx, rx) = futures::channel::mpsc::channel(1);
+        futures::SinkExt::send(&mut tx, header()).await.unwrap();
+        let mut raw = writer.raw();
+        calls.push(tokio::spawn(async move { raw.put_stream(rx).await }));
+        senders.push(tx);
+    }
+    service.wait_for_metric("resultstore_rpc_in_flight 2").await;
+    let started = Instant::now();
+    // Unary calls still get in (max_concurrent_requests = 4, apart from streams).
+    for i in 0..8 {
+        writer.put(Put::json("1").key(format!("unary/{i}"))).await.expect("a unary call beside stalled streams");
+    }
+    // A third stream is shed; a reader's stream is refused for its scope first.
+    let (mut tx, rx) = futures::channel::mpsc::channel(2);
+    futures::SinkExt::send(&mut tx, header()).await.unwrap();
+    drop(tx);
+    let third = writer.raw().put_stream(rx).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third}");
+    let (mut tx, rx) = futures::channel::mpsc::channel(2);
+    futures::SinkExt::send(&mut tx, header()).await.unwrap();
+    drop(tx);
+    let refused = reader.raw().put_stream(rx).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    // The stalled ones end by themselves, DEADLINE_EXCEEDED naming the setting.
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+        assert!(err.message().contains("limits.stream_idle_timeout"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "stalled streams lasted {:?}", started.elapsed());
+    drop(senders);
+}
+
+/// Connections that sent the HTTP/2 preface and nothing more do not hold up SIGTERM, and
+/// an accept loop at the open-file limit backs off instead of spinning.
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_sigterm_and_accept_errors_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    // More connections allowed than file descriptors: accept itself fails (EMFILE).
+    hostile_config(dir.path(), "");
+    let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    std::fs::write(dir.path().join("config.toml"), text.replace("max_connections = 40", "max_connections = 1000"))
+        .unwrap();
+    let service = Service::start(dir.path(), "127.0.0.1:0", None, &[]);
+    let pid = service.child.id();
+    let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+    // SAFETY: prlimit(2) on the child this test spawned, with a valid rlimit.
+    let set = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit");
+    let addr = service.url.trim_start_matches("http://").to_owned();
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        conns.push(conn);
+    }
+    // At the limit, accept fails over and over: the loop backs off (a spinning loop
+    // burns a whole core).
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.5, "the accept loop used {used:.2} s of CPU in 2 s at the open-file limit");
+    let started = Instant::now();
+    let status = service.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM took {:?} with idle connections", started.elapsed());
+    drop(conns);
+}

@@ -310,12 +310,9 @@ fn end() -> pb::PutStreamRequest {
     pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::End(pb::PutStreamEnd {})) }
 }
 
-/// Opens a PutStream with its header and one chunk and keeps it open: a call in flight.
-async fn open_put_stream(
-    c: &Client,
-) -> (Upload, tokio::task::JoinHandle<Result<tonic::Response<pb::PutResponse>, tonic::Status>>) {
-    let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let header = pb::PutStreamRequest {
+/// The header of [`open_put_stream`]'s stream: JSON, persisted, at `held-open`.
+fn open_put_stream_header() -> pb::PutStreamRequest {
+    pb::PutStreamRequest {
         part: Some(pb::put_stream_request::Part::Header(pb::PutStreamHeader {
             payload: pb::StreamPayload::Data as i32,
             task: Some(pb::ResultSettings {
@@ -326,8 +323,15 @@ async fn open_put_stream(
             key: "held-open".into(),
             ..Default::default()
         })),
-    };
-    tx.send(header).await.unwrap();
+    }
+}
+
+/// Opens a PutStream with its header and one chunk and keeps it open: a call in flight.
+async fn open_put_stream(
+    c: &Client,
+) -> (Upload, tokio::task::JoinHandle<Result<tonic::Response<pb::PutResponse>, tonic::Status>>) {
+    let (mut tx, rx) = futures::channel::mpsc::channel(4);
+    tx.send(open_put_stream_header()).await.unwrap();
     tx.send(chunk(b"[1, ")).await.unwrap();
     let mut raw = c.raw();
     let call = tokio::spawn(async move { raw.put_stream(rx).await });
@@ -348,18 +352,31 @@ async fn wait_in_flight(s: &TestServer, n: u64) {
 
 #[tokio::test]
 async fn calls_beyond_the_limit_are_shed_not_queued() {
-    let s = TestServer::start_with(|d| format!("{}\n[limits]\nmax_concurrent_requests = 1\n", base_config(d))).await;
+    let s = TestServer::start_with(|d| {
+        format!("{}\n[limits]\nmax_concurrent_requests = 1\nmax_concurrent_streams = 1\n", base_config(d))
+    })
+    .await;
     let (mut tx, call) = open_put_stream(&s.client).await;
     wait_in_flight(&s, 1).await;
-    let e = s.client.list_blocks().await.unwrap_err();
-    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
-    assert!(e.to_string().contains("limits.max_concurrent_requests"), "{e}");
+    // A second stream is shed at once, naming the limit...
+    let (mut tx2, rx2) = futures::channel::mpsc::channel(4);
+    tx2.send(open_put_stream_header()).await.unwrap();
+    drop(tx2);
+    let e = s.client.raw().put_stream(rx2).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limits.max_concurrent_streams"), "{e}");
+    // ...while unary calls keep their own places: a stream never locks them out.
+    s.client.list_blocks().await.expect("a unary call beside a stream in flight");
     tx.send(chunk(b"2]")).await.unwrap();
     tx.send(end()).await.unwrap();
     drop(tx);
     call.await.unwrap().expect("the admitted stream completes");
     // Its place is free again.
-    s.client.list_blocks().await.unwrap();
+    let (mut tx3, call3) = open_put_stream(&s.client).await;
+    tx3.send(chunk(b"2]")).await.unwrap();
+    tx3.send(end()).await.unwrap();
+    drop(tx3);
+    call3.await.unwrap().expect("a stream after the first one ended");
     assert_eq!(s.handle().metrics.shed.load(std::sync::atomic::Ordering::Relaxed), 1);
     let at = Target::Location { block: String::new(), key: "held-open".into() };
     assert_eq!(s.client.resolve(at, Want::Json, ReadOptions::default()).await.unwrap().json.as_deref(), Some("[1, 2]"));
@@ -367,12 +384,12 @@ async fn calls_beyond_the_limit_are_shed_not_queued() {
 
 #[tokio::test]
 async fn a_silent_stream_times_out_and_stores_nothing() {
-    let s = TestServer::start_with(|d| format!("{}\n[limits]\nrequest_timeout = \"1s\"\n", base_config(d))).await;
+    let s = TestServer::start_with(|d| format!("{}\n[limits]\nstream_idle_timeout = \"1s\"\n", base_config(d))).await;
     let (tx, call) = open_put_stream(&s.client).await;
-    let status = call.await.unwrap().expect_err("a stream silent past request_timeout fails");
+    let status = call.await.unwrap().expect_err("a stream silent past stream_idle_timeout fails");
     drop(tx);
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains("limits.request_timeout"), "{status:?}");
+    assert!(status.message().contains("limits.stream_idle_timeout"), "{status:?}");
     assert!(!s.client.exists("local-file-system/default", "held-open").await.unwrap());
 }
 
