@@ -8,13 +8,13 @@ use libfuzzer_sys::fuzz_target;
 use resultstore::serializer::{json, pickle};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = pickle::read(data, 10_000) else {
+    let Ok(value) = pickle::read(data, 1 << 20) else {
         return;
     };
     let _ = json::write_strict(&value);
     let _ = json::write_python(&value, json::PythonJsonStyle::Stdlib);
     if let Ok(bytes) = pickle::write(&value) {
-        let again = pickle::read(&bytes, 1_000_000).expect("a pickle we wrote reads back");
+        let again = pickle::read(&bytes, 64 << 20).expect("a pickle we wrote reads back");
         assert_eq!(format!("{again:?}"), format!("{value:?}"));
     }
 });

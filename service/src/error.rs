@@ -92,6 +92,14 @@ pub enum Error {
     #[error("{what} is {size} bytes, above the limit of {limit} bytes")]
     TooLarge { what: String, size: u64, limit: u64 },
 
+    /// Transcoding would build more than the limit allows (a pickle sharing one object
+    /// many times expands far past its own size).
+    #[error(
+        "the result's value expands past {limit} bytes when transcoded (limits.max_result_size bounds what a \
+         transcode may build); read it raw"
+    )]
+    ExpandsTooFar { limit: u64 },
+
     /// The stored bytes are not the ones the reference describes.
     #[error(
         "stored result `{key}` in block `{block}` does not match its reference: sha256 {actual}, expected {expected} \

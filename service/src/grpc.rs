@@ -45,7 +45,9 @@ pub fn status_of(e: Error) -> Status {
         | Error::SerializerUnknown { .. }
         | Error::KeyConflict { .. } => Status::failed_precondition(msg),
         Error::AlreadyExists { .. } => Status::already_exists(msg),
-        Error::TooLarge { .. } | Error::StorageFull { .. } => Status::resource_exhausted(msg),
+        Error::TooLarge { .. } | Error::StorageFull { .. } | Error::ExpandsTooFar { .. } => {
+            Status::resource_exhausted(msg)
+        }
         Error::IntegrityMismatch { .. } | Error::CorruptRecord { .. } | Error::UploadMismatch(_) => {
             Status::data_loss(msg)
         }

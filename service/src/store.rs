@@ -703,11 +703,15 @@ impl ResultStore {
         })
     }
 
+    /// The value as JSON. Building it from a pickle takes at most `max_result_size` bytes
+    /// of memory (and work in proportion); a pickle that would expand further is
+    /// RESOURCE_EXHAUSTED at once.
     pub fn to_json(&self, result: &LoadedResult) -> Result<Bytes> {
-        let max_nodes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
-        serializer::to_json(&result.value, max_nodes).map_err(|e| match e {
+        let max_bytes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
+        serializer::to_json(&result.value, max_bytes).map_err(|e| match e {
             TranscodeError::Unsupported(m) => Error::CannotTranscode(m),
             TranscodeError::Corrupt(m) => Error::corrupt(&result.reference.block, &result.reference.key, m),
+            TranscodeError::TooLarge { limit } => Error::ExpandsTooFar { limit: limit as u64 },
         })
     }
 

@@ -46,6 +46,13 @@ async fn bad_input_gets_precise_codes_and_loses_nothing() {
     std::fs::write(s.path("results/truncated"), r#"{"metadata":{"storage_key":"truncated","expir"#).unwrap();
     // Garbage bytes where a pickle result is expected (a bare payload that is not base64).
     std::fs::write(s.path("results/garbage"), [0u8, 159, 146, 150, 255, 1, 2]).unwrap();
+    // `a = []; for _ in range(40): a = [a, a]`: 254 bytes that expand to 2^40 lists.
+    let bomb = "gASV8wAAAAAAAABdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlGgoZWgnZWgmZWglZWgkZWgjZWgiZWghZWggZWgfZWgeZWgdZWgcZWgbZWgaZWgZZWgYZWgXZWgWZWgVZWgUZWgTZWgSZWgRZWgQZWgPZWgOZWgNZWgMZWgLZWgKZWgJZWgIZWgHZWgGZWgFZWgEZWgDZWgCZWgBZS4=";
+    std::fs::write(
+        s.path("results/bomb"),
+        format!(r#"{{"metadata":{{"serializer":{{"type":"pickle"}}}},"result":"{bomb}"}}"#),
+    )
+    .unwrap();
     // A record whose result is not the base64 its serializer says.
     std::fs::write(s.path("results/mislabelled"), r#"{"metadata":{"serializer":{"type":"pickle"}},"result":"%%%"}"#)
         .unwrap();
@@ -351,6 +358,8 @@ system"}"#
         ("absolute", resolve(loc("", "/etc/passwd"), pb::Want::Raw), Code::InvalidArgument),
         ("empty key", resolve(loc("", ""), pb::Want::Raw), Code::InvalidArgument),
         ("hostile pickle to JSON", resolve(loc("", "evil"), pb::Want::Json), Code::FailedPrecondition),
+        // Transcoding is bounded by what it builds (limits.max_result_size), not by the pickle.
+        ("pickle expanding 2^40 times, to JSON", resolve(loc("", "bomb"), pb::Want::Json), Code::ResourceExhausted),
         ("truncated record", resolve(loc("", "truncated"), pb::Want::Raw), Code::DataLoss),
         ("reference with a wrong digest", resolve(forged("kept/1"), pb::Want::Raw), Code::DataLoss),
         ("unknown want", resolve(loc("", "kept/0"), pb::Want::Raw).tap(|r| r.want = 9), Code::InvalidArgument),
@@ -400,7 +409,7 @@ system"}"#
             s.client.resolve(r, Want::Json, ReadOptions { bypass_cache: true, ..Default::default() }).await.unwrap();
         assert_eq!(v.json.as_deref(), Some(json.as_str()));
     }
-    assert_eq!(s.client.list_all("", "").await.unwrap().len(), 7);
+    assert_eq!(s.client.list_all("", "").await.unwrap().len(), 8, "the kept results and the records the cases read");
     let _ = Target::Location { block: String::new(), key: String::new() };
 }
 

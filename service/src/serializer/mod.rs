@@ -566,11 +566,14 @@ pub enum TranscodeError {
     Unsupported(String),
     /// The value bytes are broken.
     Corrupt(String),
+    /// The value would take more than the budget's bytes (a pickle that expands).
+    TooLarge { limit: usize },
 }
 
 /// Turns value bytes into strict JSON: JSON results as they are (rewritten only when
 /// they hold Python's `NaN`/`Infinity`), plain-data pickles transcoded.
-pub fn to_json(value: &DecodedValue, max_nodes: usize) -> Result<Bytes, TranscodeError> {
+/// `max_bytes` bounds the memory (and so the work) of the value built from a pickle.
+pub fn to_json(value: &DecodedValue, max_bytes: usize) -> Result<Bytes, TranscodeError> {
     match value.serializer.as_str() {
         "json" => {
             if serde_json::from_slice::<serde::de::IgnoredAny>(&value.bytes).is_ok() {
@@ -581,12 +584,13 @@ pub fn to_json(value: &DecodedValue, max_nodes: usize) -> Result<Bytes, Transcod
             json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }
         "pickle" => {
-            let v = pickle::read(&value.bytes, max_nodes).map_err(|e| match e {
+            let v = pickle::read(&value.bytes, max_bytes).map_err(|e| match e {
                 pickle::PickleError::NotPlainData(m) => TranscodeError::Unsupported(format!(
                     "{m}; only pickles of builtin plain data (dict, list, tuple, set, str, bytes, int, float, bool, None) \
                      can be transcoded, and no pickle is ever executed"
                 )),
                 pickle::PickleError::Malformed(m) => TranscodeError::Corrupt(format!("malformed pickle: {m}")),
+                pickle::PickleError::TooLarge { limit } => TranscodeError::TooLarge { limit },
             })?;
             json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }

@@ -28,6 +28,9 @@ pub enum PickleError {
     NotPlainData(String),
     /// The bytes are not a well-formed pickle (truncated, bad stack, bad opcode).
     Malformed(String),
+    /// The value would take more than the budget's bytes in memory: a pickle that
+    /// shares one object many times (memo references) expands far past its own size.
+    TooLarge { limit: usize },
 }
 
 impl std::fmt::Display for PickleError {
@@ -35,6 +38,7 @@ impl std::fmt::Display for PickleError {
         match self {
             PickleError::NotPlainData(m) => write!(f, "the pickle is not plain data: {m}"),
             PickleError::Malformed(m) => write!(f, "malformed pickle: {m}"),
+            PickleError::TooLarge { limit } => write!(f, "the pickle's value would take more than {limit} bytes"),
         }
     }
 }
@@ -209,14 +213,31 @@ struct Reader<'a> {
     memo: std::collections::HashMap<u64, usize>,
 }
 
-/// Reads a plain-data pickle. `max_nodes` bounds the size of the produced value.
-pub fn read(data: &[u8], max_nodes: usize) -> Result<PlainValue, PickleError> {
+/// Reads a plain-data pickle into a value of at most `max_bytes` bytes of memory (each
+/// node counts its `PlainValue` and the bytes of its string, bytes or big integer), so
+/// work and memory are bounded by the value produced, whatever the pickle's own size: an
+/// object shared 2^40 times through the memo fails after `max_bytes`, with
+/// [`PickleError::TooLarge`], instead of growing without bound.
+pub fn read(data: &[u8], max_bytes: usize) -> Result<PlainValue, PickleError> {
     let mut r =
         Reader { data, pos: 0, nodes: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: Default::default() };
     let root = r.run()?;
-    let mut budget = max_nodes;
+    let mut budget = Budget { left: max_bytes, limit: max_bytes };
     let mut visiting = vec![false; r.nodes.len()];
     r.materialize(root, 0, &mut budget, &mut visiting)
+}
+
+/// Bytes of memory a value being built may still take.
+struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    fn spend(&mut self, bytes: usize) -> Result<(), PickleError> {
+        self.left = self.left.checked_sub(bytes).ok_or(PickleError::TooLarge { limit: self.limit })?;
+        Ok(())
+    }
 }
 
 fn malformed(m: impl Into<String>) -> PickleError {
@@ -618,21 +639,18 @@ impl Reader<'_> {
         &self,
         id: usize,
         depth: usize,
-        budget: &mut usize,
+        budget: &mut Budget,
         visiting: &mut Vec<bool>,
     ) -> Result<PlainValue, PickleError> {
         if depth > MAX_DEPTH {
             return Err(PickleError::NotPlainData("nested deeper than 128 levels".into()));
         }
-        if *budget == 0 {
-            return Err(PickleError::NotPlainData("the value expands beyond the size limit".into()));
-        }
-        *budget -= 1;
+        budget.spend(std::mem::size_of::<PlainValue>())?;
         if visiting[id] {
             return Err(PickleError::NotPlainData("it contains itself (a recursive structure)".into()));
         }
         visiting[id] = true;
-        let all = |ids: &[usize], budget: &mut usize, visiting: &mut Vec<bool>| {
+        let all = |ids: &[usize], budget: &mut Budget, visiting: &mut Vec<bool>| {
             ids.iter().map(|&c| self.materialize(c, depth + 1, budget, visiting)).collect::<Result<Vec<_>, _>>()
         };
         let v = match &self.nodes[id] {
@@ -640,8 +658,10 @@ impl Reader<'_> {
                 return Err(PickleError::NotPlainData("a builtin type object itself, not data made with it".into()));
             }
             Node::Leaf(v) => {
-                if let PlainValue::Str(s) | PlainValue::BigInt(s) = v {
-                    *budget = budget.saturating_sub(s.len() / 64);
+                match v {
+                    PlainValue::Str(s) | PlainValue::BigInt(s) => budget.spend(s.len())?,
+                    PlainValue::Bytes(b) => budget.spend(b.len())?,
+                    _ => {}
                 }
                 v.clone()
             }
@@ -669,17 +689,40 @@ mod tests {
     use super::*;
     use base64::Engine;
 
+    /// A budget no small test value comes near.
+    const SMALL: usize = 1 << 20;
+
     fn b64(s: &str) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD.decode(s.replace('\n', "")).unwrap()
+    }
+
+    /// `a = []; for _ in range(40): a = [a, a]`, pickled (254 bytes): 2^40 lists through
+    /// the memo. Building it stops at the budget instead of growing past memory.
+    #[test]
+    fn expansion_bombs_stop_at_the_budget() {
+        let bomb = b64(
+            "gASV8wAAAAAAAABdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlChdlGgoZWgnZWgmZWglZWgkZWgjZWgiZWghZWggZWgfZWgeZWgdZWgcZWgbZWgaZWgZZWgYZWgXZWgWZWgVZWgUZWgTZWgSZWgRZWgQZWgPZWgOZWgNZWgMZWgLZWgKZWgJZWgIZWgHZWgGZWgFZWgEZWgDZWgCZWgBZS4=",
+        );
+        assert_eq!(read(&bomb, 64 << 20), Err(PickleError::TooLarge { limit: 64 << 20 }));
+        // Strings count by their length: 1000 references to one 1 MiB string are 1000 MiB.
+        // As pickle.dumps(["x" * 2**20] * 1000, protocol=4) writes it.
+        let mut big = vec![0x80, 4, b']', 0x94, b'(', b'X'];
+        big.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        big.extend(std::iter::repeat_n(b'x', 1 << 20));
+        big.push(0x94);
+        big.extend(std::iter::repeat_n([b'h', 1], 999).flatten());
+        big.extend_from_slice(b"e.");
+        assert_eq!(read(&big, 64 << 20), Err(PickleError::TooLarge { limit: 64 << 20 }));
+        assert!(matches!(read(&big, 2 << 30), Ok(PlainValue::List(items)) if items.len() == 1000));
     }
 
     #[test]
     fn reads_cloudpickle_samples() {
         // v3.9.1/resultstore-api/pickle-int: cloudpickle of 42.
-        assert_eq!(read(&b64("gAVLKi4=\n"), 1000).unwrap(), PlainValue::Int(42));
+        assert_eq!(read(&b64("gAVLKi4=\n"), SMALL).unwrap(), PlainValue::Int(42));
         // v2.20.25 compressed-pickle inner payload: [1, 2, 3].
         assert_eq!(
-            read(&b64("gAWVCwAAAAAAAABdlChLAUsCSwNlLg=="), 1000).unwrap(),
+            read(&b64("gAWVCwAAAAAAAABdlChLAUsCSwNlLg=="), SMALL).unwrap(),
             PlainValue::List(vec![PlainValue::Int(1), PlainValue::Int(2), PlainValue::Int(3)])
         );
     }
@@ -689,28 +732,28 @@ mod tests {
         // pickle.dumps(uuid.UUID(int=1), 2) starts with GLOBAL-ish opcodes; a hand-made
         // `os.system('x')` pickle: c os\nsystem\n (S'x' tR.
         let evil = b"cos\nsystem\n(X\x01\x00\x00\x00xtR.";
-        let err = read(evil, 1000).unwrap_err();
+        let err = read(evil, SMALL).unwrap_err();
         assert!(matches!(&err, PickleError::NotPlainData(m) if m.contains("os.system")), "{err}");
         let stack_global = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94.";
-        assert!(matches!(read(stack_global, 1000), Err(PickleError::NotPlainData(_))));
+        assert!(matches!(read(stack_global, SMALL), Err(PickleError::NotPlainData(_))));
     }
 
     #[test]
     fn protocol_2_sets_and_bytes_are_read_from_the_fixed_table() {
         // pickle.dumps({1}, 2) and pickle.dumps(b'\x00\xff', 2)
         let set = b"\x80\x02c__builtin__\nset\nq\x00]q\x01K\x01a\x85q\x02Rq\x03.";
-        assert_eq!(read(set, 100).unwrap(), PlainValue::Set(vec![PlainValue::Int(1)]));
+        assert_eq!(read(set, SMALL).unwrap(), PlainValue::Set(vec![PlainValue::Int(1)]));
         let bytes = b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00\x00\xc3\xbfq\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.";
-        assert_eq!(read(bytes, 100).unwrap(), PlainValue::Bytes(vec![0, 0xff]));
+        assert_eq!(read(bytes, SMALL).unwrap(), PlainValue::Bytes(vec![0, 0xff]));
         let not_called = b"\x80\x02c__builtin__\nset\n.";
-        assert!(matches!(read(not_called, 100), Err(PickleError::NotPlainData(_))));
+        assert!(matches!(read(not_called, SMALL), Err(PickleError::NotPlainData(_))));
     }
 
     #[test]
     fn shared_references_see_later_mutation() {
         // pickle.dumps([a, a]) with a = [1]: the inner list is memoized before it is filled.
         let p = b"\x80\x05]\x94(]\x94K\x01ah\x01e.";
-        let v = read(p, 1000).unwrap();
+        let v = read(p, SMALL).unwrap();
         let inner = PlainValue::List(vec![PlainValue::Int(1)]);
         assert_eq!(v, PlainValue::List(vec![inner.clone(), inner]));
     }
@@ -719,16 +762,16 @@ mod tests {
     fn bounded_against_expansion_recursion_and_truncation() {
         // l = []; l.append(l)
         let recursive = b"\x80\x05]\x94h\x00a.";
-        assert!(read(recursive, 1000).is_err());
+        assert!(read(recursive, SMALL).is_err());
         // Each level doubles: 30 levels of [x, x] would be 2^30 nodes.
         let mut p = vec![0x80, 5, b'K', 1, 0x94];
         for i in 0..30u8 {
             p.extend_from_slice(&[b'h', i, b'h', i, 0x86, 0x94]);
         }
         p.push(b'.');
-        assert!(matches!(read(&p, 100_000), Err(PickleError::NotPlainData(m)) if m.contains("size limit")));
-        assert!(matches!(read(b"\x80\x05\x8c\x05ab", 10), Err(PickleError::Malformed(_))));
-        assert!(matches!(read(b"", 10), Err(PickleError::Malformed(_))));
+        assert_eq!(read(&p, 100_000), Err(PickleError::TooLarge { limit: 100_000 }));
+        assert!(matches!(read(b"\x80\x05\x8c\x05ab", SMALL), Err(PickleError::Malformed(_))));
+        assert!(matches!(read(b"", SMALL), Err(PickleError::Malformed(_))));
     }
 
     #[test]
@@ -750,7 +793,7 @@ mod tests {
             (PlainValue::Str("s".into()), PlainValue::Str("hé".repeat(200))),
             (PlainValue::Str("t".into()), PlainValue::Tuple(vec![PlainValue::Int(1)])),
         ]);
-        assert_eq!(read(&write(&v).unwrap(), 10_000).unwrap(), v);
+        assert_eq!(read(&write(&v).unwrap(), SMALL).unwrap(), v);
     }
 
     /// Found by `scripts/fuzz pickle_to_json`: a LONG4 of ten bytes holding a small int
@@ -759,9 +802,9 @@ mod tests {
     fn a_long_padded_beyond_eight_bytes_reads_as_an_int() {
         let crash =
             include_bytes!("../../../fuzz/regressions/pickle_to_json/crash-9dd7eae1dc6aa4ca0376fbd5d227879b1f2a2710");
-        let v = read(crash, 100).unwrap();
+        let v = read(crash, SMALL).unwrap();
         assert_eq!(format!("{v:?}"), "Tuple([Int(1376256), Bool(false), Bool(false)])");
-        let again = read(&write(&v).unwrap(), 100).unwrap();
+        let again = read(&write(&v).unwrap(), SMALL).unwrap();
         assert_eq!(format!("{again:?}"), format!("{v:?}"));
     }
 }
