@@ -8,7 +8,7 @@ use resultstore_client::{Literal, Put, ReadOptions, Stored, Target, Want};
 use resultstore_e2e::servers::{
     azure_blob_names, azure_options, azurite, moto_s3, s3_object_names, s3_options, s3s_fs,
 };
-use resultstore_e2e::{KEY_TABLE, SERIALIZERS, TestServer, base_config, config_with_pair};
+use resultstore_e2e::{SERIALIZERS, TestServer, base_config, config_with_pair, key_table};
 use tonic::Code;
 
 const VALUE: &str = r#"{"a": 1, "b": [1, 2.5, "x", null, true], "t": "h\u00e9"}"#;
@@ -120,7 +120,7 @@ async fn conformance(s: &TestServer, block: &str) {
 /// Lists the object names under a prefix in a block's real storage.
 type StorageNames<'a> = &'a dyn Fn(&str) -> Vec<String>;
 
-/// Every key of [`KEY_TABLE`] is stored under exactly its name, and every surface agrees
+/// Every key of [`key_table`] is stored under exactly its name, and every surface agrees
 /// on it: List returns the keys as put, each listed key reads, exists and deletes as it
 /// is, and the reference's URI ends in it. `stored(prefix)` lists the object names under
 /// `prefix` in the block's real storage, read without object_store (None: a memory block,
@@ -128,7 +128,7 @@ type StorageNames<'a> = &'a dyn Fn(&str) -> Vec<String>;
 async fn keys_as_written(s: &TestServer, block: &str, stored: Option<StorageNames<'_>>) {
     let c = &s.client;
     let loc = |key: &str| Target::Location { block: block.into(), key: key.into() };
-    let mut want: Vec<String> = KEY_TABLE.iter().map(|k| k.to_string()).collect();
+    let mut want = key_table();
     want.sort();
     for key in &want {
         let value = serde_json::to_string(key).unwrap();

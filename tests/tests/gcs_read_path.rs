@@ -5,7 +5,7 @@
 
 use resultstore_client::{ReadOptions, Target, Want};
 use resultstore_e2e::servers::{fake_gcs, gcs_options, gcs_seed};
-use resultstore_e2e::{KEY_TABLE, TestServer, config_with_pair, prefect_samples};
+use resultstore_e2e::{TestServer, config_with_pair, key_table, prefect_samples};
 use tonic::Code;
 
 #[tokio::test]
@@ -61,11 +61,11 @@ async fn gcs_blocks_read_prefect_records_list_and_delete() {
 
     // Objects named by the key table (as Prefect's GcsBucket names them) are found under
     // exactly those names, and listed as those keys.
-    for key in KEY_TABLE {
+    for key in &key_table() {
         let record = format!(r#"{{"metadata":{{"serializer":{{"type":"json"}}}},"result":{}}}"#, json_string(key));
         gcs_seed(gcs.port, "results", &format!("p3/{key}"), record.as_bytes());
     }
-    let mut want: Vec<String> = KEY_TABLE.iter().map(|k| k.to_string()).collect();
+    let mut want = key_table();
     want.sort();
     let listed: Vec<String> = c.list_all("gcs-bucket/p3", "keys/").await.unwrap().into_iter().map(|e| e.key).collect();
     assert_eq!(listed, want);
