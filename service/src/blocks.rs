@@ -28,6 +28,7 @@ use object_store::{
 
 use crate::cache::CacheKey;
 use crate::config::{BlockConfig, BlockFormat, Config};
+use crate::confined::ConfinedLocal;
 use crate::error::{Error, Result};
 use crate::keys::RESERVED_METADATA_PREFIX;
 use crate::keys::{BlockType, parse_slug};
@@ -220,7 +221,8 @@ fn build_block(
     })
 }
 
-/// Opens the object store behind `url`: counted, limited to the block's
+/// Opens the object store behind `url` (a local one never follows a symbolic link:
+/// [`ConfinedLocal`]): counted, limited to the block's
 /// `max_concurrent_requests`, and reading pre-0.2 object names ([`LegacyKeyStore`]).
 fn open_store(
     slug: &str,
@@ -244,7 +246,7 @@ fn open_store(
             let path =
                 path.canonicalize().map_err(|e| Error::Config(format!("block `{slug}`: {}: {e}", path.display())))?;
             let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| config_err(&e))?;
-            (Arc::new(store), Some(path))
+            (Arc::new(ConfinedLocal::new(Arc::new(store), path.clone())), Some(path))
         }
         BlockType::Memory => (Arc::new(InMemory::new()), None),
         cloud => (open_cloud_store(slug, cloud, url, bc)?, None),

@@ -165,6 +165,11 @@ impl Error {
             object_store::Error::InvalidPath { source } => {
                 Error::InvalidKey { key, reason: format!("the block's storage cannot hold this key ({source})") }
             }
+            other if caused_by::<crate::confined::ThroughSymlink>(&other) => Error::KeyConflict {
+                block,
+                key,
+                reason: "the key passes through a symbolic link, and local blocks never follow one out of their folder",
+            },
             other => match io_error_kind(&other) {
                 None => Error::StorageUnavailable { block, reason: other.to_string() },
                 Some(ErrorKind::NotADirectory) => Error::KeyConflict {
@@ -199,14 +204,23 @@ impl Error {
     }
 }
 
-/// The kind of the I/O error behind a store error (local files), if there is one.
-fn io_error_kind(err: &object_store::Error) -> Option<std::io::ErrorKind> {
+/// The first error of type `T` in `err`'s chain of causes.
+fn cause<T: std::error::Error + 'static>(err: &object_store::Error) -> Option<&T> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         source = e.source();
     }
     None
+}
+
+fn caused_by<T: std::error::Error + 'static>(err: &object_store::Error) -> bool {
+    cause::<T>(err).is_some()
+}
+
+/// The kind of the I/O error behind a store error (local files), if there is one.
+fn io_error_kind(err: &object_store::Error) -> Option<std::io::ErrorKind> {
+    cause::<std::io::Error>(err).map(std::io::Error::kind)
 }

@@ -26,7 +26,7 @@
 //!   reader and writer.
 //! - [`blocks`]: slug → object store, and the counting store wrapper;
 //!   [`legacy_keys`]: the wrapper that still reads results stored under pre-0.2
-//!   percent-encoded names.
+//!   percent-encoded names; [`confined`]: local blocks never follow a symbolic link.
 //! - [`keys`]: slug and key validation, and a key's object name (the key as written); [`config`]: the strict config file;
 //!   [`mod@reference`]: the reference type; [`error`]: the one error enum;
 //!   [`telemetry`]: counters, histograms and logging; [`metrics`]: the Prometheus
@@ -37,6 +37,7 @@ pub mod auth;
 pub mod blocks;
 pub mod cache;
 pub mod config;
+pub mod confined;
 pub mod connections;
 pub mod error;
 pub mod grpc;

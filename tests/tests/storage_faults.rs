@@ -222,3 +222,50 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing() {
     let v = c.resolve(Target::Location { block: block.into(), key: "kept".into() }, Want::Json, ReadOptions::default());
     assert_eq!(v.await.unwrap().json.as_deref(), Some(r#""kept""#));
 }
+
+/// Symbolic links planted in a local block's folder lead nowhere: no call reads, writes,
+/// lists or deletes through one, and a link loop does not break List.
+#[tokio::test]
+async fn local_blocks_never_follow_a_symbolic_link_out_of_their_folder() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let block = "local-file-system/default";
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    let record = r#"{"metadata":{"serializer":{"type":"json"}},"result":"\"outside\""}"#;
+    std::fs::write(&secret, record).unwrap();
+    std::fs::create_dir(outside.path().join("tree")).unwrap();
+    std::fs::write(outside.path().join("tree/deep"), record).unwrap();
+    let root = s.path("results");
+    c.put(Put::json(r#""inside""#).storage(block).key("ok")).await.unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+    std::os::unix::fs::symlink(&secret, root.join("file-link")).unwrap();
+    std::fs::create_dir(root.join("a")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("a/loop")).unwrap();
+
+    let loc = |key: &str| Target::Location { block: block.into(), key: key.into() };
+    let bypass = || ReadOptions { bypass_cache: true, ..Default::default() };
+    for key in ["out/secret", "out/tree/deep", "file-link"] {
+        let err = c.resolve(loc(key), Want::Json, bypass()).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::FailedPrecondition), "resolve {key}: {err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(c.get(loc(key), bypass()).await.is_err(), "get {key}");
+        assert!(c.exists(block, key).await.is_err(), "exists {key}");
+        let err = c.delete(block, key).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::FailedPrecondition), "delete {key}: {err}");
+    }
+    for key in ["out/planted", "file-link", "a/loop/x"] {
+        let err = c.put(Put::json("1").storage(block).key(key)).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::FailedPrecondition), "put {key}: {err}");
+    }
+    // Outside is untouched, and the listing holds only what is inside, loop or not.
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), record);
+    assert!(!outside.path().join("planted").exists());
+    assert!(outside.path().join("tree/deep").exists());
+    let listed: Vec<String> = c.list_all(block, "").await.unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(listed, vec!["ok".to_owned()]);
+    // List and a read agree on the version of what is inside.
+    let entry = c.list(block, "ok", 10, "").await.unwrap().entries.remove(0);
+    let read = c.resolve(loc("ok"), Want::Json, bypass()).await.unwrap();
+    assert_eq!(entry.version, read.reference.unwrap().0.version);
+}
