@@ -85,6 +85,12 @@ struct Ctx {
     request_timeout: Duration,
 }
 
+impl Ctx {
+    fn new(generation: &Generation, access: Access) -> Self {
+        Ctx { store: generation.store.clone(), access, request_timeout: generation.config.limits.request_timeout.0 }
+    }
+}
+
 /// Records a call's end once: metrics by method and code, the code and duration on the
 /// call's span, and one log line (OK at debug, a caller's mistake at info, a server-side
 /// failure at warn). Dropped unfinished, the call counts as CANCELLED (the client went
@@ -147,8 +153,7 @@ impl ResultStoreService {
     fn admit(&self, metadata: &MetadataMap) -> Result<(Ctx, OwnedSemaphorePermit), Status> {
         let (generation, access) = self.enter(metadata)?;
         let permit = self.shed_unless(generation.admit())?;
-        let request_timeout = generation.config.limits.request_timeout.0;
-        Ok((Ctx { store: generation.store.clone(), access, request_timeout }, permit))
+        Ok((Ctx::new(&generation, access), permit))
     }
 
     /// The generation in force and the caller's access: not while draining, only with a
@@ -193,9 +198,9 @@ impl ResultStoreService {
             if !timed {
                 return run.await;
             }
-            tokio::time::timeout(timeout, run)
-                .await
-                .unwrap_or_else(|_| Err(status_of(timed_out(timeout, "the call did not finish within"))))
+            tokio::time::timeout(timeout, run).await.unwrap_or_else(|_| {
+                Err(status_of(timed_out(REQUEST_TIMEOUT, timeout, "the call did not finish within")))
+            })
         }
         .await;
         end.finish(result.as_ref().err());
@@ -484,18 +489,14 @@ impl futures::Stream for TrackedStream {
     }
 }
 
-/// `limits.request_timeout` ran out.
-fn timed_out(limit: Duration, what: &str) -> Error {
-    Error::TimedOut { what: format!("{what} {}", humantime::format_duration(limit)), setting: "limits.request_timeout" }
+/// A call, or a stream's silence, outlasted `limit`, the value of `setting`.
+fn timed_out(setting: &'static str, limit: Duration, what: &str) -> Error {
+    Error::TimedOut { what: format!("{what} {}", humantime::format_duration(limit)), setting }
 }
 
-/// `limits.stream_idle_timeout` ran out.
-fn stream_stalled(limit: Duration, what: &str) -> Error {
-    Error::TimedOut {
-        what: format!("{what} {}", humantime::format_duration(limit)),
-        setting: "limits.stream_idle_timeout",
-    }
-}
+/// The settings whose time ran out.
+const REQUEST_TIMEOUT: &str = "limits.request_timeout";
+const STREAM_IDLE_TIMEOUT: &str = "limits.stream_idle_timeout";
 
 #[tonic::async_trait]
 impl pb::result_store_server::ResultStore for ResultStoreService {
@@ -550,7 +551,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             let mut messages = request.into_inner();
             let first = tokio::time::timeout(idle, messages.message())
                 .await
-                .map_err(|_| status_of(stream_stalled(idle, "no PutStream header arrived within")))??;
+                .map_err(|_| status_of(timed_out(STREAM_IDLE_TIMEOUT, idle, "no PutStream header arrived within")))??;
             let header = match first {
                 Some(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Header(h)) }) => h,
                 _ => {
@@ -575,7 +576,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 )),
                 Err(status) => Err(Error::UploadInterrupted(status.message().to_owned())),
             });
-            let chunks = idle_timeout(chunks, idle, move || Err(stream_stalled(idle, "the stream sent nothing for")));
+            let chunks = idle_timeout(chunks, idle, move || {
+                Err(timed_out(STREAM_IDLE_TIMEOUT, idle, "the stream sent nothing for"))
+            });
             let outcome = generation.store.put_stream(header, chunks, &access).await.map_err(status_of)?;
             Ok(put_response(outcome))
         }
@@ -598,11 +601,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             // The caller's scope first: a token that may not read there takes no place.
             generation.store.check_read(&target, &opts, &access).map_err(status_of)?;
             let permit = self.shed_unless(generation.admit_stream())?;
-            let ctx = Ctx {
-                store: generation.store.clone(),
-                access,
-                request_timeout: generation.config.limits.request_timeout.0,
-            };
+            let ctx = Ctx::new(&generation, access);
             let content = match req.want.map(pb::Want::try_from) {
                 None => StreamContent::Stored,
                 Some(Ok(pb::Want::Raw)) => StreamContent::Value,
@@ -615,7 +614,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             let limit = ctx.request_timeout;
             let outcome = tokio::time::timeout(limit, ctx.store.read_stream(target, opts, content, &ctx.access))
                 .await
-                .unwrap_or_else(|_| Err(timed_out(limit, "the result was not found within")))
+                .unwrap_or_else(|_| Err(timed_out(REQUEST_TIMEOUT, limit, "the result was not found within")))
                 .map_err(status_of)?;
             match outcome {
                 StreamOutcome::Literal(_) => Err(literal_has_no_record()),
@@ -639,7 +638,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             })),
         };
         let limit = ctx.request_timeout;
-        let parts = idle_timeout(stream.parts, limit, move || Err(timed_out(limit, "storage sent nothing for")));
+        let parts = idle_timeout(stream.parts, limit, move || {
+            Err(timed_out(REQUEST_TIMEOUT, limit, "storage sent nothing for"))
+        });
         let body = parts.map_ok(|part| pb::GetStreamResponse {
             part: Some(match part {
                 StreamPart::Chunk(c) => pb::get_stream_response::Part::Chunk(c),

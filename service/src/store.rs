@@ -404,29 +404,17 @@ impl ResultStore {
     }
 
     /// Writes bytes at a key as they are; returns the store's version of them.
-    async fn write_object(&self, block: &Block, key: &str, bytes: Bytes, mode: WriteMode) -> Result<Option<String>> {
-        self.put_bytes(block, block.store.as_ref(), key, bytes, mode).await
-    }
-
-    /// One write of `bytes` at `key` in `store` (the block's, or its metadata store's).
     /// A create-only write that finds the key holding exactly these bytes succeeds: it is
     /// a retry of a write whose reply was lost (the client's, or the store client's own
     /// retry after a 5xx that came after the object was stored), and nothing is replaced.
-    async fn put_bytes(
-        &self,
-        block: &Block,
-        store: &dyn ObjectStore,
-        key: &str,
-        bytes: Bytes,
-        mode: WriteMode,
-    ) -> Result<Option<String>> {
+    async fn write_object(&self, block: &Block, key: &str, bytes: Bytes, mode: WriteMode) -> Result<Option<String>> {
         let path = object_path(key)?;
         let opts = PutOptions { mode: put_mode(mode), ..Default::default() };
-        match store.put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts).await {
+        match block.store.put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts).await {
             Ok(put) => Ok(put.e_tag.or(put.version)),
             Err(e) => match block.storage_error(key, e) {
                 Error::AlreadyExists { .. } if mode == WriteMode::CreateOnly => {
-                    self.holds_exactly(block, store, &path, key, &bytes).await
+                    self.holds_exactly(block, &path, key, &bytes).await
                 }
                 e => Err(e),
             },
@@ -435,16 +423,9 @@ impl ResultStore {
 
     /// The version of the object at `path` when it is byte for byte `bytes`; else
     /// ALREADY_EXISTS. Reads nothing but metadata when the sizes differ.
-    async fn holds_exactly(
-        &self,
-        block: &Block,
-        store: &dyn ObjectStore,
-        path: &Path,
-        key: &str,
-        bytes: &Bytes,
-    ) -> Result<Option<String>> {
+    async fn holds_exactly(&self, block: &Block, path: &Path, key: &str, bytes: &Bytes) -> Result<Option<String>> {
         let taken = || Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() };
-        let got = match store.get(path).await {
+        let got = match block.store.get(path).await {
             Ok(got) => got,
             // Deleted since: still not this write's to claim.
             Err(object_store::Error::NotFound { .. }) => return Err(taken()),
@@ -469,7 +450,7 @@ impl ResultStore {
         match (block.format, &block.metadata_store) {
             (BlockFormat::Split, Some(meta)) => {
                 // Payload first, then metadata, as Prefect writes split records.
-                let version = self.put_bytes(block, block.store.as_ref(), key, record.data.clone(), mode).await?;
+                let version = self.write_object(block, key, record.data.clone(), mode).await?;
                 let path = object_path(key)?;
                 meta.put(&path, PutPayload::from(record.metadata_json()))
                     .await

@@ -18,8 +18,9 @@
 //! A stream commits only when it is whole: it ended with its `end` message, or sent
 //! exactly the size its header announced ([`Body`]).
 //!
-//! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 and JSON syntax for JSON, base64 for
-//! pickles), against the header's optional size and sha256, and a multipart upload only
+//! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 and JSON syntax for
+//! JSON, base64 for pickles), against the header's optional size and sha256, and a
+//! multipart upload only
 //! becomes visible when it completes: a stream that fails, breaks or lies leaves whatever
 //! the key held before. Create-only streams are uploaded under the reserved
 //! `.resultstore-staging/` prefix and moved to their key with the store's conditional
