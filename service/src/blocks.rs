@@ -23,7 +23,7 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
     BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, RetryConfig,
 };
 
 use crate::cache::CacheKey;
@@ -52,7 +52,7 @@ pub struct Block {
     /// Serializer assumed for bare payloads when the request names none.
     pub default_serializer: SerializerConfig,
     /// Absolute root of a local block, to map Prefect's absolute `storage_key`s back to keys.
-    local_root: Option<PathBuf>,
+    pub(crate) local_root: Option<PathBuf>,
     pub counters: Arc<StorageCounters>,
     /// What the block was built from: a reload keeps a block whose config and server
     /// default serializer did not change (its connections, counters, and a memory
@@ -422,5 +422,10 @@ impl ObjectStore for CountingStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.counted(StorageOp::Copy, self.inner.copy_opts(from, to, options)).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
+        // Counted as the copy it is on most stores (a local rename is cheaper still).
+        self.counted(StorageOp::Copy, self.inner.rename_opts(from, to, options)).await
     }
 }

@@ -26,7 +26,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    PutOptions, PutPayload, PutResult, RenameOptions,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,6 +110,27 @@ impl ConfinedLocal {
     }
 }
 
+/// Removes object_store's staged writes (`NAME#N`) under `root` whose file was last
+/// written more than `age` ago: what a crash or kill left of an upload (a live upload
+/// writes more often than that, or its stream's idle limit ends it). Links are not
+/// followed. Returns how many were removed.
+pub fn remove_stale_uploads(root: &std::path::Path, age: std::time::Duration) -> usize {
+    let Some(before) = std::time::SystemTime::now().checked_sub(age) else { return 0 };
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && is_staged_upload(&e.file_name().to_string_lossy()))
+        .filter(|e| e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < before))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Whether a file name is object_store's staging of a write: `NAME#N`.
+fn is_staged_upload(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The listed form of a file, as object_store's local store gives it (the same e-tag
 /// as its reads, so List and Get agree on versions); `None` for what is not a result:
 /// a name that is not UTF-8 or not a key, or a write being staged (`NAME#N`).
@@ -117,10 +138,7 @@ fn object_meta(root: &std::path::Path, entry: &walkdir::DirEntry) -> Option<Obje
     let relative = entry.path().strip_prefix(root).ok()?;
     let parts: Vec<&str> = relative.components().map(|c| c.as_os_str().to_str()).collect::<Option<_>>()?;
     let name = parts.last()?;
-    if let Some((_, suffix)) = name.rsplit_once('#')
-        && !suffix.is_empty()
-        && suffix.bytes().all(|b| b.is_ascii_digit())
-    {
+    if is_staged_upload(name) {
         return None;
     }
     let location = Path::parse(parts.join("/")).ok()?;
@@ -200,5 +218,26 @@ impl ObjectStore for ConfinedLocal {
         self.check(from)?;
         self.check(to)?;
         self.inner.copy_opts(from, to, options).await
+    }
+
+    /// A rename (atomic on local files), then the folders it emptied above `from` removed
+    /// when `from` was staged under the reserved prefix (staged split payloads live in
+    /// one folder per digest; left behind, they would pile up).
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
+        self.check(from)?;
+        self.check(to)?;
+        self.inner.rename_opts(from, to, options).await?;
+        let mut parts = from.parts();
+        if parts.next().is_some_and(|p| p.as_ref() == crate::keys::RESERVED_STAGING_PREFIX) {
+            let staging = self.root.join(crate::keys::RESERVED_STAGING_PREFIX);
+            let mut folder = self.root.join(from.as_ref());
+            while folder.pop() && folder.starts_with(&staging) && folder != staging {
+                // Fails (and stops) at the first folder that still holds something.
+                if std::fs::remove_dir(&folder).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -17,6 +17,9 @@
 //! - [`store`]: the operations (put, get/resolve, exists, delete, list), and objects:
 //!   Prefect's files stored and read back as they are, for the Prefect storage block
 //!   in `client/python`.
+//! - [`split`]: how a `split` record (payload + metadata document) is written, read,
+//!   deleted and swept so that readers only ever see one write whole; [`key_locks`]: one
+//!   writer per key through this process.
 //! - [`stream`]: PutStream and GetStream: multipart uploads and ranged reads in bounded
 //!   memory, past the cache for results larger than an entry.
 //! - [`settings`]: persist/storage/serializer inheritance, as Prefect's rules.
@@ -41,6 +44,7 @@ pub mod confined;
 pub mod connections;
 pub mod error;
 pub mod grpc;
+pub mod key_locks;
 pub mod keys;
 pub mod legacy_keys;
 pub mod live;
@@ -51,6 +55,7 @@ pub mod reference;
 pub mod serializer;
 pub mod server;
 pub mod settings;
+pub mod split;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

@@ -157,10 +157,14 @@ impl ResultRecord {
         rec
     }
 
-    /// A split record: the metadata document and the payload read beside it.
+    /// A split record: the metadata document and the payload read beside it. The payload
+    /// digest this service adds to the documents it writes (`crate::split`) is not part of
+    /// the record's metadata: a split record read `as_stored` is the record a `prefect3`
+    /// block holds, byte for byte.
     pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, String> {
-        let metadata: Map<String, Value> =
+        let mut metadata: Map<String, Value> =
             serde_json::from_slice(metadata).map_err(|e| format!("the metadata document does not parse: {e}"))?;
+        metadata.remove(crate::split::PAYLOAD_SHA256);
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
         Ok(ResultRecord { format: RecordFormat::Split, metadata, serializer, expiration, data, nested_result: false })

@@ -33,6 +33,7 @@ pub struct ServerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
+    sweep_task: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -84,6 +85,7 @@ impl ServerHandle {
         if let Some(t) = self.metrics_task.take() {
             t.abort();
         }
+        self.sweep_task.abort();
         Ok(())
     }
 }
@@ -196,7 +198,19 @@ pub async fn start(
             }
         }
     });
-    Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task })
+    let sweep_task = tokio::spawn(sweep_staging(live.clone()));
+    Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task, sweep_task })
+}
+
+/// At start and then every [`crate::split::STALE_STAGING_AGE`]: finishes or removes what
+/// writes cut short by a crash left staged in every block (see [`ResultStore::sweep`]).
+async fn sweep_staging(live: Arc<Live>) {
+    let mut every = tokio::time::interval(crate::split::STALE_STAGING_AGE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        live.current().store.sweep().await;
+    }
 }
 
 /// How often the server pings an HTTP/2 connection, and how long it waits for the answer

@@ -23,12 +23,14 @@ use crate::blocks::{Block, BlockRegistry};
 use crate::cache::{LoadedResult, ResolveCache};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
+use crate::key_locks::KeyLocks;
 use crate::keys::{object_path, validate_key};
 use crate::record::{RecordFormat, ResultRecord};
 use crate::reference::{Expectation, LiteralValue, ResultReference};
 use crate::serializer::plain::PlainValue;
 use crate::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
 use crate::settings::{self, ResultSettings};
+use crate::split;
 
 /// What a Put carries.
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ pub struct ResultStore {
     pub(crate) max_result_size: u64,
     /// Multipart part and ranged-read size of streams.
     pub(crate) stream_chunk: usize,
+    /// One writer per key through this process (kept across reloads, as the cache is).
+    pub(crate) writes: Arc<KeyLocks>,
 }
 
 fn put_mode(mode: WriteMode) -> PutMode {
@@ -221,7 +225,8 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 impl ResultStore {
     /// Builds the blocks and the cache of `config`.
     pub fn new(config: &Config) -> Result<Self> {
-        Self::build(config, BlockRegistry::from_config(config)?, Arc::new(ResolveCache::new(&config.cache)))
+        let cache = Arc::new(ResolveCache::new(&config.cache));
+        Self::build(config, BlockRegistry::from_config(config)?, cache, Arc::default())
     }
 
     /// The store of a reloaded `config`: blocks that did not change and the cache are
@@ -230,14 +235,14 @@ impl ResultStore {
     /// reloaded: they apply at the next start.
     pub fn reconfigured(&self, config: &Config) -> Result<Self> {
         let blocks = BlockRegistry::rebuilt(config, Some(&self.blocks))?;
-        let store = Self::build(config, blocks, self.cache.clone())?;
+        let store = Self::build(config, blocks, self.cache.clone(), self.writes.clone())?;
         if !store.blocks.keeps_all_of(&self.blocks) {
             store.cache.invalidate_all();
         }
         Ok(store)
     }
 
-    fn build(config: &Config, blocks: BlockRegistry, cache: Arc<ResolveCache>) -> Result<Self> {
+    fn build(config: &Config, blocks: BlockRegistry, cache: Arc<ResolveCache>, writes: Arc<KeyLocks>) -> Result<Self> {
         Ok(ResultStore {
             blocks,
             cache,
@@ -248,6 +253,7 @@ impl ResultStore {
             },
             max_result_size: config.limits.max_result_size.0,
             stream_chunk: usize::try_from(config.limits.stream_chunk_size.0).unwrap_or(64 << 20),
+            writes,
         })
     }
 
@@ -345,6 +351,8 @@ impl ResultStore {
             RecordFormat::Prefect3
         };
         let record = ResultRecord::new(record_format, &key, eff.serializer, input.expiration, data);
+        // Held until the cache has this write: the cache never ends older than storage.
+        let _lock = self.writes.lock(&block.slug, &key).await;
         let version = if eff.persist { self.write_record(&block, &key, &record, input.mode).await? } else { None };
         let reference = reference_of(&block, &key, &record, version, Utc::now(), eff.persist);
         let cache_key = block.cache_key(key);
@@ -390,6 +398,7 @@ impl ResultStore {
             .map_err(|m| Error::InvalidRequest(format!("the object is not a readable record: {m}")))?;
         serializer::check_data(&record.serializer, &record.data)?;
         let value = self.decode_written(&record.serializer, &record.data, "the object's result")?;
+        let _lock = self.writes.lock(&block.slug, &key).await;
         let version = if block.format == BlockFormat::Split && record.format == RecordFormat::Prefect3 {
             record.format = RecordFormat::Split;
             self.write_record(&block, &key, &record, input.mode).await?
@@ -448,15 +457,7 @@ impl ResultStore {
         mode: WriteMode,
     ) -> Result<Option<String>> {
         match (block.format, &block.metadata_store) {
-            (BlockFormat::Split, Some(meta)) => {
-                // Payload first, then metadata, as Prefect writes split records.
-                let version = self.write_object(block, key, record.data.clone(), mode).await?;
-                let path = object_path(key)?;
-                meta.put(&path, PutPayload::from(record.metadata_json()))
-                    .await
-                    .map_err(|e| block.storage_error(key, e))?;
-                Ok(version)
-            }
+            (BlockFormat::Split, Some(meta)) => self.write_split(block, meta, key, record, mode).await,
             _ => {
                 let bytes = record.encode_prefect3().ok_or_else(|| {
                     Error::InvalidRequest(
@@ -562,16 +563,21 @@ impl ResultStore {
         let hint = hint.unwrap_or_else(|| block.default_serializer.clone());
         let path = object_path(&key)?;
         let split_first = block.format == BlockFormat::Split;
-        let mut metadata = None;
-        if split_first && let Some(meta) = &block.metadata_store {
-            metadata = self.get_optional(&block, meta.as_ref(), &path, &key).await?;
-        }
-        let got = self.get_checked(&block, block.store.as_ref(), &path, &key).await?;
-        // The result's share of the fill budget, held until its entry is built. Metadata
+        // The result's share of the fill budget is held until its entry is built. Metadata
         // documents (small) take none: a fill never waits for budget while holding some.
-        let _fill = self.cache.fill_permit(got.meta.size).await;
-        let meta = got.meta.clone();
-        let data = got.bytes().await.map_err(|e| block.storage_error(&key, e))?;
+        let (metadata, data, meta, _fill) = match (&block.metadata_store, split_first) {
+            (Some(meta_store), true) => {
+                let read = self.read_split(&block, meta_store, &path, &key).await?;
+                (read.document, read.data, read.meta, read._fill)
+            }
+            _ => {
+                let got = self.get_checked(&block, block.store.as_ref(), &path, &key).await?;
+                let fill = self.cache.fill_permit(got.meta.size).await;
+                let meta = got.meta.clone();
+                let data = got.bytes().await.map_err(|e| block.storage_error(&key, e))?;
+                (None, data, meta, fill)
+            }
+        };
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
         let raw = data.clone();
         let mut record = match metadata {
@@ -604,7 +610,7 @@ impl ResultStore {
 
     /// Starts reading a whole object, refusing objects above `max_result_size` before
     /// their bytes are read.
-    async fn get_checked(
+    pub(crate) async fn get_checked(
         &self,
         block: &Block,
         store: &dyn ObjectStore,
@@ -700,9 +706,20 @@ impl ResultStore {
     pub async fn exists(&self, block: &str, key: &str, access: &Access) -> Result<bool> {
         let block = self.block_for(block, access, Operation::Read)?;
         validate_key(key)?;
-        match block.store.head(&object_path(key)?).await {
+        let path = object_path(key)?;
+        match block.store.head(&path).await {
             Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(object_store::Error::NotFound { .. }) => match (&block.metadata_store, block.format) {
+                // A split write between its document and its move is readable already.
+                (Some(meta_store), BlockFormat::Split) => {
+                    let document = self.get_optional(&block, meta_store.as_ref(), &path, key).await?;
+                    match document.as_deref().and_then(split::payload_sha256) {
+                        Some(sha) => Ok(self.split_payload_path(&block, key, &sha).await? != path),
+                        None => Ok(false),
+                    }
+                }
+                _ => Ok(false),
+            },
             Err(e) => Err(block.storage_error(key, e)),
         }
     }
@@ -713,6 +730,11 @@ impl ResultStore {
         validate_key(key)?;
         let path = object_path(key)?;
         let map = |e| block.storage_error(key, e);
+        let _lock = self.writes.lock(&block.slug, key).await;
+        if let (Some(meta_store), BlockFormat::Split) = (&block.metadata_store, block.format) {
+            self.cache.invalidate(&block.cache_key(key)).await;
+            return self.delete_split(&block, meta_store, key).await;
+        }
         block.store.head(&path).await.map_err(map)?;
         self.cache.invalidate(&block.cache_key(key)).await;
         block.store.delete(&path).await.map_err(map)?;

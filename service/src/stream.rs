@@ -298,7 +298,9 @@ impl ResultStore {
         let mut check = StreamCheck::new(&serializer)?;
         let record = ResultRecord::new(format, &key, serializer, header.expiration, Bytes::new());
 
-        let mut upload = Upload::begin(&block, &key, header.mode, self.stream_chunk).await?;
+        // Split payloads are staged until their digest is known (see `split`).
+        let staged = header.mode == WriteMode::CreateOnly || format == RecordFormat::Split;
+        let mut upload = Upload::begin(&block, &key, header.mode, staged, self.stream_chunk).await?;
         let sent = async {
             let mut hasher = Sha256::new();
             let mut size = 0u64;
@@ -357,14 +359,17 @@ impl ResultStore {
                 return Err(e);
             }
         };
-        let version = upload.complete().await?;
-        if format == RecordFormat::Split
-            && let Some(meta) = &block.metadata_store
-        {
-            meta.put(&object_path(&key)?, record.metadata_json().into())
-                .await
-                .map_err(|e| block.storage_error(&key, e))?;
-        }
+        let (version, staging) = upload.finish().await?;
+        let _lock = self.writes.lock(&block.slug, &key).await;
+        let version = match staging {
+            None => version,
+            Some(upload) => match (format, &block.metadata_store) {
+                (RecordFormat::Split, Some(meta)) => {
+                    self.commit_split_upload(&block, meta, &key, &record, &upload, &sha256, header.mode).await?
+                }
+                _ => crate::split::move_into_place(&block, &key, &upload, header.mode).await?,
+            },
+        };
         self.cache.invalidate(&block.cache_key(key.as_str())).await;
         let mut reference = reference_of(&block, &key, &record, version, Utc::now(), true);
         reference.size = size;
@@ -415,19 +420,37 @@ impl ResultStore {
         if !expect.persisted {
             return self.stream_through_cache(target, opts, content, access).await;
         }
-        let path = object_path(&key)?;
+        let at_key = object_path(&key)?;
         let map = |e| block.storage_error(&key, e);
-        let meta = block.store.head(&path).await.map_err(map)?;
+        let split_store = block.metadata_store.as_ref().filter(|_| block.format == BlockFormat::Split);
+        let head = match block.store.head(&at_key).await {
+            Ok(meta) if meta.size <= self.cache.max_entry() => {
+                return self.stream_through_cache(target, opts, content, access).await;
+            }
+            Ok(meta) => Some(meta),
+            // A split write between its document and its move is read from staging.
+            Err(object_store::Error::NotFound { .. }) if split_store.is_some() => None,
+            Err(e) => return Err(map(e)),
+        };
+
+        // A large object (or a staged split payload): find its layout from its metadata
+        // document or its first bytes.
+        let mut metadata = None;
+        let mut path = at_key.clone();
+        let mut document_sha256 = None;
+        if let Some(store) = split_store {
+            metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
+            document_sha256 = metadata.as_deref().and_then(crate::split::payload_sha256);
+            if let Some(sha) = &document_sha256 {
+                path = self.split_payload_path(&block, &key, sha).await?;
+            }
+        }
+        let meta = match head {
+            Some(meta) if path == at_key => meta,
+            _ => block.store.head(&path).await.map_err(map)?,
+        };
         if meta.size <= self.cache.max_entry() {
             return self.stream_through_cache(target, opts, content, access).await;
-        }
-
-        // A large object: find its layout from its metadata document or its first bytes.
-        let mut metadata = None;
-        if block.format == BlockFormat::Split
-            && let Some(store) = &block.metadata_store
-        {
-            metadata = self.get_optional(&block, store.as_ref(), &path, &key).await?;
         }
         if metadata.is_none() {
             let head = block.store.get_range(&path, 0..meta.size.min(64)).await.map_err(map)?;
@@ -442,7 +465,7 @@ impl ResultStore {
             if block.format != BlockFormat::Split
                 && let Some(store) = &block.metadata_store
             {
-                metadata = self.get_optional(&block, store.as_ref(), &path, &key).await?;
+                metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
             }
         }
         let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
@@ -469,14 +492,37 @@ impl ResultStore {
             ranged_reads(block.clone(), key.clone(), path.clone(), meta.size, meta.e_tag.clone(), self.stream_chunk);
         let (tx, rx) = mpsc::channel::<Result<StreamPart>>(2);
         let slug = block.slug.clone();
+        let split_store = split_store.cloned();
         tokio::spawn(async move {
             let sent = send_ranges(ranges, wrap, &tx).await;
-            let last = sent.and_then(|(size, sha256, payload_sha)| match expected {
-                Some(e) if e != payload_sha => {
-                    Err(Error::IntegrityMismatch { block: slug, key, expected: e, actual: payload_sha })
+            let last = match sent {
+                Err(e) => Err(e),
+                Ok((_, _, payload_sha)) if expected.as_ref().is_some_and(|e| *e != payload_sha) => {
+                    let expected = expected.unwrap_or_default();
+                    Err(Error::IntegrityMismatch { block: slug, key, expected, actual: payload_sha })
                 }
-                _ => Ok(StreamPart::End { size, sha256 }),
-            });
+                Ok((_, _, payload_sha)) if document_sha256.as_ref().is_some_and(|d| *d != payload_sha) => {
+                    // Replaced since the document was read (a new document now), or damaged.
+                    let now = match &split_store {
+                        Some(store) => store.get(&at_key).await.ok().map(|g| g.bytes()),
+                        None => None,
+                    };
+                    let now = match now {
+                        Some(bytes) => bytes.await.ok().as_deref().and_then(crate::split::payload_sha256),
+                        None => None,
+                    };
+                    if now == document_sha256 {
+                        Err(Error::corrupt(
+                            &slug,
+                            &key,
+                            format!("its payload (sha256 {payload_sha}) is not the one its metadata document names"),
+                        ))
+                    } else {
+                        Err(Error::ChangedWhileReading { block: slug, key })
+                    }
+                }
+                Ok((size, sha256, _)) => Ok(StreamPart::End { size, sha256 }),
+            };
             let _ = tx.send(last).await;
         });
         Ok(StreamOutcome::Stream(Box::new(ReadStream {
@@ -645,8 +691,8 @@ async fn send_ranges(
     Ok((size, sent, payload))
 }
 
-/// A multipart upload to a key, or for create-only writes to a staging key moved into
-/// place when complete.
+/// A multipart upload to a key, or to a staging object the caller moves into place
+/// (create-only writes, split payloads).
 struct Upload {
     writer: WriteMultipart,
     block: Arc<Block>,
@@ -656,21 +702,19 @@ struct Upload {
 }
 
 impl Upload {
-    async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, part: usize) -> Result<Self> {
+    async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, staged: bool, part: usize) -> Result<Self> {
         let map = |e| block.storage_error(key, e);
         let target = object_path(key)?;
-        let staging = match mode {
-            WriteMode::Overwrite => None,
-            WriteMode::CreateOnly => {
-                // Refuse early when the key is taken; the move into place checks again.
-                match block.store.head(&target).await {
-                    Ok(_) => return Err(Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() }),
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(map(e)),
-                }
-                Some(Path::from(format!("{RESERVED_STAGING_PREFIX}/{}", uuid::Uuid::new_v4().simple())))
+        if mode == WriteMode::CreateOnly {
+            // Refuse early when the key is taken; the move into place checks again.
+            match block.store.head(&target).await {
+                Ok(_) => return Err(Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() }),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map(e)),
             }
-        };
+        }
+        let staging =
+            staged.then(|| Path::from(format!("{RESERVED_STAGING_PREFIX}/{}", uuid::Uuid::new_v4().simple())));
         let upload = block.store.put_multipart(staging.as_ref().unwrap_or(&target)).await.map_err(map)?;
         Ok(Upload {
             writer: WriteMultipart::new_with_chunk_size(upload, part),
@@ -701,32 +745,10 @@ impl Upload {
         }
     }
 
-    /// Completes the upload (and moves a staged one into place); returns the version.
-    async fn complete(self) -> Result<Option<String>> {
+    /// Completes the upload: the version written, and where it is staged when it was.
+    async fn finish(self) -> Result<(Option<String>, Option<Path>)> {
         let Upload { writer, block, key, staging, .. } = self;
-        let map = |e| block.storage_error(&key, e);
-        let put = writer.finish().await.map_err(map)?;
-        let Some(staging) = staging else {
-            return Ok(put.e_tag.or(put.version));
-        };
-        let target = object_path(&key)?;
-        let moved = match block.store.copy_if_not_exists(&staging, &target).await {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. }) => {
-                // No conditional copy here: check, then copy.
-                match block.store.head(&target).await {
-                    Ok(_) => Err(Error::AlreadyExists { block: block.slug.clone(), key: key.clone() }),
-                    Err(object_store::Error::NotFound { .. }) => block.store.copy(&staging, &target).await.map_err(map),
-                    Err(e) => Err(map(e)),
-                }
-            }
-            Err(e) => Err(map(e)),
-        };
-        if let Err(e) = block.store.delete(&staging).await {
-            tracing::warn!(block = block.slug, key, error = %e, "removing a staged upload failed");
-        }
-        moved?;
-        let meta = block.store.head(&target).await.map_err(map)?;
-        Ok(meta.e_tag.or(meta.version))
+        let put = writer.finish().await.map_err(|e| block.storage_error(&key, e))?;
+        Ok((put.e_tag.or(put.version), staging))
     }
 }

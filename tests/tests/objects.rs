@@ -5,6 +5,7 @@
 //! a restart; a Prefect 3 record sent to a split block is split on storage and rebuilt
 //! identically; a record that could never be read back is refused and replaces nothing.
 
+use sha2::Digest;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -102,8 +103,11 @@ async fn a_record_sent_to_a_split_block_is_split_and_resolves() {
     let doc: serde_json::Value = serde_json::from_slice(&record).expect("record");
     let payload = std::fs::read(s.path("split/cp")).expect("payload");
     assert_eq!(payload, doc["result"].as_str().expect("string").as_bytes());
-    let meta: serde_json::Value =
+    let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.path("split-meta/cp")).expect("metadata")).expect("json");
+    // Prefect's fields as they were, and the payload's digest (see the service's `split`).
+    let digest = meta.as_object_mut().unwrap().remove("resultstore_payload_sha256");
+    assert_eq!(digest.as_ref().and_then(|d| d.as_str()), Some(hex::encode(sha2::Sha256::digest(&payload)).as_str()));
     assert_eq!(meta, doc["metadata"]);
     // And the value is there for any client: [1, 2, 3], pickled by cloudpickle.
     let target = Target::Location { block: "local-file-system/split".into(), key: "cp".into() };
