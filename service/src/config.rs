@@ -16,6 +16,7 @@
 //! stream_chunk_size = "8MiB"   # storage reads and multipart parts of PutStream/GetStream
 //! max_concurrent_requests = 512 # calls in flight; more are shed with RESOURCE_EXHAUSTED
 //! request_timeout = "60s"      # a unary call, or a stream's silence, longer than this fails
+//! max_request_bytes_in_flight = "256MiB"  # unary request bytes read at once; more are shed
 //! [tls]                        # no [tls] table: plaintext gRPC
 //! cert = "/etc/resultstore/tls/tls.crt"
 //! key = "/etc/resultstore/tls/tls.key"
@@ -265,6 +266,17 @@ pub struct LimitsConfig {
     /// it was accepted is closed. Default 10s. Read at start.
     #[serde(default = "default_connection_preface_timeout")]
     pub connection_preface_timeout: HumanDuration,
+    /// Bytes of unary requests (gRPC messages above 64KiB) admitted at once, all
+    /// connections together, counted from each message's header before it is read
+    /// (`request_bytes`): a request beyond it is refused at once with RESOURCE_EXHAUSTED
+    /// (clients retry with backoff). This is the "requests" term of the memory formula in
+    /// `docs/operations.md`. At least `max_message_size`. Default 256MiB. Read at start.
+    #[serde(default = "default_max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: ByteSize,
+}
+
+fn default_max_request_bytes_in_flight() -> ByteSize {
+    ByteSize(256 << 20)
 }
 
 fn default_max_concurrent_streams() -> usize {
@@ -313,6 +325,7 @@ impl Default for LimitsConfig {
             stream_idle_timeout: default_stream_idle_timeout(),
             max_connections: default_max_connections(),
             connection_preface_timeout: default_connection_preface_timeout(),
+            max_request_bytes_in_flight: default_max_request_bytes_in_flight(),
         }
     }
 }
@@ -556,6 +569,13 @@ impl Config {
             ));
         }
         let l = &self.limits;
+        if l.max_request_bytes_in_flight.0 < l.max_message_size.0 {
+            return Err(Error::Config(format!(
+                "limits.max_request_bytes_in_flight ({}) must be at least limits.max_message_size ({}), or the \
+                 largest request could never be admitted",
+                l.max_request_bytes_in_flight, l.max_message_size
+            )));
+        }
         if l.max_concurrent_requests == 0
             || l.max_concurrent_streams_per_connection == 0
             || l.max_concurrent_streams == 0

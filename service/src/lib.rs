@@ -7,7 +7,8 @@
 //! - [`server`]: binds, serves `resultstore.v1` with health and reflection, shuts down
 //!   gracefully (NOT_SERVING, refuse, drain within the grace period); [`connections`]:
 //!   accepting within bounds (how many, how long silent, backoff on errors); [`tls`]: the TLS
-//!   listener whose certificate a reload swaps; [`live`]: the config generation in force,
+//!   listener whose certificate a reload swaps; [`request_bytes`]: the bytes of unary requests
+//!   admitted before tonic buffers them; [`live`]: the config generation in force,
 //!   swapped whole on SIGHUP.
 //! - [`grpc`]: one thin handler per RPC: admit (draining? token? a free place among the
 //!   calls in flight?), convert the request, call [`store`], map the error to a `Status`
@@ -52,6 +53,7 @@ pub mod memory;
 pub mod metrics;
 pub mod record;
 pub mod reference;
+pub mod request_bytes;
 pub mod serializer;
 pub mod server;
 pub mod settings;

@@ -12,6 +12,8 @@
 //!   until the last message).
 //! - `resultstore_rpc_in_flight`: calls running now; `resultstore_rpc_shed_total`: calls
 //!   refused by `limits.max_concurrent_requests`.
+//! - `resultstore_request_bytes_refused_total`: unary requests refused because
+//!   `limits.max_request_bytes_in_flight` was spent.
 //! - `resultstore_cache_hits_total`, `_misses_total`, `_evictions_total`,
 //!   `_bypassed_total` (results too large to cache), `resultstore_cache_bytes`,
 //!   `resultstore_cache_entries`, `resultstore_cache_capacity_bytes`.
@@ -30,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::live::Live;
+use crate::request_bytes::RequestBytes;
 use crate::telemetry::{Histogram, Outcome, StorageOp};
 
 /// The RPCs of `resultstore.v1`, as metrics and logs name them.
@@ -104,9 +107,25 @@ pub struct Metrics {
     pub shed: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// The unary request byte budget (set once, at start).
+    request_bytes: std::sync::OnceLock<Arc<RequestBytes>>,
 }
 
 impl Metrics {
+    /// The budget of unary request bytes of `config` (`limits.max_request_bytes_in_flight`),
+    /// made once and exported from then on.
+    pub fn request_bytes(&self, config: &crate::Config) -> Arc<RequestBytes> {
+        let l = &config.limits;
+        self.request_bytes
+            .get_or_init(|| {
+                Arc::new(RequestBytes::new(
+                    l.max_request_bytes_in_flight.0,
+                    usize::try_from(l.max_message_size.0).unwrap_or(usize::MAX),
+                ))
+            })
+            .clone()
+    }
+
     /// Counts one finished call.
     pub fn finished(&self, method: Method, code: tonic::Code, took: Duration) {
         let code = (code as usize).min(CODES.len() - 1);
@@ -146,6 +165,14 @@ impl Metrics {
             "Calls refused at limits.max_concurrent_requests.",
             g(&self.shed),
         );
+        if let Some(bytes) = self.request_bytes.get() {
+            counter(
+                &mut out,
+                "resultstore_request_bytes_refused_total",
+                "Unary requests refused because limits.max_request_bytes_in_flight was spent.",
+                g(&bytes.refused),
+            );
+        }
 
         let generation = live.current();
         let cache = generation.store.cache();

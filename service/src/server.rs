@@ -104,6 +104,7 @@ pub async fn start(
     let local_addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
     warn_if_exposed(local_addr, config);
     let max_message = usize::try_from(config.limits.max_message_size.0).unwrap_or(usize::MAX);
+    let request_bytes = metrics.request_bytes(config);
 
     let (metrics_addr, metrics_task) = match &config.metrics.listen {
         Some(addr) => {
@@ -160,6 +161,7 @@ pub async fn start(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
+        .layer(crate::request_bytes::RequestBytesLayer(request_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

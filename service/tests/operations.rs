@@ -489,3 +489,60 @@ async fn idle_connections_do_not_hold_up_sigterm_and_accept_errors_back_off() {
     assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM took {:?} with idle connections", started.elapsed());
     drop(conns);
 }
+
+/// The process's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+}
+
+/// 200 concurrent 8 MiB Puts over 4 connections: the server's peak memory stays under the
+/// formula of `docs/operations.md` (cache + fill budget + 3 × request bytes in flight +
+/// 64 MiB for the process), every Put ends OK or RESOURCE_EXHAUSTED, and the refusals are
+/// counted. With a budget too large to matter (4GiB) the peak was 1355 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversize_unary_requests_are_admitted_by_their_bytes() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[blocks.\"local-file-system/default\"]\nurl = \"file://results\"\n\
+         [cache]\ncapacity = \"64MiB\"\nfill_budget = \"64MiB\"\n\
+         [limits]\nmax_result_size = \"64MiB\"\nmax_request_bytes_in_flight = \"64MiB\"\n",
+    )
+    .unwrap();
+    let service = Service::start(dir.path(), "127.0.0.1:0", None, &[]);
+    let pid = service.child.id();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Client::connect_with_limit(service.url.clone(), 16 << 20).await.unwrap());
+    }
+    let payload = Arc::new(format!("\"{}\"", "x".repeat(8 << 20)));
+    let mut puts = Vec::new();
+    for i in 0..200 {
+        let (c, payload) = (clients[i % clients.len()].clone(), payload.clone());
+        puts.push(tokio::spawn(async move {
+            c.put(Put::json(payload.as_str()).serializer("json").key(format!("big/{i}"))).await
+        }));
+    }
+    let mut ok = 0;
+    for p in puts {
+        match p.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}"),
+        }
+    }
+    assert!(ok > 0, "no Put got through");
+    let peak = peak_rss(pid);
+    let bound = 64 * MIB + 64 * MIB + 3 * 64 * MIB + 64 * MIB;
+    eprintln!("peak RSS {} MiB, bound {} MiB, {ok} of 200 stored", peak / MIB, bound / MIB);
+    assert!(peak < bound, "peak RSS {} MiB above the formula's {} MiB", peak / MIB, bound / MIB);
+    let metrics = service.scrape().await;
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("resultstore_request_bytes_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the refusals counter");
+    assert_eq!(refused, 200 - ok, "every Put not stored was refused by the byte budget");
+}

@@ -223,3 +223,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
+
+/// object_store's own staged uploads (`NAME#N`) that a kill left in a local block's folder
+/// are removed by the sweep once stale; a fresh one (a write in progress) is kept.
+#[tokio::test]
+async fn the_sweep_removes_stale_staged_uploads_of_local_blocks() {
+    let s = TestServer::start().await;
+    std::fs::create_dir_all(s.path("results/a")).unwrap();
+    let stale = s.path("results/a/k#3");
+    let fresh = s.path("results/a/k#4");
+    std::fs::write(&stale, b"half a record").unwrap();
+    std::fs::write(&fresh, b"a write in progress").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3700);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(an_hour_ago).unwrap();
+    s.store().sweep().await;
+    assert!(!stale.exists(), "the stale upload is still there");
+    assert!(fresh.exists(), "the sweep removed a write in progress");
+}
