@@ -40,8 +40,8 @@ KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/shared-tier", "k8s/examples/worker-s
 # What the runtime image (distroless cc) provides.
 RUNTIME_LIBS = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0",
                 "libdl.so.2", "librt.so.1", "ld-linux-x86-64.so.2"}
-# Memory a pod needs beyond its cache and fill budget (process, connections, decoding).
-MIN_HEADROOM = 256 << 20
+# The process itself (code, runtime, small calls) in the sizing formula of docs/operations.md.
+PROCESS_MEMORY = 64 << 20
 
 
 class CheckFailed(Exception):
@@ -143,13 +143,21 @@ def check_resultstore_container(name: str, dep: dict, spec: dict, c: dict, confi
           f"{where}: shutdown_grace_period {grace}s + preStop {pre_stop}s + 5s margin exceeds "
           f"terminationGracePeriodSeconds {period}")
 
-    # Memory: requests = limits, covering the cache, the fill budget and headroom.
+    # Memory: requests = limits, covering the peak of docs/operations.md ("Sizing"): cache +
+    # fill budget + 3 x request bytes in flight + 3 x stream pieces x streams + the process.
     resources = c["resources"]
     limit = size(resources["limits"]["memory"])
     check(size(resources["requests"]["memory"]) == limit, f"{where}: memory request equals the limit")
     cache = config.get("cache", {})
-    needed = size(cache.get("capacity", "256MiB")) + size(cache.get("fill_budget", "256MiB")) + MIN_HEADROOM
-    check(limit >= needed, f"{where}: memory limit {limit} below cache + fill budget + headroom ({needed})")
+    limits = config.get("limits", {})
+    needed = (
+        size(cache.get("capacity", "256MiB"))
+        + size(cache.get("fill_budget", "256MiB"))
+        + 3 * size(limits.get("max_request_bytes_in_flight", "256MiB"))
+        + 3 * size(limits.get("stream_chunk_size", "8MiB")) * int(limits.get("max_concurrent_streams", 64))
+        + PROCESS_MEMORY
+    )
+    check(limit >= needed, f"{where}: memory limit {limit} below the sizing formula's peak ({needed})")
 
     # Ports and probes agree with the config.
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
