@@ -253,8 +253,9 @@ pub struct LimitsConfig {
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: usize,
     /// The longest a PutStream may stay silent (before its header, and between two
-    /// messages) before it fails with DEADLINE_EXCEEDED and frees its place: a client
-    /// that stalls is cut off this quickly, whatever `request_timeout` says. Default 15s.
+    /// messages), or a GetStream's client may take no message, before the stream fails
+    /// with DEADLINE_EXCEEDED and frees its place: a client that stalls is cut off this
+    /// quickly, whatever `request_timeout` says. Default 15s.
     #[serde(default = "default_stream_idle_timeout")]
     pub stream_idle_timeout: HumanDuration,
     /// Connections open at once; one more is accepted and closed at once. Keep it under

@@ -83,11 +83,18 @@ struct Ctx {
     store: Arc<ResultStore>,
     access: Access,
     request_timeout: Duration,
+    stream_idle_timeout: Duration,
 }
 
 impl Ctx {
     fn new(generation: &Generation, access: Access) -> Self {
-        Ctx { store: generation.store.clone(), access, request_timeout: generation.config.limits.request_timeout.0 }
+        let limits = &generation.config.limits;
+        Ctx {
+            store: generation.store.clone(),
+            access,
+            request_timeout: limits.request_timeout.0,
+            stream_idle_timeout: limits.stream_idle_timeout.0,
+        }
     }
 }
 
@@ -460,11 +467,48 @@ fn record_target(span: &Span, t: &ReadTarget) {
 }
 
 /// A GetStream reply that records its call's end when its last message is sent, or its
-/// first error; it holds the call's place among the calls in flight until then.
+/// first error.
 struct TrackedStream {
     inner: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
     end: Option<CallEnd>,
-    _permit: OwnedSemaphorePermit,
+}
+
+/// Hands a GetStream's messages to tonic from a task that holds the stream's place among
+/// those in flight: a client that takes no message for `idle` (`limits.stream_idle_timeout`;
+/// it stopped reading, so its HTTP/2 window and the one-message channel are full) has its
+/// stream ended with DEADLINE_EXCEEDED and the place freed at once. Without the task the
+/// place would live in the reply stream, which tonic only drops when the client reads on
+/// or goes away: clients that stop reading could hold every place.
+fn paced(
+    mut messages: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
+    permit: OwnedSemaphorePermit,
+    idle: Duration,
+) -> BoxStream<'static, Result<pb::GetStreamResponse, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let cut: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+    let cut_by_task = cut.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        while let Some(message) = messages.next().await {
+            let last = message.is_err();
+            match tokio::time::timeout(idle, tx.send(message)).await {
+                Ok(Ok(())) if !last => {}
+                // The end, or the client went away.
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::info!("a GetStream client took nothing for limits.stream_idle_timeout; its stream ends");
+                    let error = status_of(timed_out(STREAM_IDLE_TIMEOUT, idle, "the client took nothing for"));
+                    if let Ok(mut slot) = cut_by_task.lock() {
+                        *slot = Some(error);
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let tail = futures::stream::once(async move { cut.lock().ok().and_then(|mut slot| slot.take()) })
+        .filter_map(|cut| async move { cut.map(Err) });
+    tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail).boxed()
 }
 
 impl futures::Stream for TrackedStream {
@@ -650,7 +694,8 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             }),
         });
         let messages = futures::stream::once(async { Ok(header) }).chain(body.map_err(status_of)).boxed();
-        Ok(Response::new(TrackedStream { inner: messages, end: Some(end), _permit: permit }.boxed()))
+        let messages = paced(messages, permit, ctx.stream_idle_timeout);
+        Ok(Response::new(TrackedStream { inner: messages, end: Some(end) }.boxed()))
     }
 
     #[instrument(name = "rpc", skip_all, fields(method = "Resolve", block, key, size, caller, code, duration_ms))]

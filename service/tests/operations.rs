@@ -546,3 +546,63 @@ async fn oversize_unary_requests_are_admitted_by_their_bytes() {
         .expect("the refusals counter");
     assert_eq!(refused, 200 - ok, "every Put not stored was refused by the byte budget");
 }
+
+/// GetStreams whose clients stop reading hold their places for at most
+/// `stream_idle_timeout`: then they end with DEADLINE_EXCEEDED and a new stream gets in.
+/// Before, each held its place until its client read on or went away.
+#[tokio::test]
+async fn get_streams_whose_clients_stop_reading_free_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    hostile_config(dir.path(), "max_message_size = \"4MiB\"\n");
+    let service = Service::start(dir.path(), "127.0.0.1:0", None, &[]);
+    let writer = client(&service.url, TOKEN).await;
+    // 40 MiB: more than the HTTP/2 windows and the server's buffers hold.
+    let payload = bytes::Bytes::from(format!("\"{}\"", "x".repeat(40 << 20)));
+    let pieces: Vec<bytes::Bytes> =
+        (0..payload.len()).step_by(1 << 20).map(|at| payload.slice(at..payload.len().min(at + (1 << 20)))).collect();
+    let put = Put::data(bytes::Bytes::new()).serializer("json").key("big");
+    writer.put_stream(put, futures::stream::iter(pieces)).await.expect("stored");
+    let target = || Target::Location { block: String::new(), key: "big".into() };
+    // max_concurrent_streams = 2: two clients open a stream each, read one piece, stop.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let c = client(&service.url, TOKEN).await;
+        let mut stream = c.get_stream(target(), ReadOptions::default()).await.expect("a stream");
+        stream.next_chunk().await.expect("a piece").expect("a piece");
+        stalled.push((c, stream));
+    }
+    let started = Instant::now();
+    // While they hold the places, a third is shed; once their idle limit passed, one gets in.
+    let third = client(&service.url, TOKEN).await;
+    let shed = third.get_stream(target(), ReadOptions::default()).await.err().expect("shed while both stall");
+    assert_eq!(shed.code(), Some(Code::ResourceExhausted), "{shed}");
+    let mut admitted = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        match third.get_stream(target(), ReadOptions::default()).await {
+            Ok(s) => {
+                admitted = Some(s);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fresh = admitted.expect("no place freed within 5 s of the stalls (stream_idle_timeout = 1s)");
+    let mut read = 0;
+    while let Some(chunk) = fresh.next_chunk().await.expect("the fresh stream reads whole") {
+        read += chunk.len();
+    }
+    assert_eq!(read, payload.len());
+    // The stalled ones, read on, end with DEADLINE_EXCEEDED naming the setting.
+    for (_c, mut stream) in stalled {
+        let err = loop {
+            match stream.next_chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("a stalled stream ended whole"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.code(), Some(Code::DeadlineExceeded), "{err}");
+        assert!(err.to_string().contains("limits.stream_idle_timeout"), "{err}");
+    }
+}
