@@ -382,6 +382,32 @@ async fn remove_staged(block: &Block, staged: &Path) -> Result<bool> {
     }
 }
 
+/// Whether the objects at `a` and `b` hold the same bytes: sizes first, then their sha256,
+/// each read as a stream (nothing held whole).
+async fn same_bytes(block: &Block, key: &str, a: &Path, b: &Path) -> Result<bool> {
+    let map = |e| block.storage_error(key, e);
+    let (meta_a, meta_b) = match (block.store.head(a).await, block.store.head(b).await) {
+        (Ok(ma), Ok(mb)) => (ma, mb),
+        (Err(object_store::Error::NotFound { .. }), _) | (_, Err(object_store::Error::NotFound { .. })) => {
+            return Ok(false);
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(map(e)),
+    };
+    if meta_a.size != meta_b.size {
+        return Ok(false);
+    }
+    let digest = async |path: &Path| -> Result<Vec<u8>> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        let mut stream = block.store.get(path).await.map_err(map)?.into_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(map)? {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finalize().to_vec())
+    };
+    Ok(digest(a).await? == digest(b).await?)
+}
+
 /// Deletes `path`; whether there was an object.
 async fn delete_if_present(block: &Block, path: &Path, key: &str) -> Result<bool> {
     // A delete of nothing succeeds on most stores: look first.
@@ -421,6 +447,15 @@ pub(crate) async fn move_into_place(
             }
             Err(e) => Err(map(e)),
         },
+    };
+    // A create-only write finding exactly its own bytes at the key is a retry whose reply
+    // was lost: it succeeds, replacing nothing.
+    let moved = match moved {
+        Err(Error::AlreadyExists { .. }) if same_bytes(block, key, staged, &target).await? => {
+            let _ = remove_staged(block, staged).await;
+            Ok(())
+        }
+        moved => moved,
     };
     if moved.is_err()
         && let Err(e) = block.store.delete(staged).await

@@ -5,8 +5,8 @@
 //! checks, write-through to the cache). Larger payloads go to an object-store multipart
 //! upload, `stream_chunk_size` per part with at most two parts in flight, so a stream holds
 //! about three pieces whatever its size:
-//! - serializer bytes (`data`) in a `split` block are uploaded as they are, then the
-//!   metadata document is written beside them;
+//! - serializer bytes (`data`) in a `split` block are uploaded as they are to a staging
+//!   object, then committed whole ([`crate::split`]: document, then the move to the key);
 //! - in a `prefect3` block they are wrapped into the record on the fly (the record's prefix,
 //!   the bytes escaped as a JSON string, the suffix), byte-identical to a record written
 //!   whole. Records are read back in one piece, so a record above `limits.max_result_size`
@@ -26,7 +26,9 @@
 //! `.resultstore-staging/` prefix and moved to their key with the store's conditional
 //! copy; stores without one (S3 unless configured otherwise) are checked just before the
 //! copy instead, which leaves a window in which a concurrent writer's result can be
-//! replaced. A streamed result is not put in the cache (its bytes were not kept); the
+//! replaced. One whose header names its sha256 and finds exactly its own bytes there (a
+//! retry whose reply was lost) succeeds. Split payloads are always staged, and committed
+//! as [`crate::split`] says. A streamed result is not put in the cache (its bytes were not kept); the
 //! entry of the key is dropped, and the next read fills it.
 //!
 //! **GetStream** ([`ResultStore::read_stream`]). Results up to the cache's
@@ -300,7 +302,10 @@ impl ResultStore {
 
         // Split payloads are staged until their digest is known (see `split`).
         let staged = header.mode == WriteMode::CreateOnly || format == RecordFormat::Split;
-        let mut upload = Upload::begin(&block, &key, header.mode, staged, self.stream_chunk).await?;
+        // A create-only stream is refused at once when its key is taken, unless its header
+        // names its digest: then it may be a retry whose reply was lost, found out at the end.
+        let refuse_taken = header.mode == WriteMode::CreateOnly && header.sha256.is_none();
+        let mut upload = Upload::begin(&block, &key, refuse_taken, staged, self.stream_chunk).await?;
         let sent = async {
             let mut hasher = Sha256::new();
             let mut size = 0u64;
@@ -702,10 +707,10 @@ struct Upload {
 }
 
 impl Upload {
-    async fn begin(block: &Arc<Block>, key: &str, mode: WriteMode, staged: bool, part: usize) -> Result<Self> {
+    async fn begin(block: &Arc<Block>, key: &str, refuse_taken: bool, staged: bool, part: usize) -> Result<Self> {
         let map = |e| block.storage_error(key, e);
         let target = object_path(key)?;
-        if mode == WriteMode::CreateOnly {
+        if refuse_taken {
             // Refuse early when the key is taken; the move into place checks again.
             match block.store.head(&target).await {
                 Ok(_) => return Err(Error::AlreadyExists { block: block.slug.clone(), key: key.to_owned() }),

@@ -451,3 +451,30 @@ async fn malformed_streams_are_invalid_arguments() {
     let err = s.client.get_stream(loc("memory/default", "none"), ReadOptions::default()).await.err().unwrap();
     assert_eq!(err.code(), Some(Code::NotFound));
 }
+
+/// A create-only PutStream retried after its reply was lost (the same bytes, its header
+/// naming their digest) succeeds, in both block formats; other bytes are ALREADY_EXISTS, and
+/// a stream that names no digest is refused before it is read.
+#[tokio::test]
+async fn a_retried_create_only_stream_succeeds_for_its_own_bytes() {
+    let s = TestServer::start_with(|d| streaming(base_config(d))).await;
+    let c = &s.client;
+    let data = json_payload(12 * MIB, 6);
+    for block in ["local-file-system/default", "local-file-system/split"] {
+        let put = |data: &Bytes| {
+            Put::data(Bytes::new()).serializer("json").storage(block).key("once").create_only().sha256(sha(data))
+        };
+        let first = c.put_stream(put(&data), chunks(data.clone(), MIB)).await.unwrap();
+        let again = c.put_stream(put(&data), chunks(data.clone(), MIB)).await.unwrap();
+        assert_eq!(first.reference().unwrap().sha256(), again.reference().unwrap().sha256(), "{block}");
+        let other = json_payload(12 * MIB, 7);
+        let err = c.put_stream(put(&other), chunks(other.clone(), MIB)).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::AlreadyExists), "{block}: {err}");
+        let unnamed = Put::data(Bytes::new()).serializer("json").storage(block).key("once").create_only();
+        let err = c.put_stream(unnamed, chunks(data.clone(), MIB)).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::AlreadyExists), "{block}: {err}");
+        let held = get_all(c, loc(block, "once"), ReadOptions::default()).await.unwrap();
+        assert!(held == data, "{block}: the key holds other bytes");
+    }
+    assert!(!walk(s.dir.path()).iter().any(|p| p.contains(".resultstore-staging/")), "staged objects left");
+}
