@@ -108,13 +108,19 @@ where
         let bytes = self.bytes.clone();
         Box::pin(async move {
             let (parts, mut body) = request.into_parts();
-            // The frame header: the first 5 bytes of the body.
-            let mut head = BytesMut::new();
+            // The frame header: the first 5 bytes of the body (almost always in its first
+            // DATA frame, kept as it is: no copy).
+            let mut head = Bytes::new();
             let mut trailers = None;
             while head.len() < 5 {
                 match body.frame().await {
                     Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => head.extend_from_slice(&data),
+                        Ok(data) if head.is_empty() => head = data,
+                        Ok(data) => {
+                            let mut joined = BytesMut::from(&head[..]);
+                            joined.extend_from_slice(&data);
+                            head = joined.freeze();
+                        }
                         Err(frame) => {
                             trailers = Some(frame);
                             break;
@@ -126,7 +132,7 @@ where
             }
             let length =
                 if head.len() >= 5 { u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize } else { 0 };
-            let body = Body::new(Prefixed { head: Some(head.freeze()), trailers, rest: body });
+            let body = Body::new(Prefixed { head: Some(head), trailers, rest: body });
             let request = http::Request::from_parts(parts, body);
             if length <= SMALL_REQUEST {
                 return inner.call(request).await;

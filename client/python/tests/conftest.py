@@ -141,6 +141,12 @@ def prefect_env(tmp_path, monkeypatch):
         "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        # The ephemeral API server starts in a subprocess; on CI's two busy cores it has
+        # taken longer than Prefect's default 20 s wait ("Timed out while attempting to
+        # connect to ephemeral Prefect API server"). A bound, not a sleep: it is ready sooner.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        # No telemetry calls to the internet, which this machine does not reach.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
