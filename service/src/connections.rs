@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -143,6 +144,26 @@ impl tonic::transport::server::Connected for Connection {
     }
 }
 
+/// The next connection on `listener`. An accept error (the open-file limit reached, a
+/// connection reset before it was accepted) backs off, from 10 ms doubling to 1 s, instead
+/// of spinning; `backoff` carries the delay from one call to the next (zero after a
+/// success). Cancel-safe: it may be dropped between its awaits.
+pub async fn accept_backing_off(listener: &TcpListener, backoff: &mut Duration) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                *backoff = Duration::ZERO;
+                return accepted;
+            }
+            Err(e) => {
+                *backoff = (*backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::time::sleep(*backoff).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` within `limits` (see the module docs) until the
 /// returned stream is dropped. `draining` turns true when the server starts draining.
 pub fn accept(
@@ -156,18 +177,7 @@ pub fn accept(
         let mut backoff = Duration::ZERO;
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => {
-                        backoff = Duration::ZERO;
-                        a
-                    }
-                    Err(e) => {
-                        backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                        tokio::time::sleep(backoff).await;
-                        continue;
-                    }
-                },
+                accepted = accept_backing_off(&listener, &mut backoff) => accepted,
                 _ = tx.closed() => return,
             };
             let Ok(permit) = open.clone().try_acquire_owned() else {

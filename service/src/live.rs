@@ -12,8 +12,10 @@
 //! message size limit, per-connection streams, cache sizes) keeps its old value, and the
 //! reload says so in the log.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -76,7 +78,8 @@ impl Generation {
 
 /// The current generation, and whether the server is draining.
 pub struct Live {
-    current: RwLock<Arc<Generation>>,
+    /// Read by every call, written by reloads: an `ArcSwap` load takes no lock.
+    current: ArcSwap<Generation>,
     draining: AtomicBool,
     /// The same, for whoever waits on it (connections still silent close when it turns).
     drain_signal: watch::Sender<bool>,
@@ -85,7 +88,7 @@ pub struct Live {
 impl Live {
     pub fn new(config: Config) -> Result<Self> {
         Ok(Live {
-            current: RwLock::new(Arc::new(Generation::build(config, None)?)),
+            current: ArcSwap::from_pointee(Generation::build(config, None)?),
             draining: AtomicBool::new(false),
             drain_signal: watch::Sender::new(false),
         })
@@ -93,8 +96,7 @@ impl Live {
 
     /// The generation in force now.
     pub fn current(&self) -> Arc<Generation> {
-        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current.load_full()
     }
 
     /// Builds a generation from `config` and puts it in force, or refuses it and keeps the
@@ -134,7 +136,7 @@ impl Live {
         {
             needs_restart.push("cache");
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        self.current.store(Arc::new(next));
         Ok(needs_restart)
     }
 

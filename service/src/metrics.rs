@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::live::Live;
@@ -247,49 +246,51 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped: HTTP/1.1 by
+/// hyper (the tree has it for tonic), accepted with backoff on errors, each connection
+/// given 5 s to send its request head and 30 s in all.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, live: Arc<Live>) {
+    let mut backoff = Duration::ZERO;
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _) = crate::connections::accept_backing_off(&listener, &mut backoff).await;
         let (metrics, live) = (metrics.clone(), live.clone());
+        let service = hyper::service::service_fn(move |request| {
+            let (metrics, live) = (metrics.clone(), live.clone());
+            async move { Ok::<_, std::convert::Infallible>(respond(&request, &metrics, &live).await) }
+        });
         tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                true
-            })
-            .await;
-            if read != Ok(true) {
-                return;
-            }
-            let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-            let (status, body) = match line.split(|b| *b == b' ').collect::<Vec<_>>().as_slice() {
-                [b"GET", path, ..] if path.split(|b| *b == b'?').next() == Some(b"/metrics") => {
-                    // Settled first, so cache entries and bytes are what the cache holds now
-                    // rather than before its last evictions.
-                    live.current().store.cache().settle().await;
-                    ("200 OK", metrics.render(&live))
-                }
-                [b"GET", b"/healthz", ..] if !live.is_draining() => ("200 OK", "ok\n".to_owned()),
-                [b"GET", b"/healthz", ..] => ("503 Service Unavailable", "draining\n".to_owned()),
-                [b"GET", ..] => ("404 Not Found", "try /metrics\n".to_owned()),
-                _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: \
-                 {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
         });
     }
+}
+
+/// The reply to one request of the metrics endpoint.
+async fn respond<B>(
+    request: &http::Request<B>,
+    metrics: &Metrics,
+    live: &Live,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&http::Method::GET, "/metrics") => {
+            // Settled first, so cache entries and bytes are what the cache holds now
+            // rather than before its last evictions.
+            live.current().store.cache().settle().await;
+            (http::StatusCode::OK, metrics.render(live))
+        }
+        (&http::Method::GET, "/healthz") if !live.is_draining() => (http::StatusCode::OK, "ok\n".to_owned()),
+        (&http::Method::GET, "/healthz") => (http::StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
+        (&http::Method::GET, _) => (http::StatusCode::NOT_FOUND, "try /metrics\n".to_owned()),
+        _ => (http::StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned()),
+    };
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }

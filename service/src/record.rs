@@ -21,6 +21,10 @@ use serde_json::{Map, Value};
 
 use crate::serializer::SerializerConfig;
 
+/// The field a `split` record's metadata document holds its payload's lowercase hex
+/// sha256 in (see `crate::split`); not part of the record's Prefect metadata.
+pub const PAYLOAD_SHA256: &str = "resultstore_payload_sha256";
+
 /// The Prefect version whose format this service writes into `prefect_version`.
 pub const PREFECT_VERSION: &str = "3.9.1";
 
@@ -158,13 +162,13 @@ impl ResultRecord {
     }
 
     /// A split record: the metadata document and the payload read beside it. The payload
-    /// digest this service adds to the documents it writes (`crate::split`) is not part of
+    /// digest this service adds to the documents it writes ([`PAYLOAD_SHA256`]) is not part of
     /// the record's metadata: a split record read `as_stored` is the record a `prefect3`
     /// block holds, byte for byte.
     pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, String> {
         let mut metadata: Map<String, Value> =
             serde_json::from_slice(metadata).map_err(|e| format!("the metadata document does not parse: {e}"))?;
-        metadata.remove(crate::split::PAYLOAD_SHA256);
+        metadata.remove(PAYLOAD_SHA256);
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
         Ok(ResultRecord { format: RecordFormat::Split, metadata, serializer, expiration, data, nested_result: false })

@@ -10,7 +10,7 @@
 //! 1. the payload is written to a staging object, [`staged_path`], named by the key and
 //!    the payload's sha256, under the reserved `.resultstore-staging/` prefix;
 //! 2. the metadata document is written, carrying the payload's sha256 in
-//!    [`PAYLOAD_SHA256`] (Prefect's `ResultRecordMetadata` ignores fields it does not
+//!    [`crate::record::PAYLOAD_SHA256`] (Prefect's `ResultRecordMetadata` ignores fields it does not
 //!    know, so Prefect still reads the record);
 //! 3. the staged payload is moved onto the key (a rename: atomic on local files, a copy
 //!    and a delete on object stores).
@@ -45,11 +45,8 @@ use crate::blocks::Block;
 use crate::cache::FillPermit;
 use crate::error::{Error, Result};
 use crate::keys::{RESERVED_STAGING_PREFIX, object_path};
-use crate::record::ResultRecord;
+use crate::record::{PAYLOAD_SHA256, ResultRecord};
 use crate::store::{ResultStore, WriteMode, sha256_hex};
-
-/// The metadata document's field holding the payload's lowercase hex sha256.
-pub const PAYLOAD_SHA256: &str = "resultstore_payload_sha256";
 
 /// Reads of a split record before a payload that never matches its document is DATA_LOSS.
 pub const READ_ATTEMPTS: usize = 3;

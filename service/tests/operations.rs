@@ -455,7 +455,7 @@ async fn stalled_streams_neither_lock_out_unary_calls_nor_outlive_their_idle_lim
 }
 
 /// Connections that sent the HTTP/2 preface and nothing more do not hold up SIGTERM, and
-/// an accept loop at the open-file limit backs off instead of spinning.
+/// the accept loops (gRPC and metrics) at the open-file limit back off instead of spinning.
 #[tokio::test]
 async fn idle_connections_do_not_hold_up_sigterm_and_accept_errors_back_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -477,7 +477,11 @@ async fn idle_connections_do_not_hold_up_sigterm_and_accept_errors_back_off() {
         conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
         conns.push(conn);
     }
-    // At the limit, accept fails over and over: the loop backs off (a spinning loop
+    // The metrics listener too (its accept failed the same way, and its loop spun).
+    for _ in 0..5 {
+        conns.push(tokio::net::TcpStream::connect(service.metrics.as_deref().unwrap()).await.expect("connect"));
+    }
+    // At the limit, accept fails over and over: the loops back off (a spinning loop
     // burns a whole core).
     let before = cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
