@@ -26,7 +26,6 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthConfig, TokenConfig};
 use crate::error::{Error, Result};
 use crate::keys::{BlockType, parse_slug};
 
@@ -100,6 +99,33 @@ impl BlockPattern {
             BlockPattern::Exact(s) => s == slug,
         }
     }
+}
+
+/// The `[auth]` table of the config: bearer tokens and what calls without one may do
+/// (see the module docs for what each RPC needs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Scopes of calls that carry no token: block pattern → operations. Empty (the
+    /// default): every call needs a token.
+    #[serde(default)]
+    pub anonymous: BTreeMap<String, Vec<Operation>>,
+    /// The tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and refusals; unique.
+    pub name: String,
+    /// Hex SHA-256 of the token (`resultstore token hash` prints it). The token itself
+    /// is never stored.
+    pub sha256: String,
+    /// Block pattern (`*`, `type/*`, or a slug) → operations (`read`, `write`, `delete`).
+    pub scopes: BTreeMap<String, Vec<Operation>>,
 }
 
 /// One token's (or the anonymous caller's) rights.

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::{AccessPolicy, Operation};
+use crate::auth::{AccessPolicy, AuthConfig};
 use crate::error::{Error, Result};
 use crate::keys::{BlockType, parse_slug};
 
@@ -118,32 +118,6 @@ pub struct TlsConfig {
 
 fn default_handshake_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
-}
-
-/// Bearer tokens (see [`crate::auth`] for what each RPC needs).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Scopes of calls that carry no token: block pattern → operations. Empty (the
-    /// default): every call needs a token.
-    #[serde(default)]
-    pub anonymous: BTreeMap<String, Vec<Operation>>,
-    /// The tokens.
-    #[serde(default)]
-    pub tokens: Vec<TokenConfig>,
-}
-
-/// One bearer token.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// A name for logs and refusals; unique.
-    pub name: String,
-    /// Hex SHA-256 of the token (`resultstore token hash` prints it). The token itself
-    /// is never stored.
-    pub sha256: String,
-    /// Block pattern (`*`, `type/*`, or a slug) → operations (`read`, `write`, `delete`).
-    pub scopes: BTreeMap<String, Vec<Operation>>,
 }
 
 /// The Prometheus endpoint.

@@ -29,12 +29,10 @@ use object_store::{
     PutOptions, PutPayload, PutResult, RenameOptions,
 };
 use tokio::sync::mpsc;
+
+use crate::error::ThroughSymlink;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A key whose path passes through a symbolic link (see the module docs).
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` passes through a symbolic link, which local blocks never follow")]
-pub struct ThroughSymlink(String);
 
 /// A local block's store that never follows a symbolic link (see the module docs).
 #[derive(Debug)]

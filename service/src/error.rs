@@ -10,6 +10,12 @@
 /// A `Result` with the service's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A local block's refusal of a key whose path passes through a symbolic link (raised by
+/// `confined`, folded into [`Error::KeyConflict`] by [`Error::from_store`]).
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` passes through a symbolic link, which local blocks never follow")]
+pub struct ThroughSymlink(pub String);
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// The slug is well formed but names no configured block.
@@ -165,7 +171,7 @@ impl Error {
             object_store::Error::InvalidPath { source } => {
                 Error::InvalidKey { key, reason: format!("the block's storage cannot hold this key ({source})") }
             }
-            other if caused_by::<crate::confined::ThroughSymlink>(&other) => Error::KeyConflict {
+            other if caused_by::<ThroughSymlink>(&other) => Error::KeyConflict {
                 block,
                 key,
                 reason: "the key passes through a symbolic link, and local blocks never follow one out of their folder",

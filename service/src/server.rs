@@ -176,7 +176,7 @@ pub async fn start(
     let connections = crate::connections::accept(listener, limits, live.drain_signal());
     let serve: Pin<Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>> =
         if config.tls.is_some() {
-            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(connections, live.clone()), shutdown))
+            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(connections, current_tls(live.clone())), shutdown))
         } else {
             Box::pin(router.serve_with_incoming_shutdown(connections, shutdown))
         };
@@ -202,6 +202,14 @@ pub async fn start(
     });
     let sweep_task = tokio::spawn(sweep_staging(live.clone()));
     Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task, sweep_task })
+}
+
+/// The TLS settings of the generation in force (see [`crate::tls::CurrentTls`]).
+fn current_tls(live: Arc<Live>) -> crate::tls::CurrentTls {
+    Arc::new(move || {
+        let generation = live.current();
+        Some((generation.tls.clone()?, generation.config.tls.as_ref()?.handshake_timeout.0))
+    })
 }
 
 /// At start and then every [`crate::split::STALE_STAGING_AGE`]: finishes or removes what

@@ -3,7 +3,8 @@
 //!
 //! tonic's own TLS option fixes the certificate at start, so the listener does the
 //! handshakes itself: each accepted TCP connection gets the rustls config in force
-//! *at that moment* ([`crate::live::Live::current`]), so after a SIGHUP new connections
+//! *at that moment* (asked of [`CurrentTls`]: the server answers from the live
+//! generation), so after a SIGHUP new connections
 //! present the new certificate while open ones keep theirs. Handshakes run in their own
 //! tasks with a timeout, at most 64 at once, so a slow, silent or flooding client never
 //! holds up the accept loop or the calls. Connections arrive already bounded
@@ -27,7 +28,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::config::TlsConfig;
 use crate::connections::Connection;
 use crate::error::{Error, Result};
-use crate::live::Live;
 
 /// The process's one crypto provider: aws-lc-rs, the one object_store's clients use too.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -83,12 +83,16 @@ fn certificates(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDe
     Ok(certs)
 }
 
+/// The TLS settings in force when a connection arrives: the rustls config and the
+/// handshake timeout (`None` once TLS is no longer configured).
+pub type CurrentTls = Arc<dyn Fn() -> Option<(Arc<rustls::ServerConfig>, std::time::Duration)> + Send + Sync>;
+
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake
-/// succeeds, each with the config `live` holds when it arrives. Ends when the stream is
-/// dropped (the accept task notices the closed channel).
+/// succeeds, each with the settings `current` gives when it arrives. Ends when the stream
+/// is dropped (the accept task notices the closed channel).
 pub fn incoming(
     connections: impl Stream<Item = io::Result<Connection>> + Send + 'static,
-    live: Arc<Live>,
+    current: CurrentTls,
 ) -> ReceiverStream<io::Result<TlsStream<Connection>>> {
     let (tx, rx) = mpsc::channel(64);
     // Handshakes cost CPU (a full one is a few hundred microseconds of signing): at most
@@ -106,12 +110,8 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let peer = tcp.get_ref().peer_addr().ok();
-            // The generation in force now: its certificate and its handshake timeout.
-            let generation = live.current();
-            let (Some(config), Some(settings)) = (generation.tls.clone(), generation.config.tls.as_ref()) else {
-                return;
-            };
-            let timeout = settings.handshake_timeout.0;
+            // The settings in force now: the certificate and the handshake timeout.
+            let Some((config, timeout)) = current() else { return };
             let Ok(slot) = handshakes.clone().acquire_owned().await else { return };
             let tx = tx.clone();
             tokio::spawn(async move {
