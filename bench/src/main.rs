@@ -30,9 +30,9 @@ use futures::StreamExt;
 use load::{closed_loop, human, repeat};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, WriteMultipart};
-use resultstore::record::{RecordFormat, ResultRecord};
-use resultstore::serializer::SerializerConfig;
-use resultstore::server::ServerHandle;
+use resultstore::formats::record::{RecordFormat, ResultRecord};
+use resultstore::formats::serializer::SerializerConfig;
+use resultstore::wire::server::ServerHandle;
 use resultstore::{Config, ResultStore};
 use resultstore_client::{Client, Put, ReadOptions, Target, Want};
 
@@ -197,7 +197,7 @@ fn loc(block: &str, key: &str) -> Target {
 }
 
 fn main() -> anyhow::Result<()> {
-    resultstore::memory::bound_allocator_arenas();
+    resultstore::runtime::memory::bound_allocator_arenas();
     let cli = Cli::parse();
     if let Some(Sub::Reader { url, block, prefix, count }) = cli.command {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -211,7 +211,7 @@ fn main() -> anyhow::Result<()> {
     let server_rt = runtime("server")?;
     let handle: ServerHandle = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        anyhow::Ok(resultstore::server::start(&config, listener, std::future::pending()).await?)
+        anyhow::Ok(resultstore::wire::server::start(&config, listener, std::future::pending()).await?)
     })?;
     let sizes = [1024, 64 * 1024, MIB];
     let mut values: HashMap<String, Bytes> = sizes.iter().map(|&n| (format!("hit/{n}"), json_doc(n, 0))).collect();
@@ -415,7 +415,7 @@ async fn json_validation(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         (text.len() as f64 * f64::from(rounds)) / started.elapsed().as_secs_f64() / MIB as f64
     };
     let validator = rate(&|| {
-        resultstore::serializer::json_check::check_json(&text).expect("the bench's JSON is JSON");
+        resultstore::formats::serializer::json_check::check_json(&text).expect("the bench's JSON is JSON");
     });
     let sha = rate(&|| {
         std::hint::black_box(<sha2::Sha256 as sha2::Digest>::digest(&text));
@@ -525,7 +525,7 @@ async fn cold_s3(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     );
     let config = Config::from_toml(&cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let handle = resultstore::server::start(&config, listener, std::future::pending()).await?;
+    let handle = resultstore::wire::server::start(&config, listener, std::future::pending()).await?;
     let client = Client::connect_with_limit(format!("http://{}", handle.local_addr), MAX_MESSAGE).await?;
     let n = 32;
     for i in 0..n {

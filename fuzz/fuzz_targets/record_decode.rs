@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use resultstore::record::{RecordFormat, ResultRecord};
-use resultstore::serializer::SerializerConfig;
+use resultstore::formats::record::{RecordFormat, ResultRecord};
+use resultstore::formats::serializer::SerializerConfig;
 
 fuzz_target!(|data: &[u8]| {
     let hint = SerializerConfig::from_type("pickle").expect("pickle is a serializer");

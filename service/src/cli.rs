@@ -319,7 +319,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Two v4 UUIDs: 244 random bits from the OS generator.
             let token = format!("rs_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
             println!("token:  {token}");
-            println!("sha256 = \"{}\"", resultstore::auth::token_hash(&token));
+            println!("sha256 = \"{}\"", resultstore::config::auth::token_hash(&token));
             Ok(())
         }
         Command::Token { command: TokenCommand::Hash } => {
@@ -328,7 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if token.trim().is_empty() {
                 bail!("no token on stdin");
             }
-            println!("{}", resultstore::auth::token_hash(&token));
+            println!("{}", resultstore::config::auth::token_hash(&token));
             Ok(())
         }
         Command::Put {
@@ -521,7 +521,8 @@ async fn serve(path: Option<PathBuf>, listen: Option<String>, metrics_listen: Op
     let config = overrides(Config::load(path.as_deref())?);
     let addr = config.listen.clone().unwrap_or_else(|| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-    let mut handle = resultstore::server::start(&config, listener, resultstore::server::termination_signal()).await?;
+    let mut handle =
+        resultstore::wire::server::start(&config, listener, resultstore::wire::server::termination_signal()).await?;
     for block in handle.store().blocks().iter() {
         tracing::info!(block = %block.slug, url = %block.url, format = block.format.as_str(), "block ready");
     }

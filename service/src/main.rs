@@ -1,5 +1,5 @@
 //! The `resultstore` binary: `serve`, and client commands for a person at a terminal.
-//! Thin by design: serving lives in the library ([`resultstore::server`]), client calls
+//! Thin by design: serving lives in the library ([`resultstore::wire::server`]), client calls
 //! in `resultstore-client`; this file parses arguments and prints.
 
 mod cli;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    resultstore::memory::bound_allocator_arenas();
+    resultstore::runtime::memory::bound_allocator_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,6 +1,6 @@
 //! Counters, latency histograms and logging.
 //!
-//! Each counter is a plain atomic so hot paths pay one relaxed add; [`crate::metrics`]
+//! Each counter is a plain atomic so hot paths pay one relaxed add; [`crate::runtime::metrics`]
 //! renders them as Prometheus text, tests read them in-process.
 
 use std::fmt::Write as _;
@@ -99,7 +99,7 @@ impl Outcome {
 }
 
 /// Storage operations of one block by kind and outcome, counted by
-/// [`crate::blocks::CountingStore`]. A listing counts one operation, failed if any page of
+/// [`crate::storage::blocks::CountingStore`]. A listing counts one operation, failed if any page of
 /// it failed.
 #[derive(Debug, Default)]
 pub struct StorageCounters {

@@ -12,20 +12,21 @@
 //!
 //! Bounded in time (a few seconds of writes per phase) so CI runs it on every change.
 
+mod common;
+
+use common::serve;
+
 #[allow(dead_code)]
 #[path = "../../tests/src/servers.rs"]
 mod servers;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resultstore_client::{Client, Put, ReadOptions, Reference, Target, Want};
 use tonic::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_resultstore");
 /// Kill-and-restart phases.
 const PHASES: u64 = 5;
 const WRITERS_PER_BLOCK: u64 = 3;
@@ -36,20 +37,6 @@ const BLOCKS: [&str; 5] = [
     "s3-bucket/p3",
     "s3-bucket/split",
 ];
-
-fn serve(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "config.toml", "--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start resultstore serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("resultstore listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    (child, format!("http://{addr}"))
-}
 
 /// A write's identity, carried in its value: `{"w": writer, "n": serial, ...}`.
 type WriteId = (String, u64);

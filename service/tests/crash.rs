@@ -2,26 +2,11 @@
 //! acknowledged result reads back with its digest, and every key a reader can see holds a
 //! whole record (local writes are staged and renamed into place).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::serve;
 
 use resultstore_client::{Client, Put, ReadOptions, Target, Want};
-
-const BIN: &str = env!("CARGO_BIN_EXE_resultstore");
-
-fn serve(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "config.toml", "--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start resultstore serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("resultstore listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    (child, format!("http://{addr}"))
-}
 
 #[tokio::test]
 async fn a_killed_service_leaves_no_partial_record_and_loses_no_acknowledged_one() {

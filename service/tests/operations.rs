@@ -101,7 +101,7 @@ impl Service {
 }
 
 fn hash(token: &str) -> String {
-    resultstore::auth::token_hash(token)
+    resultstore::config::auth::token_hash(token)
 }
 
 fn config(dir: &Path, tokens: &[(&str, &str)]) -> PathBuf {

@@ -11,7 +11,7 @@ pub mod servers;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use resultstore::server::{ServerHandle, start};
+use resultstore::wire::server::{ServerHandle, start};
 use resultstore::{Config, ResultStore};
 use resultstore_client::Client;
 use tokio::net::TcpListener;
@@ -205,4 +205,32 @@ pub fn python(code: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 1 MiB tmpfs mounted for one test (a disk that fills up), unmounted when dropped. The
+/// tests run as root, as CI does; without root this fails, naming why.
+pub struct SmallDisk {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount() -> SmallDisk {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("small");
+        std::fs::create_dir(&path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount(8) runs (the tests run as root, as CI does)");
+        assert!(status.success(), "mounting a 1 MiB tmpfs failed: this test needs root, as CI has");
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.path).status();
+    }
 }

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use resultstore::record::{RecordFormat, ResultRecord};
-use resultstore::serializer::SerializerConfig;
+use resultstore::formats::record::{RecordFormat, ResultRecord};
+use resultstore::formats::serializer::SerializerConfig;
 use resultstore_client::{ReadOptions, Target, Want, serializer_pb};
 use resultstore_e2e::{TestServer, copy_tree, prefect_samples};
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use resultstore::server::{ServerHandle, start};
+use resultstore::wire::server::{ServerHandle, start};
 use resultstore::{Config, ResultStore};
 use resultstore_client::routing::rendezvous_order;
 use resultstore_client::{Client, ConnectOptions, Put, ReadOptions, Target, Want};

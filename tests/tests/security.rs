@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use resultstore::auth::token_hash;
+use resultstore::config::auth::token_hash;
 use resultstore_client::proto as pb;
 use resultstore_client::{Client, ConnectOptions, Put, ReadOptions, Stored, Target, TlsOptions, Want};
 use resultstore_e2e::pki::Pki;

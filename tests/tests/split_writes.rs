@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use resultstore_client::{Put, ReadOptions, Reference, Target, Want};
-use resultstore_e2e::{TestServer, base_config};
+use resultstore_e2e::{SmallDisk, TestServer, base_config};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
@@ -66,22 +66,8 @@ async fn racing_writes_to_a_split_key_never_tear() {
 /// (a pickle read as JSON: DATA_LOSS) and the new key was listed, reading DATA_LOSS.
 #[tokio::test]
 async fn a_split_write_cut_before_its_document_leaves_the_old_result() {
-    struct Mounted(std::path::PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mount = tmp.path().join("meta");
-    std::fs::create_dir(&mount).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mount)
-        .status()
-        .expect("mount(8) runs (the tests run as root, as CI does)");
-    assert!(status.success(), "mounting a 1 MiB tmpfs failed: this test needs root, as CI has");
-    let _guard = Mounted(mount.clone());
+    let disk = SmallDisk::mount();
+    let mount = disk.path.clone();
     let m = mount.display().to_string();
     let s = TestServer::start_with(|dir| {
         format!(

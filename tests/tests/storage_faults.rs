@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use resultstore::telemetry::{Outcome, StorageOp};
 use resultstore_client::{Put, ReadOptions, Target, Want};
 use resultstore_e2e::servers::{moto_s3, moto_s3_on, s3_options};
-use resultstore_e2e::{TestServer, base_config};
+use resultstore_e2e::{SmallDisk, TestServer, base_config};
 use tonic::Code;
 
 #[tokio::test]
@@ -183,23 +183,8 @@ async fn a_block_whose_root_is_not_a_folder_is_unavailable_for_every_call() {
 /// loses nothing: a 1 MiB tmpfs mounted for the test holds the block.
 #[tokio::test]
 async fn a_full_disk_is_resource_exhausted_and_loses_nothing() {
-    struct Mounted(std::path::PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mount = tmp.path().join("small");
-    std::fs::create_dir(&mount).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mount)
-        .status()
-        .expect("mount(8) runs (the tests run as root, as CI does)");
-    assert!(status.success(), "mounting a 1 MiB tmpfs failed: this test needs root, as CI has");
-    let _guard = Mounted(mount.clone());
-    let m = mount.display().to_string();
+    let disk = SmallDisk::mount();
+    let m = disk.path.display().to_string();
     let s = TestServer::start_with(|dir| {
         format!("{}\n[blocks.\"local-file-system/small\"]\nurl = \"file://{m}\"\n", base_config(dir))
     })

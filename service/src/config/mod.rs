@@ -39,6 +39,13 @@
 //! Every table denies unknown fields and names the field it rejects. Sizes are human
 //! (`"256MiB"`, `"1GB"`, or a plain integer of bytes) and durations too (`"10m"`, `"30s"`).
 //! Zero is refused wherever it could be read as "unbounded".
+//!
+//! Beside the file: [`auth`] (the `[auth]` table's tokens and scopes, and the access
+//! checks every operation makes) and [`keys`] (block slugs and result keys clients may
+//! name). Uses: [`crate::error`] only.
+
+pub mod auth;
+pub mod keys;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,9 +54,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::{AccessPolicy, AuthConfig};
+use crate::config::auth::{AccessPolicy, AuthConfig};
+use crate::config::keys::{BlockType, parse_slug};
 use crate::error::{Error, Result};
-use crate::keys::{BlockType, parse_slug};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -80,7 +87,7 @@ pub struct Config {
     /// of this table is how the config says so. Certificates are re-read on SIGHUP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// Bearer tokens and their scopes (see [`crate::auth`]). Without this table every
+    /// Bearer tokens and their scopes (see [`crate::config::auth`]). Without this table every
     /// caller may do everything.
     #[serde(default)]
     pub auth: Option<AuthConfig>,

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::config::keys::{BlockType, parse_slug};
 use crate::error::{Error, Result};
-use crate::keys::{BlockType, parse_slug};
 
 /// The name of the anonymous caller's grant; no token may take it.
 const ANONYMOUS: &str = "anonymous";

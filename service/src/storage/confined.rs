@@ -33,7 +33,6 @@ use tokio::sync::mpsc;
 use crate::error::ThroughSymlink;
 use tokio_stream::wrappers::ReceiverStream;
 
-
 /// A local block's store that never follows a symbolic link (see the module docs).
 #[derive(Debug)]
 pub struct ConfinedLocal {
@@ -226,8 +225,8 @@ impl ObjectStore for ConfinedLocal {
         self.check(to)?;
         self.inner.rename_opts(from, to, options).await?;
         let mut parts = from.parts();
-        if parts.next().is_some_and(|p| p.as_ref() == crate::keys::RESERVED_STAGING_PREFIX) {
-            let staging = self.root.join(crate::keys::RESERVED_STAGING_PREFIX);
+        if parts.next().is_some_and(|p| p.as_ref() == crate::config::keys::RESERVED_STAGING_PREFIX) {
+            let staging = self.root.join(crate::config::keys::RESERVED_STAGING_PREFIX);
             let mut folder = self.root.join(from.as_ref());
             while folder.pop() && folder.starts_with(&staging) && folder != staging {
                 // Fails (and stops) at the first folder that still holds something.

@@ -15,7 +15,7 @@
 //!   `shutdown_grace_period`, while calls in flight on live connections finish;
 //! - an accept error (EMFILE, ENFILE, ENOBUFS...) is logged and the loop backs off,
 //!   doubling from 10 ms to 1 s while errors repeat;
-//! - HTTP/2 keepalive pings (set on the server in [`crate::server`]) close connections
+//! - HTTP/2 keepalive pings (set on the server in [`crate::wire::server`]) close connections
 //!   whose peer is gone. A connection that completed its preface and answers pings may
 //!   stay idle: `max_connections` bounds how many.
 //!

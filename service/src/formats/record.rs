@@ -19,10 +19,10 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::serializer::SerializerConfig;
+use crate::formats::serializer::SerializerConfig;
 
 /// The field a `split` record's metadata document holds its payload's lowercase hex
-/// sha256 in (see `crate::split`); not part of the record's Prefect metadata.
+/// sha256 in (see `crate::ops::split`); not part of the record's Prefect metadata.
 pub const PAYLOAD_SHA256: &str = "resultstore_payload_sha256";
 
 /// The Prefect version whose format this service writes into `prefect_version`.
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn a_numeric_result_survives_a_re_encode() {
         let input =
-            include_bytes!("../../fuzz/regressions/record_decode/crash-27c4cf74dab03a0f60bccfe14d46b55aacbf07f6");
+            include_bytes!("../../../fuzz/regressions/record_decode/crash-27c4cf74dab03a0f60bccfe14d46b55aacbf07f6");
         let hint = SerializerConfig::opaque();
         let record = ResultRecord::decode(Bytes::from_static(input), &hint, "k").unwrap();
         let again = ResultRecord::decode(Bytes::from(record.encode_prefect3().unwrap()), &hint, "k").unwrap();

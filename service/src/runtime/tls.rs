@@ -8,7 +8,7 @@
 //! present the new certificate while open ones keep theirs. Handshakes run in their own
 //! tasks with a timeout, at most 64 at once, so a slow, silent or flooding client never
 //! holds up the accept loop or the calls. Connections arrive already bounded
-//! ([`crate::connections`]).
+//! ([`crate::runtime::connections`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,8 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsConfig;
-use crate::connections::Connection;
 use crate::error::{Error, Result};
+use crate::runtime::connections::Connection;
 
 /// The process's one crypto provider: aws-lc-rs, the one object_store's clients use too.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

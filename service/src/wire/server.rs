@@ -16,12 +16,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::connections::ConnectionLimits;
 use crate::error::{Error, Result};
-use crate::grpc::ResultStoreService;
-use crate::live::Live;
-use crate::metrics::Metrics;
-use crate::store::ResultStore;
+use crate::ops::store::ResultStore;
+use crate::runtime::connections::ConnectionLimits;
+use crate::runtime::live::Live;
+use crate::runtime::metrics::Metrics;
+use crate::wire::grpc::ResultStoreService;
 
 /// A server running in this process (tests and the binary use it alike).
 pub struct ServerHandle {
@@ -112,7 +112,7 @@ pub async fn start(
                 .await
                 .map_err(|e| Error::Config(format!("metrics.listen: cannot bind {addr}: {e}")))?;
             let bound = l.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-            (Some(bound), Some(tokio::spawn(crate::metrics::serve(l, metrics.clone(), live.clone()))))
+            (Some(bound), Some(tokio::spawn(crate::runtime::metrics::serve(l, metrics.clone(), live.clone()))))
         }
         None => (None, None),
     };
@@ -161,7 +161,7 @@ pub async fn start(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
-        .layer(crate::request_bytes::RequestBytesLayer(request_bytes))
+        .layer(crate::runtime::request_bytes::RequestBytesLayer(request_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -173,10 +173,13 @@ pub async fn start(
     // Connections are accepted within bounds, with TCP_NODELAY (tonic sets it only on
     // listeners it binds itself; without it, replies that span several segments wait
     // ~40 ms on Nagle and delayed ACKs).
-    let connections = crate::connections::accept(listener, limits, live.drain_signal());
+    let connections = crate::runtime::connections::accept(listener, limits, live.drain_signal());
     let serve: Pin<Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>> =
         if config.tls.is_some() {
-            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(connections, current_tls(live.clone())), shutdown))
+            Box::pin(router.serve_with_incoming_shutdown(
+                crate::runtime::tls::incoming(connections, current_tls(live.clone())),
+                shutdown,
+            ))
         } else {
             Box::pin(router.serve_with_incoming_shutdown(connections, shutdown))
         };
@@ -204,18 +207,18 @@ pub async fn start(
     Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task, sweep_task })
 }
 
-/// The TLS settings of the generation in force (see [`crate::tls::CurrentTls`]).
-fn current_tls(live: Arc<Live>) -> crate::tls::CurrentTls {
+/// The TLS settings of the generation in force (see [`crate::runtime::tls::CurrentTls`]).
+fn current_tls(live: Arc<Live>) -> crate::runtime::tls::CurrentTls {
     Arc::new(move || {
         let generation = live.current();
         Some((generation.tls.clone()?, generation.config.tls.as_ref()?.handshake_timeout.0))
     })
 }
 
-/// At start and then every [`crate::split::STALE_STAGING_AGE`]: finishes or removes what
+/// At start and then every [`crate::ops::split::STALE_STAGING_AGE`]: finishes or removes what
 /// writes cut short by a crash left staged in every block (see [`ResultStore::sweep`]).
 async fn sweep_staging(live: Arc<Live>) {
-    let mut every = tokio::time::interval(crate::split::STALE_STAGING_AGE);
+    let mut every = tokio::time::interval(crate::ops::split::STALE_STAGING_AGE);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

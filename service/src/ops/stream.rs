@@ -6,7 +6,7 @@
 //! upload, `stream_chunk_size` per part with at most two parts in flight, so a stream holds
 //! about three pieces whatever its size:
 //! - serializer bytes (`data`) in a `split` block are uploaded as they are to a staging
-//!   object, then committed whole ([`crate::split`]: document, then the move to the key);
+//!   object, then committed whole ([`crate::ops::split`]: document, then the move to the key);
 //! - in a `prefect3` block they are wrapped into the record on the fly (the record's prefix,
 //!   the bytes escaped as a JSON string, the suffix), byte-identical to a record written
 //!   whole. Records are read back in one piece, so a record above `limits.max_result_size`
@@ -16,7 +16,7 @@
 //!   payload and is uploaded as it is.
 //!
 //! A stream commits only when it is whole: it ended with its `end` message, or sent
-//! exactly the size its header announced ([`Body`]).
+//! exactly the size its header announced (`Body`).
 //!
 //! Streamed bytes are checked as they pass ([`StreamCheck`]: UTF-8 and JSON syntax for
 //! JSON, base64 for pickles), against the header's optional size and sha256, and a
@@ -28,7 +28,7 @@
 //! copy instead, which leaves a window in which a concurrent writer's result can be
 //! replaced. One whose header names its sha256 and finds exactly its own bytes there (a
 //! retry whose reply was lost) succeeds. Split payloads are always staged, and committed
-//! as [`crate::split`] says. A streamed result is not put in the cache (its bytes were not kept); the
+//! as [`crate::ops::split`] says. A streamed result is not put in the cache (its bytes were not kept); the
 //! entry of the key is dropped, and the next read fills it.
 //!
 //! **GetStream** ([`ResultStore::read_stream`]). Results up to the cache's
@@ -55,20 +55,20 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{Access, Operation};
-use crate::blocks::Block;
-use crate::cache::LoadedResult;
 use crate::config::BlockFormat;
+use crate::config::auth::{Access, Operation};
+use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path, validate_key};
 use crate::error::{Error, Result};
-use crate::keys::{RESERVED_STAGING_PREFIX, object_path, validate_key};
-use crate::record::{PREFECT3_SUFFIX, RecordFormat, ResultRecord, escape_json_chunk};
-use crate::reference::{LiteralValue, ResultReference};
-use crate::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
-use crate::settings::{self, ResultSettings};
-use crate::store::{
+use crate::formats::record::{PREFECT3_SUFFIX, RecordFormat, ResultRecord, escape_json_chunk};
+use crate::formats::reference::{LiteralValue, ResultReference};
+use crate::formats::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
+use crate::ops::settings::{self, ResultSettings};
+use crate::ops::store::{
     Located, Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode,
     check_not_expired, object_key, object_serializer, reference_of, sha256_hex,
 };
+use crate::storage::blocks::Block;
+use crate::storage::cache::LoadedResult;
 
 /// What a PutStream's chunks carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,7 +372,7 @@ impl ResultStore {
                 (RecordFormat::Split, Some(meta)) => {
                     self.commit_split_upload(&block, meta, &key, &record, &upload, &sha256, header.mode).await?
                 }
-                _ => crate::split::move_into_place(&block, &key, &upload, header.mode).await?,
+                _ => crate::ops::split::move_into_place(&block, &key, &upload, header.mode).await?,
             },
         };
         self.cache.invalidate(&block.cache_key(key.as_str())).await;
@@ -445,7 +445,7 @@ impl ResultStore {
         let mut document_sha256 = None;
         if let Some(store) = split_store {
             metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
-            document_sha256 = metadata.as_deref().and_then(crate::split::payload_sha256);
+            document_sha256 = metadata.as_deref().and_then(crate::ops::split::payload_sha256);
             if let Some(sha) = &document_sha256 {
                 path = self.split_payload_path(&block, &key, sha).await?;
             }
@@ -513,7 +513,7 @@ impl ResultStore {
                         None => None,
                     };
                     let now = match now {
-                        Some(bytes) => bytes.await.ok().as_deref().and_then(crate::split::payload_sha256),
+                        Some(bytes) => bytes.await.ok().as_deref().and_then(crate::ops::split::payload_sha256),
                         None => None,
                     };
                     if now == document_sha256 {

@@ -6,16 +6,16 @@
 //! new payload under the old document, and two writers racing leave one's payload under
 //! the other's document: a read then fails, or worse answers with the wrong serializer.
 //!
-//! **Writing** (under the key's lock, [`crate::key_locks`]):
+//! **Writing** (under the key's lock, [`crate::ops::key_locks`]):
 //! 1. the payload is written to a staging object, [`staged_path`], named by the key and
 //!    the payload's sha256, under the reserved `.resultstore-staging/` prefix;
 //! 2. the metadata document is written, carrying the payload's sha256 in
-//!    [`crate::record::PAYLOAD_SHA256`] (Prefect's `ResultRecordMetadata` ignores fields it does not
+//!    [`crate::formats::record::PAYLOAD_SHA256`] (Prefect's `ResultRecordMetadata` ignores fields it does not
 //!    know, so Prefect still reads the record);
 //! 3. the staged payload is moved onto the key (a rename: atomic on local files, a copy
 //!    and a delete on object stores).
 //!
-//! **Reading** ([`ResultStore::read_split`]): the document first, then the payload at the
+//! **Reading** (`ResultStore::read_split`): the document first, then the payload at the
 //! key. When the document names a digest the payload does not have, the write it belongs
 //! to is between steps 2 and 3 (or was cut there by a crash), and its payload is read from
 //! where step 1 left it. When neither matches, a writer moved in between the two reads:
@@ -41,12 +41,12 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
-use crate::blocks::Block;
-use crate::cache::FillPermit;
+use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path};
 use crate::error::{Error, Result};
-use crate::keys::{RESERVED_STAGING_PREFIX, object_path};
-use crate::record::{PAYLOAD_SHA256, ResultRecord};
-use crate::store::{ResultStore, WriteMode, sha256_hex};
+use crate::formats::record::{PAYLOAD_SHA256, ResultRecord};
+use crate::ops::store::{ResultStore, WriteMode, sha256_hex};
+use crate::storage::blocks::Block;
+use crate::storage::cache::FillPermit;
 
 /// Reads of a split record before a payload that never matches its document is DATA_LOSS.
 pub const READ_ATTEMPTS: usize = 3;
@@ -292,16 +292,16 @@ impl ResultStore {
     /// uploads (`NAME#N`) left in local blocks' folders; logs what it did.
     pub async fn sweep(&self) {
         for block in self.blocks.iter() {
-            if block.block_type == crate::keys::BlockType::Memory {
+            if block.block_type == crate::config::keys::BlockType::Memory {
                 continue;
             }
             let swept = self.sweep_staging(block).await;
             let uploads = match block.local_root.clone() {
-                Some(root) => {
-                    tokio::task::spawn_blocking(move || crate::confined::remove_stale_uploads(&root, STALE_STAGING_AGE))
-                        .await
-                        .unwrap_or_default()
-                }
+                Some(root) => tokio::task::spawn_blocking(move || {
+                    crate::storage::confined::remove_stale_uploads(&root, STALE_STAGING_AGE)
+                })
+                .await
+                .unwrap_or_default(),
                 None => 0,
             };
             match swept {

@@ -26,14 +26,14 @@ use object_store::{
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, RetryConfig,
 };
 
-use crate::cache::CacheKey;
+use crate::config::keys::RESERVED_METADATA_PREFIX;
+use crate::config::keys::{BlockType, parse_slug};
 use crate::config::{BlockConfig, BlockFormat, Config};
-use crate::confined::ConfinedLocal;
 use crate::error::{Error, Result};
-use crate::keys::RESERVED_METADATA_PREFIX;
-use crate::keys::{BlockType, parse_slug};
-use crate::legacy_keys::LegacyKeyStore;
-use crate::serializer::SerializerConfig;
+use crate::formats::serializer::SerializerConfig;
+use crate::storage::cache::CacheKey;
+use crate::storage::confined::ConfinedLocal;
+use crate::storage::legacy_keys::LegacyKeyStore;
 use crate::telemetry::{Outcome, StorageCounters, StorageOp};
 
 /// One configured block.

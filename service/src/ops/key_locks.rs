@@ -1,7 +1,7 @@
 //! One writer at a time per key, through this process.
 //!
 //! A write is more than one storage call when it must be made visible whole (a `split`
-//! record is a staged payload, a metadata document and a move; see [`crate::split`]), and
+//! record is a staged payload, a metadata document and a move; see [`crate::ops::split`]), and
 //! every write ends by updating the cache. Two writes of one key interleaving those steps
 //! would leave one's payload under the other's document, or the cache holding the older of
 //! two acknowledged writes. Writes (Put, PutStream's commit, Delete) of a key therefore
@@ -12,7 +12,7 @@
 //! different keys sometimes waiting for each other (with [`STRIPES`] stripes and the
 //! admission limit's few hundred calls in flight, rarely). Writers in other processes
 //! (another replica, Prefect itself) are not held back: what they can do to a split
-//! record is detected by its digest on read (see [`crate::split`]).
+//! record is detected by its digest on read (see [`crate::ops::split`]).
 
 use std::hash::BuildHasher;
 

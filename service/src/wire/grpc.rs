@@ -19,15 +19,15 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Span, instrument};
 
-use crate::auth::Access;
+use crate::config::auth::Access;
 use crate::error::Error;
-use crate::live::{Generation, Live};
-use crate::metrics::{Method, Metrics};
-use crate::reference::{Expectation, LiteralValue, ResultReference};
-use crate::serializer::SerializerConfig;
-use crate::settings::ResultSettings;
-use crate::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode};
-use crate::stream::{PutStreamHeader, StreamContent, StreamOutcome, StreamPart, StreamPayload, UploadPart};
+use crate::formats::reference::{Expectation, LiteralValue, ResultReference};
+use crate::formats::serializer::SerializerConfig;
+use crate::ops::settings::ResultSettings;
+use crate::ops::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode};
+use crate::ops::stream::{PutStreamHeader, StreamContent, StreamOutcome, StreamPart, StreamPayload, UploadPart};
+use crate::runtime::live::{Generation, Live};
+use crate::runtime::metrics::{Method, Metrics};
 
 /// Maps a domain error to its gRPC status, once, here.
 pub fn status_of(e: Error) -> Status {

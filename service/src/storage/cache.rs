@@ -36,9 +36,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
-use crate::record::{RecordFormat, ResultRecord};
-use crate::reference::ResultReference;
-use crate::serializer::DecodedValue;
+use crate::formats::record::{RecordFormat, ResultRecord};
+use crate::formats::reference::ResultReference;
+use crate::formats::serializer::DecodedValue;
 use crate::telemetry::{CacheCounters, CacheSnapshot, incr};
 
 /// Where a result lives.

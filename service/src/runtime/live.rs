@@ -19,10 +19,10 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::auth::AccessPolicy;
 use crate::config::Config;
+use crate::config::auth::AccessPolicy;
 use crate::error::{Error, Result};
-use crate::store::ResultStore;
+use crate::ops::store::ResultStore;
 
 /// One configuration's worth of serving state.
 pub struct Generation {
@@ -44,7 +44,7 @@ impl Generation {
             Some(p) => p.store.reconfigured(&config)?,
             None => ResultStore::new(&config)?,
         };
-        let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let tls = config.tls.as_ref().map(crate::runtime::tls::server_config).transpose()?;
         Ok(Generation {
             access: AccessPolicy::from_config(config.auth.as_ref())?,
             admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),

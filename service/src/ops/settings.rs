@@ -12,7 +12,7 @@
 //!   persistence off is a contradiction and is refused.
 
 use crate::error::{Error, Result};
-use crate::serializer::SerializerConfig;
+use crate::formats::serializer::SerializerConfig;
 
 /// One level's settings (a task's, or a flow's).
 #[derive(Debug, Clone, Default)]

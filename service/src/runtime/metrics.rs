@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::live::Live;
-use crate::request_bytes::RequestBytes;
+use crate::runtime::live::Live;
+use crate::runtime::request_bytes::RequestBytes;
 use crate::telemetry::{Histogram, Outcome, StorageOp};
 
 /// The RPCs of `resultstore.v1`, as metrics and logs name them.
@@ -252,7 +252,7 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, live: Arc<Live>) {
     let mut backoff = Duration::ZERO;
     loop {
-        let (tcp, _) = crate::connections::accept_backing_off(&listener, &mut backoff).await;
+        let (tcp, _) = crate::runtime::connections::accept_backing_off(&listener, &mut backoff).await;
         let (metrics, live) = (metrics.clone(), live.clone());
         let service = hyper::service::service_fn(move |request| {
             let (metrics, live) = (metrics.clone(), live.clone());

@@ -18,19 +18,19 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Access, Operation};
-use crate::blocks::{Block, BlockRegistry};
-use crate::cache::{LoadedResult, ResolveCache};
+use crate::config::auth::{Access, Operation};
+use crate::config::keys::{object_path, validate_key};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
-use crate::key_locks::KeyLocks;
-use crate::keys::{object_path, validate_key};
-use crate::record::{RecordFormat, ResultRecord};
-use crate::reference::{Expectation, LiteralValue, ResultReference};
-use crate::serializer::plain::PlainValue;
-use crate::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
-use crate::settings::{self, ResultSettings};
-use crate::split;
+use crate::formats::record::{RecordFormat, ResultRecord};
+use crate::formats::reference::{Expectation, LiteralValue, ResultReference};
+use crate::formats::serializer::plain::PlainValue;
+use crate::formats::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
+use crate::ops::key_locks::KeyLocks;
+use crate::ops::settings::{self, ResultSettings};
+use crate::ops::split;
+use crate::storage::blocks::{Block, BlockRegistry};
+use crate::storage::cache::{LoadedResult, ResolveCache};
 
 /// What a Put carries.
 #[derive(Debug, Clone)]
@@ -781,7 +781,7 @@ impl ResultStore {
         let mut heap: BinaryHeap<OrdMeta> = BinaryHeap::new();
         while let Some(meta) = stream.try_next().await.map_err(|e| block.storage_error(prefix, e))? {
             let key = meta.location.as_ref();
-            let reserved = crate::keys::is_reserved(key);
+            let reserved = crate::config::keys::is_reserved(key);
             if reserved || !key.starts_with(prefix) || (!page_token.is_empty() && key <= page_token) {
                 continue;
             }
