@@ -21,3 +21,28 @@ pub const UNAVAILABLE_DRAINING: &str = "draining";
 /// [`UNAVAILABLE_REASON`]: the object store did not answer (another replica may reach it,
 /// but this one is healthy and keeps its keys).
 pub const UNAVAILABLE_STORAGE: &str = "storage";
+
+/// `NOT_FOUND`-style names, as gRPC documents them: what the service logs and counts, and
+/// what clients print, from one table.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

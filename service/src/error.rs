@@ -148,6 +148,10 @@ pub enum Error {
     /// The configuration is invalid (only at start and reload).
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// The server itself stopped with an error (its transport, or its task panicked).
+    #[error("the server stopped: {0}")]
+    Serve(String),
 }
 
 impl Error {

@@ -76,31 +76,14 @@ impl Method {
     }
 }
 
-/// gRPC codes by number, as Prometheus labels.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// gRPC codes by number (`OK` = 0 … `UNAUTHENTICATED` = 16), labelled by
+/// [`resultstore_proto::code_name`].
+const CODES: usize = 17;
 
 /// Process-wide counters: they outlive reloads.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    calls: [[AtomicU64; CODES.len()]; Method::ALL.len()],
+    calls: [[AtomicU64; CODES]; Method::ALL.len()],
     latency: [Histogram; Method::ALL.len()],
     pub in_flight: AtomicU64,
     pub shed: AtomicU64,
@@ -127,7 +110,7 @@ impl Metrics {
 
     /// Counts one finished call.
     pub fn finished(&self, method: Method, code: tonic::Code, took: Duration) {
-        let code = (code as usize).min(CODES.len() - 1);
+        let code = (code as usize).min(CODES - 1);
         self.calls[method as usize][code].fetch_add(1, Ordering::Relaxed);
         self.latency[method as usize].observe(took);
     }
@@ -138,7 +121,8 @@ impl Metrics {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         header(&mut out, "resultstore_rpc_requests_total", "counter", "Finished resultstore.v1 calls.");
         for m in Method::ALL {
-            for (code, name) in CODES.iter().enumerate() {
+            for code in 0..CODES {
+                let name = resultstore_proto::code_name(tonic::Code::from_i32(code as i32));
                 let n = g(&self.calls[m as usize][code]);
                 if n > 0 {
                     let _ = writeln!(

@@ -58,7 +58,7 @@ pub fn status_of(e: Error) -> Status {
         Error::PermissionDenied { .. } => Status::permission_denied(msg),
         Error::Overloaded(_) => Status::resource_exhausted(msg),
         Error::TimedOut { .. } => Status::deadline_exceeded(msg),
-        Error::Config(_) => Status::internal(msg),
+        Error::Config(_) | Error::Serve(_) => Status::internal(msg),
     }
 }
 
@@ -127,7 +127,7 @@ impl CallEnd {
         let took = self.started.elapsed();
         self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.finished(self.method, code, took);
-        let code_name = resultstore_client::code_name(code);
+        let code_name = resultstore_proto::code_name(code);
         let ms = took.as_secs_f64() * 1e3;
         self.span.record("code", code_name).record("duration_ms", ms);
         let _in = self.span.enter();

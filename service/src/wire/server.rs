@@ -71,7 +71,7 @@ impl ServerHandle {
 
     /// Stops accepting, lets in-flight calls finish (within the grace period), and waits
     /// for the server to end.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -80,8 +80,11 @@ impl ServerHandle {
 
     /// Waits until the server ends by itself (its shutdown future completed and the
     /// calls in flight finished or ran out of grace).
-    pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.join).await??;
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.join)
+            .await
+            .map_err(|e| Error::Serve(format!("the serving task ended abnormally: {e}")))?
+            .map_err(|e| Error::Serve(e.to_string()))?;
         if let Some(t) = self.metrics_task.take() {
             t.abort();
         }
