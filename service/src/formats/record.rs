@@ -68,20 +68,44 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, String> {
+/// Why stored bytes are not a readable record. Callers decide what that means where the
+/// bytes came from (DATA_LOSS for what storage holds, INVALID_ARGUMENT for what a client sent).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record does not parse as JSON ({0}); it may be truncated")]
+    Truncated(#[source] serde_json::Error),
+    #[error("the metadata document does not parse: {0}")]
+    Document(#[source] serde_json::Error),
+    #[error("`metadata` is not an object")]
+    MetadataNotObject,
+    #[error("the record has no result")]
+    NoResult,
+    #[error("the record's result is JSON that cannot be written back: {0}")]
+    NestedResult(#[source] serde_json::Error),
+    #[error("the Prefect 2 blob's `data` is not a string")]
+    DataNotString,
+    #[error("the metadata has no serializer")]
+    NoSerializer,
+    #[error("{0}")]
+    Serializer(#[source] Box<crate::error::Error>),
+    #[error("expiration `{value}` is not a time{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Expiration { value: String, reason: Option<chrono::ParseError> },
+}
+
+fn parse_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, RecordError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .or_else(|_| DateTime::parse_from_str(&format!("{s}+00:00"), "%Y-%m-%dT%H:%M:%S%.f%:z"))
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| format!("expiration `{s}` is not a time: {e}")),
-        Some(other) => Err(format!("expiration `{other}` is not a time")),
+            .map_err(|e| RecordError::Expiration { value: s.clone(), reason: Some(e) }),
+        Some(other) => Err(RecordError::Expiration { value: other.to_string(), reason: None }),
     }
 }
 
-fn serializer_of(v: Option<&Value>) -> Result<SerializerConfig, String> {
-    let v = v.ok_or("the metadata has no serializer")?;
-    SerializerConfig::from_value(v.clone()).map_err(|e| e.to_string())
+fn serializer_of(v: Option<&Value>) -> Result<SerializerConfig, RecordError> {
+    let v = v.ok_or(RecordError::NoSerializer)?;
+    SerializerConfig::from_value(v.clone()).map_err(|e| RecordError::Serializer(Box::new(e)))
 }
 
 impl ResultRecord {
@@ -103,7 +127,7 @@ impl ResultRecord {
     }
 
     /// Decodes what a key holds. `hint` is the serializer assumed for bare payloads.
-    pub fn decode(bytes: Bytes, hint: &SerializerConfig, key: &str) -> Result<Self, String> {
+    pub fn decode(bytes: Bytes, hint: &SerializerConfig, key: &str) -> Result<Self, RecordError> {
         let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
         if bytes.get(start) == Some(&b'{') {
             match serde_json::from_slice::<Map<String, Value>>(&bytes) {
@@ -118,7 +142,7 @@ impl ResultRecord {
                 Err(e) => {
                     let head = &bytes[start..bytes.len().min(start + 16)];
                     if head.starts_with(b"{\"metadata\"") || head.starts_with(b"{\"serializer\"") {
-                        return Err(format!("the record does not parse as JSON ({e}); it may be truncated"));
+                        return Err(RecordError::Truncated(e));
                     }
                 }
             }
@@ -126,25 +150,25 @@ impl ResultRecord {
         Ok(Self::bare(bytes, hint.clone(), key, None))
     }
 
-    fn decode_prefect3(mut obj: Map<String, Value>) -> Result<Self, String> {
+    fn decode_prefect3(mut obj: Map<String, Value>) -> Result<Self, RecordError> {
         let Some(Value::Object(metadata)) = obj.remove("metadata") else {
-            return Err("`metadata` is not an object".into());
+            return Err(RecordError::MetadataNotObject);
         };
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
         let (data, nested_result) = match obj.remove("result") {
             Some(Value::String(s)) => (Bytes::from(s.into_bytes()), false),
-            Some(other) => (Bytes::from(serde_json::to_vec(&other).map_err(|e| e.to_string())?), true),
-            None => return Err("the record has no result".into()),
+            Some(other) => (Bytes::from(serde_json::to_vec(&other).map_err(RecordError::NestedResult)?), true),
+            None => return Err(RecordError::NoResult),
         };
         Ok(ResultRecord { format: RecordFormat::Prefect3, metadata, serializer, expiration, data, nested_result })
     }
 
-    fn decode_prefect2(obj: &mut Map<String, Value>, key: &str) -> Result<Self, String> {
+    fn decode_prefect2(obj: &mut Map<String, Value>, key: &str) -> Result<Self, RecordError> {
         let serializer = serializer_of(obj.get("serializer"))?;
         let expiration = parse_time(obj.get("expiration"))?;
         let Some(Value::String(data)) = obj.remove("data") else {
-            return Err("the Prefect 2 blob's `data` is not a string".into());
+            return Err(RecordError::DataNotString);
         };
         let mut rec = Self::bare(Bytes::from(data.into_bytes()), serializer, key, expiration);
         rec.format = RecordFormat::Prefect2;
@@ -165,9 +189,8 @@ impl ResultRecord {
     /// digest this service adds to the documents it writes ([`PAYLOAD_SHA256`]) is not part of
     /// the record's metadata: a split record read `as_stored` is the record a `prefect3`
     /// block holds, byte for byte.
-    pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, String> {
-        let mut metadata: Map<String, Value> =
-            serde_json::from_slice(metadata).map_err(|e| format!("the metadata document does not parse: {e}"))?;
+    pub fn decode_split(metadata: &[u8], data: Bytes) -> Result<Self, RecordError> {
+        let mut metadata: Map<String, Value> = serde_json::from_slice(metadata).map_err(RecordError::Document)?;
         metadata.remove(PAYLOAD_SHA256);
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
@@ -290,7 +313,7 @@ mod tests {
         let hint = SerializerConfig::from_type("json").unwrap();
         let err =
             ResultRecord::decode(Bytes::from_static(br#"{"metadata":{"storage_key":"x","#), &hint, "x").unwrap_err();
-        assert!(err.contains("truncated"), "{err}");
+        assert!(matches!(err, RecordError::Truncated(_)), "{err}");
         let bare = ResultRecord::decode(Bytes::from_static(br#"{"meta": 5}"#), &hint, "x").unwrap();
         assert_eq!(bare.format, RecordFormat::Bare);
     }

@@ -22,7 +22,7 @@ use crate::config::auth::{Access, Operation};
 use crate::config::keys::{object_path, validate_key};
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
-use crate::formats::record::{RecordFormat, ResultRecord};
+use crate::formats::record::{RecordError, RecordFormat, ResultRecord};
 use crate::formats::reference::{Expectation, LiteralValue, ResultReference};
 use crate::formats::serializer::plain::PlainValue;
 use crate::formats::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
@@ -578,7 +578,7 @@ impl ResultStore {
                 (None, data, meta, fill)
             }
         };
-        let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
+        let corrupt = |e: RecordError| Error::corrupt(&block.slug, &key, e.to_string());
         let raw = data.clone();
         let mut record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
@@ -670,7 +670,7 @@ impl ResultStore {
     fn decode_written(&self, config: &SerializerConfig, data: &Bytes, what: &str) -> Result<serializer::DecodedValue> {
         let cannot = |m: String| Error::InvalidRequest(format!("{what} cannot be read back: {m}"));
         let value = self.decode(config, data, cannot)?;
-        if value.serializer == "json"
+        if value.kind == serializer::ValueKind::Json
             && !matches!(config.kind()?, serializer::SerializerKind::Json { .. })
             && let Err(e) = serializer::json_check::check_json(&value.bytes)
         {

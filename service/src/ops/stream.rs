@@ -59,7 +59,7 @@ use crate::config::BlockFormat;
 use crate::config::auth::{Access, Operation};
 use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path, validate_key};
 use crate::error::{Error, Result};
-use crate::formats::record::{PREFECT3_SUFFIX, RecordFormat, ResultRecord, escape_json_chunk};
+use crate::formats::record::{PREFECT3_SUFFIX, RecordError, RecordFormat, ResultRecord, escape_json_chunk};
 use crate::formats::reference::{LiteralValue, ResultReference};
 use crate::formats::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
 use crate::ops::settings::{self, ResultSettings};
@@ -473,7 +473,7 @@ impl ResultStore {
                 metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
             }
         }
-        let corrupt = |m: String| Error::corrupt(&block.slug, &key, m);
+        let corrupt = |e: RecordError| Error::corrupt(&block.slug, &key, e.to_string());
         let record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, Bytes::new()).map_err(corrupt)?,
             None => {
@@ -565,7 +565,7 @@ impl ResultStore {
                 (json, sha256)
             }
         };
-        let value_serializer = (content != StreamContent::Stored).then(|| result.value.serializer.clone());
+        let value_serializer = (content != StreamContent::Stored).then(|| result.value.kind.name().to_owned());
         let size = bytes.len() as u64;
         let pieces: Vec<Result<StreamPart>> = (0..bytes.len())
             .step_by(MESSAGE_CHUNK)

@@ -735,7 +735,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                     pb::ResolveResponse {
                         reference: Some(reference_pb(&result.reference)),
                         value: Some(value),
-                        value_serializer: result.value.serializer.clone(),
+                        value_serializer: result.value.kind.name().to_owned(),
                         cache_hit,
                     }
                 }

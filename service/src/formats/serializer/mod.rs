@@ -225,8 +225,31 @@ impl SerializerConfig {
 pub struct DecodedValue {
     /// Raw pickle, JSON text, or the serializer bytes for unknown serializers.
     pub bytes: Bytes,
-    /// `json`, `pickle`, or the unknown type (or `compressed` with an unknown library).
-    pub serializer: String,
+    /// What the bytes are.
+    pub kind: ValueKind,
+}
+
+/// What value bytes are once every layer the service can remove (base64, compression) is
+/// removed: what can be done with them follows from it (only `Json` and `Pickle` can be
+/// read as JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueKind {
+    Json,
+    Pickle,
+    /// A serializer (or a compression library) the service does not know, by its name:
+    /// the bytes are returned as they are.
+    Opaque(String),
+}
+
+impl ValueKind {
+    /// The name clients see (`value_serializer`): `json`, `pickle`, or the unknown name.
+    pub fn name(&self) -> &str {
+        match self {
+            ValueKind::Json => "json",
+            ValueKind::Pickle => "pickle",
+            ValueKind::Opaque(name) => name,
+        }
+    }
 }
 
 /// Why serializer bytes could not be decoded.
@@ -240,20 +263,23 @@ pub enum DecodeError {
 pub fn decode_value(config: &SerializerConfig, data: &Bytes, limit: u64) -> Result<DecodedValue, DecodeError> {
     let kind = config.kind().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     match kind {
-        SerializerKind::Json { .. } => Ok(DecodedValue { bytes: data.clone(), serializer: "json".into() }),
+        SerializerKind::Json { .. } => Ok(DecodedValue { bytes: data.clone(), kind: ValueKind::Json }),
         SerializerKind::Pickle => Ok(DecodedValue {
             bytes: Bytes::from(b64_decode(data).map_err(DecodeError::Corrupt)?),
-            serializer: "pickle".into(),
+            kind: ValueKind::Pickle,
         }),
         SerializerKind::Compressed { inner, lib } => {
             if let Compression::Unknown(name) = &lib {
-                return Ok(DecodedValue { bytes: data.clone(), serializer: format!("compressed ({name})") });
+                return Ok(DecodedValue {
+                    bytes: data.clone(),
+                    kind: ValueKind::Opaque(format!("compressed ({name})")),
+                });
             }
             let compressed = b64_decode(data).map_err(DecodeError::Corrupt)?;
             let inner_bytes = decompress(&lib, &compressed, limit)?;
             decode_value(&inner, &Bytes::from(inner_bytes), limit)
         }
-        SerializerKind::Unknown(ty) => Ok(DecodedValue { bytes: data.clone(), serializer: ty }),
+        SerializerKind::Unknown(ty) => Ok(DecodedValue { bytes: data.clone(), kind: ValueKind::Opaque(ty) }),
     }
 }
 
@@ -574,8 +600,8 @@ pub enum TranscodeError {
 /// they hold Python's `NaN`/`Infinity`), plain-data pickles transcoded.
 /// `max_bytes` bounds the memory (and so the work) of the value built from a pickle.
 pub fn to_json(value: &DecodedValue, max_bytes: usize) -> Result<Bytes, TranscodeError> {
-    match value.serializer.as_str() {
-        "json" => {
+    match &value.kind {
+        ValueKind::Json => {
             if serde_json::from_slice::<serde::de::IgnoredAny>(&value.bytes).is_ok() {
                 return Ok(value.bytes.clone());
             }
@@ -583,7 +609,7 @@ pub fn to_json(value: &DecodedValue, max_bytes: usize) -> Result<Bytes, Transcod
                 .map_err(|e| TranscodeError::Corrupt(format!("the JSON result does not parse: {e}")))?;
             json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }
-        "pickle" => {
+        ValueKind::Pickle => {
             let v = pickle::read(&value.bytes, max_bytes).map_err(|e| match e {
                 pickle::PickleError::NotPlainData(m) => TranscodeError::Unsupported(format!(
                     "{m}; only pickles of builtin plain data (dict, list, tuple, set, str, bytes, int, float, bool, None) \
@@ -594,7 +620,9 @@ pub fn to_json(value: &DecodedValue, max_bytes: usize) -> Result<Bytes, Transcod
             })?;
             json::write_strict(&v).map(Bytes::from).map_err(TranscodeError::Unsupported)
         }
-        other => Err(TranscodeError::Unsupported(format!("results serialized with `{other}` can be read raw only"))),
+        ValueKind::Opaque(other) => {
+            Err(TranscodeError::Unsupported(format!("results serialized with `{other}` can be read raw only")))
+        }
     }
 }
 
@@ -628,7 +656,7 @@ mod tests {
         let c = SerializerConfig::from_type("compressed/pickle").unwrap();
         let data = Bytes::from_static(b"/Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAgZ0FXVkN3QUFBQUFBQUFCZGxDaExBVXNDU3dObExn\nPT0KAAAAAKrKE6xp9A6yAAE5Ic8oa2IftvN9AQAAAAAEWVo=\n");
         let v = decode_value(&c, &data, 1 << 20).unwrap();
-        assert_eq!(v.serializer, "pickle");
+        assert_eq!(v.kind, ValueKind::Pickle);
         assert_eq!(&to_json(&v, 1000).unwrap()[..], b"[1, 2, 3]");
         // v3.9.1/resultstore-api/compressed-json-bz2 -> "hi"
         let c = cfg(r#"{"type":"compressed","serializer":{"type":"json"},"compressionlib":"bz2"}"#);
@@ -680,7 +708,7 @@ mod tests {
 
     #[test]
     fn json_with_nan_becomes_strict() {
-        let v = DecodedValue { bytes: Bytes::from_static(b"{\"nan\": NaN, \"x\": 1}"), serializer: "json".into() };
+        let v = DecodedValue { bytes: Bytes::from_static(b"{\"nan\": NaN, \"x\": 1}"), kind: ValueKind::Json };
         assert_eq!(&to_json(&v, 100).unwrap()[..], b"{\"nan\": null, \"x\": 1}");
     }
 }
