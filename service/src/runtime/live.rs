@@ -129,6 +129,9 @@ impl Live {
         if a.limits.connection_preface_timeout != b.limits.connection_preface_timeout {
             needs_restart.push("limits.connection_preface_timeout");
         }
+        if a.limits.max_request_bytes_in_flight != b.limits.max_request_bytes_in_flight {
+            needs_restart.push("limits.max_request_bytes_in_flight");
+        }
         if a.cache.capacity != b.cache.capacity
             || a.cache.max_entry_size != b.cache.max_entry_size
             || a.cache.time_to_live != b.cache.time_to_live

@@ -18,6 +18,69 @@
 
 use super::plain::{PlainValue, decimal_to_le_twos_complement, le_twos_complement_to_decimal};
 
+/// The pickle opcodes this reader knows, by their names in Python's `pickletools`.
+mod op {
+    pub const ADDITEMS: u8 = 0x90;
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const BINBYTES: u8 = b'B';
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const BINFLOAT: u8 = b'G';
+    pub const BINGET: u8 = b'h';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const BINPERSID: u8 = b'Q';
+    pub const BINPUT: u8 = b'q';
+    pub const BINUNICODE: u8 = b'X';
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const BUILD: u8 = b'b';
+    pub const BYTEARRAY8: u8 = 0x96;
+    pub const DICT: u8 = b'd';
+    pub const DUP: u8 = b'2';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_SET: u8 = 0x8f;
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const EXT1: u8 = 0x82;
+    pub const EXT2: u8 = 0x83;
+    pub const EXT4: u8 = 0x84;
+    pub const FRAME: u8 = 0x95;
+    pub const FROZENSET: u8 = 0x91;
+    pub const GLOBAL: u8 = b'c';
+    pub const INST: u8 = b'i';
+    pub const LIST: u8 = b'l';
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const LONG_BINGET: u8 = b'j';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MARK: u8 = b'(';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const NEWOBJ: u8 = 0x81;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEXT_BUFFER: u8 = 0x97;
+    pub const NONE: u8 = b'N';
+    pub const OBJ: u8 = b'o';
+    pub const PERSID: u8 = b'P';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const PROTO: u8 = 0x80;
+    pub const READONLY_BUFFER: u8 = 0x98;
+    pub const REDUCE: u8 = b'R';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const STOP: u8 = b'.';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+}
+
 /// Deepest nesting produced by [`read`].
 pub const MAX_DEPTH: usize = 128;
 
@@ -45,9 +108,9 @@ impl std::fmt::Display for PickleError {
 
 /// Writes `v` as a protocol 5 pickle.
 pub fn write(v: &PlainValue) -> Result<Vec<u8>, String> {
-    let mut out = vec![0x80, 5];
+    let mut out = vec![op::PROTO, 5];
     write_value(v, &mut out, 0)?;
-    out.push(b'.');
+    out.push(op::STOP);
     Ok(out)
 }
 
@@ -56,75 +119,75 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
         return Err("value nested deeper than 128 levels".into());
     }
     match v {
-        PlainValue::None => out.push(b'N'),
-        PlainValue::Bool(true) => out.push(0x88),
-        PlainValue::Bool(false) => out.push(0x89),
+        PlainValue::None => out.push(op::NONE),
+        PlainValue::Bool(true) => out.push(op::NEWTRUE),
+        PlainValue::Bool(false) => out.push(op::NEWFALSE),
         PlainValue::Int(n) => write_int(*n, out),
         PlainValue::BigInt(s) => {
             let bytes = decimal_to_le_twos_complement(s).ok_or_else(|| format!("`{s}` is not an integer"))?;
             write_long(&bytes, out);
         }
         PlainValue::Float(f) => {
-            out.push(b'G');
+            out.push(op::BINFLOAT);
             out.extend_from_slice(&f.to_be_bytes());
         }
         PlainValue::Str(s) => {
             let b = s.as_bytes();
             if b.len() < 256 {
-                out.push(0x8c);
+                out.push(op::SHORT_BINUNICODE);
                 out.push(b.len() as u8);
             } else {
-                out.push(b'X');
+                out.push(op::BINUNICODE);
                 out.extend_from_slice(&u32::try_from(b.len()).map_err(|_| "string too long")?.to_le_bytes());
             }
             out.extend_from_slice(b);
         }
         PlainValue::Bytes(b) => {
             if b.len() < 256 {
-                out.push(b'C');
+                out.push(op::SHORT_BINBYTES);
                 out.push(b.len() as u8);
             } else {
-                out.push(b'B');
+                out.push(op::BINBYTES);
                 out.extend_from_slice(&u32::try_from(b.len()).map_err(|_| "bytes too long")?.to_le_bytes());
             }
             out.extend_from_slice(b);
         }
         PlainValue::List(items) => {
-            out.push(b']');
+            out.push(op::EMPTY_LIST);
             write_batched(items, b'e', out, depth)?;
         }
         PlainValue::Tuple(items) => {
             if items.is_empty() {
-                out.push(b')');
+                out.push(op::EMPTY_TUPLE);
             } else {
-                out.push(b'(');
+                out.push(op::MARK);
                 for item in items {
                     write_value(item, out, depth + 1)?;
                 }
-                out.push(b't');
+                out.push(op::TUPLE);
             }
         }
         PlainValue::Dict(items) => {
-            out.push(b'}');
+            out.push(op::EMPTY_DICT);
             for chunk in items.chunks(1000) {
-                out.push(b'(');
+                out.push(op::MARK);
                 for (k, v) in chunk {
                     write_value(k, out, depth + 1)?;
                     write_value(v, out, depth + 1)?;
                 }
-                out.push(b'u');
+                out.push(op::SETITEMS);
             }
         }
         PlainValue::Set(items) => {
-            out.push(0x8f);
+            out.push(op::EMPTY_SET);
             write_batched(items, 0x90, out, depth)?;
         }
         PlainValue::FrozenSet(items) => {
-            out.push(b'(');
+            out.push(op::MARK);
             for item in items {
                 write_value(item, out, depth + 1)?;
             }
-            out.push(0x91);
+            out.push(op::FROZENSET);
         }
     }
     Ok(())
@@ -133,7 +196,7 @@ fn write_value(v: &PlainValue, out: &mut Vec<u8>, depth: usize) -> Result<(), St
 /// `MARK items... OP` in batches of 1000, as Python's pickler does.
 fn write_batched(items: &[PlainValue], op: u8, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
     for chunk in items.chunks(1000) {
-        out.push(b'(');
+        out.push(op::MARK);
         for item in chunk {
             write_value(item, out, depth + 1)?;
         }
@@ -144,13 +207,13 @@ fn write_batched(items: &[PlainValue], op: u8, out: &mut Vec<u8>, depth: usize) 
 
 fn write_int(n: i64, out: &mut Vec<u8>) {
     if (0..=0xff).contains(&n) {
-        out.push(b'K');
+        out.push(op::BININT1);
         out.push(n as u8);
     } else if (0..=0xffff).contains(&n) {
-        out.push(b'M');
+        out.push(op::BININT2);
         out.extend_from_slice(&(n as u16).to_le_bytes());
     } else if i32::try_from(n).is_ok() {
-        out.push(b'J');
+        out.push(op::BININT);
         out.extend_from_slice(&(n as i32).to_le_bytes());
     } else if let Some(bytes) = decimal_to_le_twos_complement(&n.to_string()) {
         write_long(&bytes, out);
@@ -159,10 +222,10 @@ fn write_int(n: i64, out: &mut Vec<u8>) {
 
 fn write_long(bytes: &[u8], out: &mut Vec<u8>) {
     if bytes.len() < 256 {
-        out.push(0x8a);
+        out.push(op::LONG1);
         out.push(bytes.len() as u8);
     } else {
-        out.push(0x8b);
+        out.push(op::LONG4);
         out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     }
     out.extend_from_slice(bytes);
@@ -356,201 +419,201 @@ impl Reader<'_> {
         loop {
             let op = self.u8()?;
             match op {
-                0x80 => {
+                op::PROTO => {
                     let proto = self.u8()?;
                     if proto > 5 {
                         return Err(malformed(format!("unsupported pickle protocol {proto}")));
                     }
                 }
-                0x95 => {
+                op::FRAME => {
                     self.u64()?; // FRAME: a length hint only
                 }
-                b'.' => {
+                op::STOP => {
                     let root = self.stack.pop().ok_or_else(|| malformed("empty stack at STOP"))?;
                     return Ok(root);
                 }
-                b'N' => self.push(Node::Leaf(PlainValue::None)),
-                0x88 => self.push(Node::Leaf(PlainValue::Bool(true))),
-                0x89 => self.push(Node::Leaf(PlainValue::Bool(false))),
-                b'K' => {
+                op::NONE => self.push(Node::Leaf(PlainValue::None)),
+                op::NEWTRUE => self.push(Node::Leaf(PlainValue::Bool(true))),
+                op::NEWFALSE => self.push(Node::Leaf(PlainValue::Bool(false))),
+                op::BININT1 => {
                     let v = self.u8()?;
                     self.push(Node::Leaf(PlainValue::Int(v as i64)));
                 }
-                b'M' => {
+                op::BININT2 => {
                     let v = self.u16()?;
                     self.push(Node::Leaf(PlainValue::Int(v as i64)));
                 }
-                b'J' => {
+                op::BININT => {
                     let v = self.u32()? as i32;
                     self.push(Node::Leaf(PlainValue::Int(v as i64)));
                 }
-                0x8a => {
+                op::LONG1 => {
                     let n = self.u8()? as usize;
                     self.long(n)?;
                 }
-                0x8b => {
+                op::LONG4 => {
                     let n = self.u32()? as u64;
                     let n = self.len(n)?;
                     self.long(n)?;
                 }
-                b'G' => {
+                op::BINFLOAT => {
                     let b = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
                     self.push(Node::Leaf(PlainValue::Float(f64::from_be_bytes(a))));
                 }
-                0x8c => {
+                op::SHORT_BINUNICODE => {
                     let n = self.u8()? as usize;
                     self.string(n)?;
                 }
-                b'X' => {
+                op::BINUNICODE => {
                     let n = self.u32()? as u64;
                     let n = self.len(n)?;
                     self.string(n)?;
                 }
-                0x8d => {
+                op::BINUNICODE8 => {
                     let n = self.u64()?;
                     let n = self.len(n)?;
                     self.string(n)?;
                 }
-                b'C' => {
+                op::SHORT_BINBYTES => {
                     let n = self.u8()? as usize;
                     self.bytes(n)?;
                 }
-                b'B' => {
+                op::BINBYTES => {
                     let n = self.u32()? as u64;
                     let n = self.len(n)?;
                     self.bytes(n)?;
                 }
-                0x8e | 0x96 => {
+                op::BINBYTES8 | op::BYTEARRAY8 => {
                     // BINBYTES8, BYTEARRAY8 (a bytearray reads as bytes)
                     let n = self.u64()?;
                     let n = self.len(n)?;
                     self.bytes(n)?;
                 }
-                b']' => self.push(Node::List(Vec::new())),
-                b'}' => self.push(Node::Dict(Vec::new())),
-                b')' => self.push(Node::Tuple(Vec::new())),
-                0x8f => self.push(Node::Set(Vec::new())),
-                b'(' => self.marks.push(self.stack.len()),
-                b'a' => {
+                op::EMPTY_LIST => self.push(Node::List(Vec::new())),
+                op::EMPTY_DICT => self.push(Node::Dict(Vec::new())),
+                op::EMPTY_TUPLE => self.push(Node::Tuple(Vec::new())),
+                op::EMPTY_SET => self.push(Node::Set(Vec::new())),
+                op::MARK => self.marks.push(self.stack.len()),
+                op::APPEND => {
                     let item = self.pop()?;
                     let target = self.top()?;
                     self.append_to(target, vec![item])?;
                 }
-                b'e' | 0x90 => {
+                op::APPENDS | op::ADDITEMS => {
                     // APPENDS, ADDITEMS
                     let items = self.pop_mark()?;
                     let target = self.top()?;
                     self.append_to(target, items)?;
                 }
-                b's' => {
+                op::SETITEM => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let target = self.top()?;
                     self.set_items(target, vec![k, v])?;
                 }
-                b'u' => {
+                op::SETITEMS => {
                     let items = self.pop_mark()?;
                     let target = self.top()?;
                     self.set_items(target, items)?;
                 }
-                b't' => {
+                op::TUPLE => {
                     let items = self.pop_mark()?;
                     self.push(Node::Tuple(items));
                 }
-                0x85 => {
+                op::TUPLE1 => {
                     let a = self.pop()?;
                     self.push(Node::Tuple(vec![a]));
                 }
-                0x86 => {
+                op::TUPLE2 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
                     self.push(Node::Tuple(vec![a, b]));
                 }
-                0x87 => {
+                op::TUPLE3 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
                     self.push(Node::Tuple(vec![a, b, c]));
                 }
-                b'l' => {
+                op::LIST => {
                     let items = self.pop_mark()?;
                     self.push(Node::List(items));
                 }
-                b'd' => {
+                op::DICT => {
                     let items = self.pop_mark()?;
                     self.push(Node::Dict(Vec::new()));
                     let target = self.top()?;
                     self.set_items(target, items)?;
                 }
-                0x91 => {
+                op::FROZENSET => {
                     let items = self.pop_mark()?;
                     self.push(Node::FrozenSet(items));
                 }
-                0x94 => {
+                op::MEMOIZE => {
                     let idx = self.memo.len() as u64;
                     self.memo_put(idx)?;
                 }
-                b'q' => {
+                op::BINPUT => {
                     let idx = self.u8()? as u64;
                     self.memo_put(idx)?;
                 }
-                b'r' => {
+                op::LONG_BINPUT => {
                     let idx = self.u32()? as u64;
                     self.memo_put(idx)?;
                 }
-                b'h' => {
+                op::BINGET => {
                     let idx = self.u8()? as u64;
                     self.memo_get(idx)?;
                 }
-                b'j' => {
+                op::LONG_BINGET => {
                     let idx = self.u32()? as u64;
                     self.memo_get(idx)?;
                 }
-                b'0' => {
+                op::POP => {
                     self.pop()?;
                 }
-                b'1' => {
+                op::POP_MARK => {
                     self.pop_mark()?;
                 }
-                b'2' => {
+                op::DUP => {
                     let top = self.top()?;
                     self.stack.push(top);
                 }
-                b'c' => {
+                op::GLOBAL => {
                     let module = self.line()?;
                     let name = self.line()?;
                     self.global(&module, &name)?;
                 }
-                0x93 => {
+                op::STACK_GLOBAL => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     let (module, name) = (self.str_of(module)?, self.str_of(name)?);
                     self.global(&module, &name)?;
                 }
-                b'R' => {
+                op::REDUCE => {
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let value = self.reduce(func, args)?;
                     self.push(value);
                 }
-                b'b' => {
+                op::BUILD => {
                     return Err(PickleError::NotPlainData("it sets object state (BUILD)".into()));
                 }
-                0x81 | 0x92 => {
+                op::NEWOBJ | op::NEWOBJ_EX => {
                     return Err(PickleError::NotPlainData("it builds an object of a class (NEWOBJ)".into()));
                 }
-                b'i' | b'o' => {
+                op::INST | op::OBJ => {
                     return Err(PickleError::NotPlainData("it builds an instance of a class (INST/OBJ)".into()));
                 }
-                0x82..=0x84 => {
+                op::EXT1 | op::EXT2 | op::EXT4 => {
                     return Err(PickleError::NotPlainData("it refers to a registered extension (EXT)".into()));
                 }
-                b'P' | b'Q' => {
+                op::PERSID | op::BINPERSID => {
                     return Err(PickleError::NotPlainData("it holds a persistent id".into()));
                 }
-                0x97 | 0x98 => {
+                op::NEXT_BUFFER | op::READONLY_BUFFER => {
                     return Err(PickleError::NotPlainData("it uses out-of-band buffers".into()));
                 }
                 other => {
