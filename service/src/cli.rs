@@ -75,45 +75,7 @@ enum Command {
         command: TokenCommand,
     },
     /// Store a result; prints the literal or reference as one JSON object.
-    Put {
-        #[command(flatten)]
-        server: ServerArg,
-        /// Block slug (default: the server's default block).
-        #[arg(long)]
-        block: Option<String>,
-        /// Storage key (default: a new uuid4 hex).
-        #[arg(long)]
-        key: Option<String>,
-        /// Serializer type (`json`, `pickle`, `compressed/pickle`, ...) or a JSON config.
-        #[arg(long)]
-        serializer: Option<String>,
-        /// A JSON document for the server to serialize.
-        #[arg(long, conflicts_with_all = ["file", "literal"])]
-        json: Option<String>,
-        /// A file holding serializer bytes, stored as they are. Streamed (PutStream), so a
-        /// file of any size is held a chunk at a time.
-        #[arg(long, conflicts_with = "literal")]
-        file: Option<PathBuf>,
-        /// A literal result: true, false or null.
-        #[arg(long)]
-        literal: Option<String>,
-        /// Expire the result after this long (`10m`, `1h`).
-        #[arg(long)]
-        expires_in: Option<String>,
-        /// Fail instead of overwriting an existing result.
-        #[arg(long)]
-        create_only: bool,
-        /// persist_result. Default true: a person who types `put` wants the result stored
-        /// (the API itself applies Prefect's rules, where unset means "not persisted").
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        persist: bool,
-        /// Task retries (a value above zero implies persistence).
-        #[arg(long, default_value_t = 0)]
-        retries: u32,
-        /// Cache key (implies persistence; the key when --key is absent).
-        #[arg(long)]
-        cache_key: Option<String>,
-    },
+    Put(PutArgs),
     /// Read a stored record: prints its reference, metadata and serializer bytes.
     Get {
         #[command(flatten)]
@@ -171,6 +133,48 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+}
+
+/// `resultstore put`: what to store and how.
+#[derive(Debug, clap::Args)]
+struct PutArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Block slug (default: the server's default block).
+    #[arg(long)]
+    block: Option<String>,
+    /// Storage key (default: a new uuid4 hex).
+    #[arg(long)]
+    key: Option<String>,
+    /// Serializer type (`json`, `pickle`, `compressed/pickle`, ...) or a JSON config.
+    #[arg(long)]
+    serializer: Option<String>,
+    /// A JSON document for the server to serialize.
+    #[arg(long, conflicts_with_all = ["file", "literal"])]
+    json: Option<String>,
+    /// A file holding serializer bytes, stored as they are. Streamed (PutStream), so a
+    /// file of any size is held a chunk at a time.
+    #[arg(long, conflicts_with = "literal")]
+    file: Option<PathBuf>,
+    /// A literal result: true, false or null.
+    #[arg(long)]
+    literal: Option<String>,
+    /// Expire the result after this long (`10m`, `1h`).
+    #[arg(long)]
+    expires_in: Option<String>,
+    /// Fail instead of overwriting an existing result.
+    #[arg(long)]
+    create_only: bool,
+    /// persist_result. Default true: a person who types `put` wants the result stored
+    /// (the API itself applies Prefect's rules, where unset means "not persisted").
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    persist: bool,
+    /// Task retries (a value above zero implies persistence).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Cache key (implies persistence; the key when --key is absent).
+    #[arg(long)]
+    cache_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,152 +335,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", resultstore::config::auth::token_hash(&token));
             Ok(())
         }
-        Command::Put {
-            server,
-            block,
-            key,
-            serializer,
-            json,
-            file,
-            literal,
-            expires_in,
-            create_only,
-            persist,
-            retries,
-            cache_key,
-        } => {
-            let mut put = match (&json, &file, literal) {
-                (Some(doc), None, None) => Put::json(doc.clone()),
-                (None, Some(_), None) => Put::data(Vec::new()),
-                (None, None, Some(l)) => Put::literal(match l.as_str() {
-                    "true" => resultstore_client::Literal::True,
-                    "false" => resultstore_client::Literal::False,
-                    "null" | "none" | "None" => resultstore_client::Literal::Null,
-                    other => bail!("--literal takes true, false or null, not `{other}`"),
-                }),
-                _ => bail!("give the result as one of --json DOC, --file PATH or --literal VALUE"),
-            };
-            let mut settings = Settings::new().retries(retries);
-            if let Some(b) = block {
-                settings = settings.storage(b);
-            }
-            if let Some(s) = serializer {
-                settings = settings.serializer(s);
-            }
-            settings = settings.persist(persist);
-            if let Some(k) = cache_key {
-                settings = settings.cache_key(k);
-            }
-            put = put.task_settings(settings);
-            if let Some(k) = key {
-                put = put.key(k);
-            }
-            if let Some(d) = expires_in {
-                put = put.expires_in(humantime::parse_duration(&d).with_context(|| format!("--expires-in `{d}`"))?);
-            }
-            if create_only {
-                put = put.create_only();
-            }
-            let client = server.connect().await?;
-            let stored = match &file {
-                Some(path) => {
-                    client.put_file(put, path).await.with_context(|| format!("storing {}", path.display()))?
-                }
-                None => client.put(put).await?,
-            };
-            println!("{}", stored.to_json());
-            Ok(())
-        }
-        Command::Get { server, target, out, as_stored } => {
-            let client = server.connect().await?;
-            let t = match target.target()? {
-                Ok(t) => t,
-                Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
-            };
-            let opts = ReadOptions { as_stored, ..target.options() };
-            if let Some(path) = &out {
-                let stream = client.get_to_file(t, opts, path).await?;
-                let mut reference = stream.reference.clone();
-                if let Some(trailer) = stream.trailer()
-                    && reference.0.sha256.is_empty()
-                    && !as_stored
-                {
-                    reference.0.sha256 = trailer.sha256.clone();
-                }
-                let doc = serde_json::json!({
-                    "reference": reference.to_json(),
-                    "metadata": serde_json::from_str::<serde_json::Value>(&stream.metadata_json).unwrap_or_default(),
-                    "written": {
-                        "path": path.display().to_string(),
-                        "size": stream.trailer().map(|t| t.size),
-                        "sha256": stream.trailer().map(|t| t.sha256.clone()),
-                    },
-                });
-                println!("{doc}");
-                return Ok(());
-            }
-            let reply = client.get(t, opts).await?;
-            let mut doc = serde_json::json!({
-                "reference": reply.reference.map(|r| Reference(Box::new(r)).to_json()),
-                "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
-            });
-            match std::str::from_utf8(&reply.data) {
-                Ok(s) => doc["data"] = s.into(),
-                Err(_) => {
-                    use base64::Engine;
-                    doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into();
-                }
-            }
-            println!("{doc}");
-            Ok(())
-        }
-        Command::Resolve { server, target, json, out } => {
-            let t = match target.target()? {
-                Ok(t) => t,
-                Err(Stored::Literal(l)) => {
-                    return output(&out, format!("{}\n", l.to_json()).as_bytes());
-                }
-                Err(Stored::Reference(_)) => unreachable!("references are targets"),
-            };
-            let client = server.connect().await?;
-            let want = if json { Want::Json } else { Want::Raw };
-            // By reference, the size says whether one message holds it; otherwise (and
-            // for every size) GetStream carries the value in pieces.
-            let small = matches!(&t, Target::Reference(r) if r.0.size <= UNARY_VALUE_LIMIT);
-            if !small {
-                let opts = ReadOptions { want: Some(want), ..target.options() };
-                return match client.get_stream(t.clone(), opts).await {
-                    Ok(mut stream) => {
-                        let mut sink = Output::open(&out)?;
-                        let written = async {
-                            while let Some(chunk) = stream.next_chunk().await? {
-                                sink.write_all(&chunk)?;
-                            }
-                            if json {
-                                sink.write_all(b"\n")?;
-                            }
-                            Ok::<_, anyhow::Error>(())
-                        }
-                        .await;
-                        match written {
-                            Ok(()) => sink.finish(),
-                            Err(e) => {
-                                sink.discard();
-                                Err(e)
-                            }
-                        }
-                    }
-                    // A Prefect 2 literal document has no record to stream.
-                    Err(e)
-                        if e.code() == Some(tonic::Code::FailedPrecondition) && matches!(t, Target::Prefect { .. }) =>
-                    {
-                        print_resolved(&out, client.resolve(t, want, target.options()).await?)
-                    }
-                    Err(e) => Err(e.into()),
-                };
-            }
-            print_resolved(&out, client.resolve(t, want, target.options()).await?)
-        }
+        Command::Put(args) => put(args).await,
+        Command::Get { server, target, out, as_stored } => get(server, target, out, as_stored).await,
+        Command::Resolve { server, target, json, out } => resolve(server, target, json, out).await,
         Command::Exists { server, block, key } => {
             let client = server.connect().await?;
             let exists = client.exists(&block, &key).await?;
@@ -503,6 +364,155 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `resultstore put`: builds the Put the flags describe and prints its reference.
+async fn put(args: PutArgs) -> anyhow::Result<()> {
+    let PutArgs {
+        server,
+        block,
+        key,
+        serializer,
+        json,
+        file,
+        literal,
+        expires_in,
+        create_only,
+        persist,
+        retries,
+        cache_key,
+    } = args;
+    let mut put = match (&json, &file, literal) {
+        (Some(doc), None, None) => Put::json(doc.clone()),
+        (None, Some(_), None) => Put::data(Vec::new()),
+        (None, None, Some(l)) => Put::literal(match l.as_str() {
+            "true" => resultstore_client::Literal::True,
+            "false" => resultstore_client::Literal::False,
+            "null" | "none" | "None" => resultstore_client::Literal::Null,
+            other => bail!("--literal takes true, false or null, not `{other}`"),
+        }),
+        _ => bail!("give the result as one of --json DOC, --file PATH or --literal VALUE"),
+    };
+    let mut settings = Settings::new().retries(retries);
+    if let Some(b) = block {
+        settings = settings.storage(b);
+    }
+    if let Some(s) = serializer {
+        settings = settings.serializer(s);
+    }
+    settings = settings.persist(persist);
+    if let Some(k) = cache_key {
+        settings = settings.cache_key(k);
+    }
+    put = put.task_settings(settings);
+    if let Some(k) = key {
+        put = put.key(k);
+    }
+    if let Some(d) = expires_in {
+        put = put.expires_in(humantime::parse_duration(&d).with_context(|| format!("--expires-in `{d}`"))?);
+    }
+    if create_only {
+        put = put.create_only();
+    }
+    let client = server.connect().await?;
+    let stored = match &file {
+        Some(path) => client.put_file(put, path).await.with_context(|| format!("storing {}", path.display()))?,
+        None => client.put(put).await?,
+    };
+    println!("{}", stored.to_json());
+    Ok(())
+}
+
+/// `resultstore get`: the stored bytes (to a file, streamed, or as JSON on stdout).
+async fn get(server: ServerArg, target: TargetArgs, out: Option<PathBuf>, as_stored: bool) -> anyhow::Result<()> {
+    let client = server.connect().await?;
+    let t = match target.target()? {
+        Ok(t) => t,
+        Err(literal) => bail!("{} is a literal: it has no stored record", literal.to_json()),
+    };
+    let opts = ReadOptions { as_stored, ..target.options() };
+    if let Some(path) = &out {
+        let stream = client.get_to_file(t, opts, path).await?;
+        let mut reference = stream.reference.clone();
+        if let Some(trailer) = stream.trailer()
+            && reference.0.sha256.is_empty()
+            && !as_stored
+        {
+            reference.0.sha256 = trailer.sha256.clone();
+        }
+        let doc = serde_json::json!({
+            "reference": reference.to_json(),
+            "metadata": serde_json::from_str::<serde_json::Value>(&stream.metadata_json).unwrap_or_default(),
+            "written": {
+                "path": path.display().to_string(),
+                "size": stream.trailer().map(|t| t.size),
+                "sha256": stream.trailer().map(|t| t.sha256.clone()),
+            },
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    let reply = client.get(t, opts).await?;
+    let mut doc = serde_json::json!({
+        "reference": reply.reference.map(|r| Reference(Box::new(r)).to_json()),
+        "metadata": serde_json::from_str::<serde_json::Value>(&reply.metadata_json).unwrap_or_default(),
+    });
+    match std::str::from_utf8(&reply.data) {
+        Ok(s) => doc["data"] = s.into(),
+        Err(_) => {
+            use base64::Engine;
+            doc["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into();
+        }
+    }
+    println!("{doc}");
+    Ok(())
+}
+
+/// `resultstore resolve`: the value (raw bytes or JSON), streamed when large.
+async fn resolve(server: ServerArg, target: TargetArgs, json: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let t = match target.target()? {
+        Ok(t) => t,
+        Err(Stored::Literal(l)) => {
+            return output(&out, format!("{}\n", l.to_json()).as_bytes());
+        }
+        Err(Stored::Reference(_)) => unreachable!("references are targets"),
+    };
+    let client = server.connect().await?;
+    let want = if json { Want::Json } else { Want::Raw };
+    // By reference, the size says whether one message holds it; otherwise (and
+    // for every size) GetStream carries the value in pieces.
+    let small = matches!(&t, Target::Reference(r) if r.0.size <= UNARY_VALUE_LIMIT);
+    if !small {
+        let opts = ReadOptions { want: Some(want), ..target.options() };
+        return match client.get_stream(t.clone(), opts).await {
+            Ok(mut stream) => {
+                let mut sink = Output::open(&out)?;
+                let written = async {
+                    while let Some(chunk) = stream.next_chunk().await? {
+                        sink.write_all(&chunk)?;
+                    }
+                    if json {
+                        sink.write_all(b"\n")?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }
+                .await;
+                match written {
+                    Ok(()) => sink.finish(),
+                    Err(e) => {
+                        sink.discard();
+                        Err(e)
+                    }
+                }
+            }
+            // A Prefect 2 literal document has no record to stream.
+            Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) && matches!(t, Target::Prefect { .. }) => {
+                print_resolved(&out, client.resolve(t, want, target.options()).await?)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    print_resolved(&out, client.resolve(t, want, target.options()).await?)
 }
 
 /// Serves until SIGTERM or Ctrl-C (then drains and returns, so the process exits 0);
