@@ -306,57 +306,8 @@ impl ResultStore {
         // names its digest: then it may be a retry whose reply was lost, found out at the end.
         let refuse_taken = header.mode == WriteMode::CreateOnly && header.sha256.is_none();
         let mut upload = Upload::begin(&block, &key, refuse_taken, staged, self.stream_chunk).await?;
-        let sent = async {
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let mut written = 0u64;
-            let mut escaped = Vec::new();
-            if prefect3 {
-                let prefix = record.prefect3_prefix();
-                written += prefix.len() as u64;
-                upload.write(&prefix).await?;
-            }
-            let mut next = Some(head.freeze());
-            loop {
-                let chunk = match next.take() {
-                    Some(c) => c,
-                    None => match chunks.next().await {
-                        Some(c) => c?,
-                        None => break,
-                    },
-                };
-                size += chunk.len() as u64;
-                if header.size.is_some_and(|s| size > s) {
-                    return Err(Error::InvalidRequest(format!(
-                        "the stream sent more than the {} bytes its header announced; nothing was stored",
-                        header.size.unwrap_or_default()
-                    )));
-                }
-                hasher.update(&chunk);
-                check.update(&chunk)?;
-                if prefect3 {
-                    for piece in chunk.chunks(MESSAGE_CHUNK) {
-                        escaped.clear();
-                        escape_json_chunk(piece, &mut escaped);
-                        written += escaped.len() as u64;
-                        if written > self.max_result_size {
-                            return Err(self.record_too_large(written));
-                        }
-                        upload.write(&escaped).await?;
-                    }
-                } else {
-                    upload.write(&chunk).await?;
-                }
-            }
-            check.finish()?;
-            let sha256 = hex::encode(hasher.finalize());
-            check_announced(&header, size, || sha256.clone())?;
-            if prefect3 {
-                upload.write(PREFECT3_SUFFIX).await?;
-            }
-            Ok((size, sha256))
-        }
-        .await;
+        let prefix = prefect3.then(|| record.prefect3_prefix());
+        let sent = self.upload_body(&mut upload, head.freeze(), &mut chunks, &header, &mut check, prefix).await;
         let (size, sha256) = match sent {
             Ok(s) => s,
             Err(e) => {
@@ -380,6 +331,67 @@ impl ResultStore {
         reference.size = size;
         reference.sha256 = sha256;
         Ok(PutOutcome::Stored(Box::new(reference)))
+    }
+
+    /// Uploads a stream's payload (`first`, then the rest of `chunks`), checking it as it
+    /// passes and against what the header announced; wrapped into a `prefect3` record when
+    /// `prefix` holds the record's prefix. Returns the payload's size and sha256.
+    async fn upload_body(
+        &self,
+        upload: &mut Upload,
+        first: Bytes,
+        chunks: &mut Body,
+        header: &PutStreamHeader,
+        check: &mut StreamCheck,
+        prefix: Option<Vec<u8>>,
+    ) -> Result<(u64, String)> {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut written = 0u64;
+        let mut escaped = Vec::new();
+        if let Some(prefix) = &prefix {
+            written += prefix.len() as u64;
+            upload.write(prefix).await?;
+        }
+        let mut next = Some(first);
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => match chunks.next().await {
+                    Some(c) => c?,
+                    None => break,
+                },
+            };
+            size += chunk.len() as u64;
+            if header.size.is_some_and(|s| size > s) {
+                return Err(Error::InvalidRequest(format!(
+                    "the stream sent more than the {} bytes its header announced; nothing was stored",
+                    header.size.unwrap_or_default()
+                )));
+            }
+            hasher.update(&chunk);
+            check.update(&chunk)?;
+            if prefix.is_some() {
+                for piece in chunk.chunks(MESSAGE_CHUNK) {
+                    escaped.clear();
+                    escape_json_chunk(piece, &mut escaped);
+                    written += escaped.len() as u64;
+                    if written > self.max_result_size {
+                        return Err(self.record_too_large(written));
+                    }
+                    upload.write(&escaped).await?;
+                }
+            } else {
+                upload.write(&chunk).await?;
+            }
+        }
+        check.finish()?;
+        let sha256 = hex::encode(hasher.finalize());
+        check_announced(header, size, || sha256.clone())?;
+        if prefix.is_some() {
+            upload.write(PREFECT3_SUFFIX).await?;
+        }
+        Ok((size, sha256))
     }
 
     /// Reads the rest of a stream into `buf`, up to `max_result_size`.
