@@ -38,15 +38,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
 use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path};
 use crate::error::{Error, Result};
 use crate::formats::record::{PAYLOAD_SHA256, ResultRecord};
-use crate::ops::store::{ResultStore, WriteMode, sha256_hex};
+use crate::ops::store::{Fetched, ResultStore, WriteMode, sha256_hex};
 use crate::storage::blocks::Block;
-use crate::storage::cache::FillPermit;
 
 /// Reads of a split record before a payload that never matches its document is DATA_LOSS.
 pub const READ_ATTEMPTS: usize = 3;
@@ -85,13 +84,10 @@ pub fn document(record: &ResultRecord, sha256: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default())
 }
 
-/// A split record as read: its document (when there is one), its payload and the
-/// payload object's metadata, with the payload's share of the fill budget.
+/// A split record as read: its document (when there is one) and its payload.
 pub(crate) struct SplitRead {
     pub document: Option<Bytes>,
-    pub data: Bytes,
-    pub meta: ObjectMeta,
-    pub _fill: FillPermit,
+    pub payload: Fetched,
 }
 
 impl ResultStore {
@@ -191,8 +187,8 @@ impl ResultStore {
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if existing.document.as_ref() == Some(doc) && sha256_hex(&existing.data) == sha256 {
-            Ok(Some(existing.meta.e_tag.or(existing.meta.version)))
+        if existing.document.as_ref() == Some(doc) && sha256_hex(&existing.payload.data) == sha256 {
+            Ok(Some(existing.payload.meta.e_tag.or(existing.payload.meta.version)))
         } else {
             Err(taken())
         }
@@ -213,33 +209,23 @@ impl ResultStore {
             mismatched = None;
             let document = self.get_optional(block, meta_store.as_ref(), path, key).await?;
             let expected = document.as_deref().and_then(payload_sha256);
-            let at_key = match self.get_checked(block, block.store.as_ref(), path, key).await {
-                Ok(got) => Some(got),
+            let at_key = match self.fetch(block, block.store.as_ref(), path, key).await {
+                Ok(payload) => Some(payload),
                 Err(Error::NotFound { .. }) if expected.is_some() => None,
                 Err(e) => return Err(e),
             };
-            if let Some(got) = at_key {
-                let fill = self.cache.fill_permit(got.meta.size).await;
-                let meta = got.meta.clone();
-                let data = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
-                let actual = sha256_hex(&data);
+            if let Some(payload) = at_key {
+                let actual = sha256_hex(&payload.data);
                 match &expected {
                     Some(sha) if *sha != actual => mismatched = Some(actual),
-                    _ => return Ok(SplitRead { document, data, meta, _fill: fill }),
+                    _ => return Ok(SplitRead { document, payload }),
                 }
             }
             // The document's write is not (yet) moved to the key: its payload is staged.
             let Some(sha) = expected else { continue };
-            match self.get_checked(block, block.store.as_ref(), &staged_path(key, &sha)?, key).await {
-                Ok(got) => {
-                    let fill = self.cache.fill_permit(got.meta.size).await;
-                    let meta = got.meta.clone();
-                    let data = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
-                    if sha256_hex(&data) == sha {
-                        return Ok(SplitRead { document, data, meta, _fill: fill });
-                    }
-                }
-                Err(Error::NotFound { .. }) => {}
+            match self.fetch(block, block.store.as_ref(), &staged_path(key, &sha)?, key).await {
+                Ok(payload) if sha256_hex(&payload.data) == sha => return Ok(SplitRead { document, payload }),
+                Ok(_) | Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
             // A writer moved its payload between these reads, or (when this holds every

@@ -30,7 +30,7 @@ use crate::ops::key_locks::KeyLocks;
 use crate::ops::settings::{self, ResultSettings};
 use crate::ops::split;
 use crate::storage::blocks::{Block, BlockRegistry};
-use crate::storage::cache::{LoadedResult, ResolveCache};
+use crate::storage::cache::{FillPermit, LoadedResult, ResolveCache};
 
 /// What a Put carries.
 #[derive(Debug, Clone)]
@@ -129,6 +129,14 @@ pub(crate) enum Located {
         /// The expiration a Prefect document names (the record's own wins).
         doc_expiration: Option<DateTime<Utc>>,
     },
+}
+
+/// An object read whole ([`ResultStore::fetch`]): its bytes, its metadata, and its share
+/// of the cache's fill budget, held until the entry made of it is built.
+pub(crate) struct Fetched {
+    pub data: Bytes,
+    pub meta: object_store::ObjectMeta,
+    pub fill: FillPermit,
 }
 
 /// One page of a listing.
@@ -565,19 +573,14 @@ impl ResultStore {
         let split_first = block.format == BlockFormat::Split;
         // The result's share of the fill budget is held until its entry is built. Metadata
         // documents (small) take none: a fill never waits for budget while holding some.
-        let (metadata, data, meta, _fill) = match (&block.metadata_store, split_first) {
+        let (metadata, payload) = match (&block.metadata_store, split_first) {
             (Some(meta_store), true) => {
                 let read = self.read_split(&block, meta_store, &path, &key).await?;
-                (read.document, read.data, read.meta, read._fill)
+                (read.document, read.payload)
             }
-            _ => {
-                let got = self.get_checked(&block, block.store.as_ref(), &path, &key).await?;
-                let fill = self.cache.fill_permit(got.meta.size).await;
-                let meta = got.meta.clone();
-                let data = got.bytes().await.map_err(|e| block.storage_error(&key, e))?;
-                (None, data, meta, fill)
-            }
+            _ => (None, self.fetch(&block, block.store.as_ref(), &path, &key).await?),
         };
+        let Fetched { data, meta, fill: _fill } = payload;
         let corrupt = |e: RecordError| Error::corrupt(&block.slug, &key, e.to_string());
         let raw = data.clone();
         let mut record = match metadata {
@@ -606,6 +609,23 @@ impl ResultStore {
         let reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
         let stored = (record.format == RecordFormat::Prefect2).then_some(raw);
         Ok(LoadedResult { record, value, reference, stored })
+    }
+
+    /// Reads the object at `path` whole to fill the cache: refused above
+    /// `max_result_size` before its bytes are read, its share of the fill budget taken
+    /// before they are.
+    pub(crate) async fn fetch(
+        &self,
+        block: &Block,
+        store: &dyn ObjectStore,
+        path: &Path,
+        key: &str,
+    ) -> Result<Fetched> {
+        let got = self.get_checked(block, store, path, key).await?;
+        let fill = self.cache.fill_permit(got.meta.size).await;
+        let meta = got.meta.clone();
+        let data = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
+        Ok(Fetched { data, meta, fill })
     }
 
     /// Starts reading a whole object, refusing objects above `max_result_size` before
