@@ -31,7 +31,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::runtime::live::Live;
-use crate::runtime::request_bytes::RequestBytes;
 use crate::telemetry::{Histogram, Outcome, StorageOp};
 
 /// The RPCs of `resultstore.v1`, as metrics and logs name them.
@@ -89,25 +88,11 @@ pub struct Metrics {
     pub shed: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    /// The unary request byte budget (set once, at start).
-    request_bytes: std::sync::OnceLock<Arc<RequestBytes>>,
+    /// Unary requests refused by the byte budget (`runtime::request_bytes`).
+    pub request_bytes_refused: AtomicU64,
 }
 
 impl Metrics {
-    /// The budget of unary request bytes of `config` (`limits.max_request_bytes_in_flight`),
-    /// made once and exported from then on.
-    pub fn request_bytes(&self, config: &crate::Config) -> Arc<RequestBytes> {
-        let l = &config.limits;
-        self.request_bytes
-            .get_or_init(|| {
-                Arc::new(RequestBytes::new(
-                    l.max_request_bytes_in_flight.0,
-                    usize::try_from(l.max_message_size.0).unwrap_or(usize::MAX),
-                ))
-            })
-            .clone()
-    }
-
     /// Counts one finished call.
     pub fn finished(&self, method: Method, code: tonic::Code, took: Duration) {
         let code = (code as usize).min(CODES - 1);
@@ -148,14 +133,12 @@ impl Metrics {
             "Calls refused at limits.max_concurrent_requests.",
             g(&self.shed),
         );
-        if let Some(bytes) = self.request_bytes.get() {
-            counter(
-                &mut out,
-                "resultstore_request_bytes_refused_total",
-                "Unary requests refused because limits.max_request_bytes_in_flight was spent.",
-                g(&bytes.refused),
-            );
-        }
+        counter(
+            &mut out,
+            "resultstore_request_bytes_refused_total",
+            "Unary requests refused because limits.max_request_bytes_in_flight was spent.",
+            g(&self.request_bytes_refused),
+        );
 
         let generation = live.current();
         let cache = generation.store.cache();

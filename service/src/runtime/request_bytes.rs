@@ -23,7 +23,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -31,6 +31,9 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tonic::body::Body;
+
+use crate::config::Config;
+use crate::runtime::metrics::Metrics;
 
 /// Requests up to this many bytes take nothing from the budget.
 pub const SMALL_REQUEST: usize = 64 << 10;
@@ -44,18 +47,20 @@ pub struct RequestBytes {
     budget: Arc<Semaphore>,
     total_kib: u32,
     max_message: usize,
-    /// Requests refused because the budget was spent.
-    pub refused: AtomicU64,
+    /// Where refusals are counted (`resultstore_request_bytes_refused_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl RequestBytes {
-    pub fn new(max_bytes: u64, max_message: usize) -> Self {
-        let total_kib = u32::try_from(max_bytes / UNIT as u64).unwrap_or(u32::MAX).max(1);
+    /// The budget `config`'s limits set (`max_request_bytes_in_flight`, read at start).
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let limits = &config.limits;
+        let total_kib = u32::try_from(limits.max_request_bytes_in_flight.0 / UNIT as u64).unwrap_or(u32::MAX).max(1);
         RequestBytes {
             budget: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
-            max_message,
-            refused: AtomicU64::new(0),
+            max_message: usize::try_from(limits.max_message_size.0).unwrap_or(usize::MAX),
+            metrics,
         }
     }
 }
@@ -141,7 +146,7 @@ where
                 .unwrap_or(u32::MAX)
                 .clamp(1, bytes.total_kib);
             let Ok(permit) = bytes.budget.clone().try_acquire_many_owned(kib) else {
-                bytes.refused.fetch_add(1, Ordering::Relaxed);
+                bytes.metrics.request_bytes_refused.fetch_add(1, Ordering::Relaxed);
                 let status = tonic::Status::resource_exhausted(format!(
                     "overloaded: requests the server is already reading fill limits.max_request_bytes_in_flight, \
                      so this {length}-byte request was not read; retry with backoff, or stream large results \

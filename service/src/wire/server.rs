@@ -107,7 +107,7 @@ pub async fn start(
     let local_addr = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
     warn_if_exposed(local_addr, config);
     let max_message = usize::try_from(config.limits.max_message_size.0).unwrap_or(usize::MAX);
-    let request_bytes = metrics.request_bytes(config);
+    let request_bytes = Arc::new(crate::runtime::request_bytes::RequestBytes::new(config, metrics.clone()));
 
     let (metrics_addr, metrics_task) = match &config.metrics.listen {
         Some(addr) => {
