@@ -14,6 +14,7 @@ WORKDIR /src
 # Cargo.lock, a manifest or the .proto file does.
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+COPY formats/Cargo.toml formats/Cargo.toml
 COPY service/Cargo.toml service/Cargo.toml
 COPY client/Cargo.toml client/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
@@ -22,9 +23,10 @@ COPY scripts/stub-sources scripts/stub-sources
 RUN scripts/stub-sources && cargo build --release --locked --package resultstore
 # Then the sources. COPY keeps the files' own times, which can be older than the stub
 # build's outputs: touching the crate roots makes cargo rebuild them.
+COPY formats formats
 COPY service service
 COPY client client
-RUN touch service/src/main.rs service/src/lib.rs client/src/lib.rs \
+RUN touch formats/src/lib.rs service/src/main.rs service/src/lib.rs client/src/lib.rs \
  && cargo build --release --locked --package resultstore \
  && mkdir -p empty-data
 

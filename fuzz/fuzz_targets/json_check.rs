@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resultstore::formats::serializer::json;
-use resultstore::formats::serializer::json_check::{JsonCheck, check_json};
+use resultstore_formats::serializer::json;
+use resultstore_formats::serializer::json_check::{JsonCheck, check_json};
 
 fuzz_target!(|input: (u16, &[u8])| {
     let (cut, text) = input;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resultstore::config::keys::{MAX_KEY_LEN, is_reserved, parse_slug, validate_key};
+use resultstore_formats::keys::{MAX_KEY_LEN, is_reserved, parse_slug, validate_key};
 
 fuzz_target!(|text: &str| {
     if validate_key(text).is_ok() {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resultstore::formats::serializer::{json, pickle};
+use resultstore_formats::serializer::{json, pickle};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = pickle::read(data, 1 << 20) else {

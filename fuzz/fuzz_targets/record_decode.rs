@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use resultstore::formats::record::{RecordFormat, ResultRecord};
-use resultstore::formats::serializer::SerializerConfig;
+use resultstore_formats::record::{RecordFormat, ResultRecord};
+use resultstore_formats::serializer::SerializerConfig;
 
 fuzz_target!(|data: &[u8]| {
     let hint = SerializerConfig::from_type("pickle").expect("pickle is a serializer");

@@ -4,11 +4,51 @@
 //! `object_store::Error`. The gRPC layer maps it to a `tonic::Status` once
 //! (`grpc::status_of`); nothing below that layer knows about tonic.
 //!
-//! Variants hold strings rather than source errors so that the error can be cloned: the
-//! cache hands one storage failure to every caller that was waiting on the same fill.
+//! The error can be cloned: the cache hands one storage failure to every caller that was
+//! waiting on the same fill. So a variant that keeps its cause (a storage failure, a
+//! record that does not decode) holds it as a [`Cause`], shared; the message a caller
+//! sees is the variant's own text (a local I/O error's text holds the server's paths, so
+//! it stays in the cause, for the log).
 
 /// A `Result` with the service's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error behind an [`Error`], shared so that the error stays cheap to clone; reached
+/// through [`std::error::Error::source`]. Two causes are equal when their texts are.
+#[derive(Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(std::sync::Arc::new(err))
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 /// A local block's refusal of a key whose path passes through a symbolic link (raised by
 /// `confined`, folded into [`Error::KeyConflict`] by [`Error::from_store`]).
@@ -115,7 +155,14 @@ pub enum Error {
 
     /// The stored record cannot be decoded.
     #[error("corrupt result `{key}` in block `{block}`: {reason}")]
-    CorruptRecord { block: String, key: String, reason: String },
+    CorruptRecord {
+        block: String,
+        key: String,
+        reason: String,
+        /// The decoder's own error, when one said why.
+        #[source]
+        cause: Option<Cause>,
+    },
 
     /// A streamed read met another version of the object than the one it started on.
     #[error(
@@ -143,7 +190,13 @@ pub enum Error {
 
     /// The block's storage could not be reached or failed.
     #[error("storage of block `{block}` is unavailable: {reason}")]
-    StorageUnavailable { block: String, reason: String },
+    StorageUnavailable {
+        block: String,
+        reason: String,
+        /// The object store's error, when storage raised one.
+        #[source]
+        cause: Option<Cause>,
+    },
 
     /// The configuration is invalid (only at start and reload).
     #[error("invalid configuration: {0}")]
@@ -152,6 +205,29 @@ pub enum Error {
     /// The server itself stopped with an error (its transport, or its task panicked).
     #[error("the server stopped: {0}")]
     Serve(String),
+}
+
+impl From<crate::config::keys::KeyError> for Error {
+    fn from(err: crate::config::keys::KeyError) -> Self {
+        use crate::config::keys::KeyError as E;
+        match err {
+            E::InvalidSlug { slug, reason } => Error::InvalidSlug { slug, reason },
+            E::InvalidKey { key, reason } => Error::InvalidKey { key, reason },
+        }
+    }
+}
+
+impl From<crate::formats::serializer::SerializerError> for Error {
+    /// A request's serializer config or `data` refused: INVALID_ARGUMENT either way, the
+    /// config's fault named as such.
+    fn from(err: crate::formats::serializer::SerializerError) -> Self {
+        use crate::formats::serializer::SerializerError as E;
+        match err {
+            E::InvalidConfig(reason) => Error::InvalidSerializer(reason),
+            other @ E::NotItsOutput { .. } => Error::InvalidRequest(other.to_string()),
+            E::CannotWrite(reason) => Error::InvalidRequest(reason),
+        }
+    }
 }
 
 impl Error {
@@ -181,7 +257,7 @@ impl Error {
                 reason: "the key passes through a symbolic link, and local blocks never follow one out of their folder",
             },
             other => match io_error_kind(&other) {
-                None => Error::StorageUnavailable { block, reason: other.to_string() },
+                None => Error::StorageUnavailable { block, reason: other.to_string(), cause: Some(Cause::new(other)) },
                 Some(ErrorKind::NotADirectory) => Error::KeyConflict {
                     block,
                     key,
@@ -202,15 +278,29 @@ impl Error {
                 }
                 Some(kind) => {
                     tracing::warn!(block, key, error = %other, "storage failed");
-                    Error::StorageUnavailable { block, reason: format!("local storage failed: {kind}") }
+                    Error::StorageUnavailable {
+                        block,
+                        reason: format!("local storage failed: {kind}"),
+                        cause: Some(Cause::new(other)),
+                    }
                 }
             },
         }
     }
 
-    /// A record decoding failure in `block`/`key`.
+    /// A record decoding failure in `block`/`key`, told by `reason`.
     pub fn corrupt(block: &str, key: &str, reason: impl Into<String>) -> Self {
-        Error::CorruptRecord { block: block.to_owned(), key: key.to_owned(), reason: reason.into() }
+        Error::CorruptRecord { block: block.to_owned(), key: key.to_owned(), reason: reason.into(), cause: None }
+    }
+
+    /// A record decoding failure in `block`/`key`, with the decoder's error as its cause.
+    pub fn corrupt_because(block: &str, key: &str, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::CorruptRecord {
+            block: block.to_owned(),
+            key: key.to_owned(),
+            reason: cause.to_string(),
+            cause: Some(Cause::new(cause)),
+        }
     }
 }
 
@@ -233,4 +323,33 @@ fn caused_by<T: std::error::Error + 'static>(err: &object_store::Error) -> bool 
 /// The kind of the I/O error behind a store error (local files), if there is one.
 fn io_error_kind(err: &object_store::Error) -> Option<std::io::ErrorKind> {
     cause::<std::io::Error>(err).map(std::io::Error::kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn storage_failures_keep_their_cause_and_callers_see_no_paths() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "/srv/secret/path: denied");
+        let err = Error::from_store(
+            "local-file-system/x",
+            "k",
+            object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(io) },
+        );
+        assert!(matches!(err, Error::StorageUnavailable { .. }), "{err:?}");
+        assert!(!err.to_string().contains("/srv/secret"), "{err}");
+        let cause = err.source().expect("the object store's error is kept");
+        assert!(cause.to_string().contains("/srv/secret"), "{cause}");
+        assert_eq!(err.clone(), err, "still cheap to clone, and equal to its clone");
+    }
+
+    #[test]
+    fn decoding_failures_keep_the_decoders_error() {
+        let decoder = resultstore_formats::record::ResultRecord::decode_split(b"{", bytes::Bytes::new()).unwrap_err();
+        let err = Error::corrupt_because("memory/x", "k", decoder);
+        assert!(err.source().is_some_and(|c| c.to_string().contains("does not parse")), "{err:?}");
+    }
 }

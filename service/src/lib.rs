@@ -24,15 +24,19 @@
 //! - [`storage`]: where results live. [`storage::blocks`]: slug → object store, with the
 //!   counting wrapper; [`storage::cache`]: the byte-bounded cache with singleflight fills;
 //!   [`storage::confined`]: local blocks never follow a symbolic link;
+//!   [`storage::object_names`]: a key's object name is the key as written;
 //!   [`storage::legacy_keys`]: results under pre-0.2 percent-encoded names still read.
-//! - [`formats`]: bytes and what they mean. [`formats::record`]: on-storage formats
-//!   (`prefect3`, `split`, Prefect 2 blobs, bare payloads); [`formats::reference`]: the
-//!   reference type; [`formats::serializer`]: serializer configs, compression,
-//!   Python-exact JSON, the safe pickle reader and writer.
+//! - [`formats`]: bytes and what they mean, the `resultstore-formats` crate (so it
+//!   cannot reach up, and its fuzz targets build without the rest).
+//!   [`formats::record`]: on-storage formats (`prefect3`, `split`, Prefect 2 blobs, bare
+//!   payloads); [`formats::reference`]: the reference type; [`formats::serializer`]:
+//!   serializer configs, compression, Python-exact JSON, the safe pickle reader and
+//!   writer; [`formats::keys`]: slug and key rules. Each returns its own error enum,
+//!   folded into [`error::Error`] by `From`.
 //! - [`config`]: what the operator configured and what clients may name: the strict config
 //!   file, [`config::auth`] (bearer tokens scoped to blocks and operations; every operation
 //!   checks its block with the caller's access before touching storage), [`config::keys`]
-//!   (slug and key validation; a key's object name is the key as written).
+//!   (re-exported from [`formats::keys`]).
 //! - Cross-cutting: [`error`], the one error enum; [`telemetry`], counters, histograms
 //!   and logging.
 //!
@@ -41,7 +45,8 @@
 
 pub mod config;
 pub mod error;
-pub mod formats;
+/// Bytes and what they mean: the `resultstore-formats` crate (see its docs).
+pub use resultstore_formats as formats;
 pub mod ops;
 pub mod runtime;
 pub mod storage;

@@ -36,6 +36,6 @@ fn every_configmap_config_parses_and_builds_its_blocks() {
         // fails here.
         ResultStore::new(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!text.contains("-----BEGIN"), "{}: key material belongs in a Secret", path.display());
-        assert!(config.shutdown_grace_period.0 > std::time::Duration::ZERO);
+        assert!(config.shutdown_grace_period > std::time::Duration::ZERO);
     }
 }

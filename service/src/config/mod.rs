@@ -42,17 +42,23 @@
 //!
 //! Beside the file: [`auth`] (the `[auth]` table's tokens and scopes, and the access
 //! checks every operation makes) and [`keys`] (block slugs and result keys clients may
-//! name). Uses: [`crate::error`] only.
+//! name), and [`startup`] (which settings a reload may change, by type). Uses:
+//! [`crate::error`] only.
 
 pub mod auth;
-pub mod keys;
+pub mod startup;
+/// Slug and key validation: in the `resultstore-formats` crate, with the formats.
+pub use resultstore_formats::keys;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// Sizes in bytes, written as `"256MiB"`, `"1GB"`, `"512KiB"` or a plain integer
+/// (the `bytesize` crate; `KB`, `MB`, `GB` are powers of ten, `KiB`, `MiB`, `GiB` of two).
+pub use bytesize::ByteSize;
 
 use crate::config::auth::{AccessPolicy, AuthConfig};
 use crate::config::keys::{BlockType, parse_slug};
@@ -96,12 +102,12 @@ pub struct Config {
     /// After SIGTERM or Ctrl-C, in-flight calls get this long to finish before the
     /// process exits anyway (with status 0). Keep it below the orchestrator's kill
     /// deadline (Kubernetes' `terminationGracePeriodSeconds`, 30s by default). Default 20s.
-    #[serde(default = "default_grace_period")]
-    pub shutdown_grace_period: HumanDuration,
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
 }
 
-fn default_grace_period() -> HumanDuration {
-    HumanDuration(Duration::from_secs(20))
+fn default_grace_period() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// TLS for the gRPC listener (rustls; TLS 1.2 and 1.3, ALPN `h2`).
@@ -119,16 +125,16 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// A connection that has not finished its handshake after this long is closed.
     /// Default 10s.
-    #[serde(default = "default_handshake_timeout")]
-    pub handshake_timeout: HumanDuration,
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
-fn default_handshake_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP listener serving `/metrics` (Prometheus text format), unless
@@ -145,7 +151,7 @@ fn default_serializer() -> String {
 }
 
 /// The resolve cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Total weight of cached results, in bytes (the serializer bytes plus the decoded
@@ -158,8 +164,8 @@ pub struct CacheConfig {
     pub max_entry_size: ByteSize,
     /// How long a cached result serves before storage is read again, which bounds how
     /// long an overwrite made through another replica stays unseen. Default 10m.
-    #[serde(default = "default_ttl")]
-    pub time_to_live: HumanDuration,
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub time_to_live: Duration,
     /// Bytes of objects being read from storage to fill the cache, all keys together;
     /// fills beyond it wait. Each fill counts the size of the object it reads, so the
     /// cache's memory is `capacity` plus this budget (decoding a fill can briefly need
@@ -175,8 +181,8 @@ fn default_capacity() -> ByteSize {
 fn default_max_entry() -> ByteSize {
     ByteSize(32 << 20)
 }
-fn default_ttl() -> HumanDuration {
-    HumanDuration(Duration::from_secs(600))
+fn default_ttl() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_fill_budget() -> ByteSize {
     ByteSize(256 << 20)
@@ -218,15 +224,14 @@ pub struct LimitsConfig {
     /// grows without bound); clients retry with backoff. Default 512.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
-    /// HTTP/2 streams (calls) one connection may have open. Default 128. Applies to
-    /// connections made after a reload.
+    /// HTTP/2 streams (calls) one connection may have open. Default 128. Read at start.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams_per_connection: u32,
     /// A unary call that has not finished after this long fails with DEADLINE_EXCEEDED;
     /// for PutStream and GetStream it bounds the silence between two messages, not the
     /// whole transfer. A client's own deadline (`grpc-timeout`) applies too. Default 60s.
-    #[serde(default = "default_rpc_timeout")]
-    pub request_timeout: HumanDuration,
+    #[serde(default = "default_rpc_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// PutStream and GetStream calls in flight at once, all connections together, apart
     /// from `max_concurrent_requests`: streams never take the places of unary calls, so
     /// stalled or slow streams cannot lock unary callers out. A stream beyond it is
@@ -237,8 +242,8 @@ pub struct LimitsConfig {
     /// messages), or a GetStream's client may take no message, before the stream fails
     /// with DEADLINE_EXCEEDED and frees its place: a client that stalls is cut off this
     /// quickly, whatever `request_timeout` says. Default 15s.
-    #[serde(default = "default_stream_idle_timeout")]
-    pub stream_idle_timeout: HumanDuration,
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
     /// Connections open at once; one more is accepted and closed at once. Keep it under
     /// the process's open-file limit (`ulimit -n`) less what storage needs. Default 1024.
     /// Read at start.
@@ -246,8 +251,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// A connection that sends nothing (no HTTP/2 preface, no TLS hello) this long after
     /// it was accepted is closed. Default 10s. Read at start.
-    #[serde(default = "default_connection_preface_timeout")]
-    pub connection_preface_timeout: HumanDuration,
+    #[serde(default = "default_connection_preface_timeout", with = "humantime_serde")]
+    pub connection_preface_timeout: Duration,
     /// Bytes of unary requests (gRPC messages above 64KiB) admitted at once, all
     /// connections together, counted from each message's header before it is read
     /// (`request_bytes`): a request beyond it is refused at once with RESOURCE_EXHAUSTED
@@ -264,14 +269,14 @@ fn default_max_request_bytes_in_flight() -> ByteSize {
 fn default_max_concurrent_streams() -> usize {
     64
 }
-fn default_stream_idle_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(15))
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_max_connections() -> usize {
     1024
 }
-fn default_connection_preface_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_connection_preface_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_max_concurrent_requests() -> usize {
@@ -280,8 +285,8 @@ fn default_max_concurrent_requests() -> usize {
 fn default_max_streams() -> u32 {
     128
 }
-fn default_rpc_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
+fn default_rpc_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_message() -> ByteSize {
@@ -365,11 +370,11 @@ pub struct BlockConfig {
     pub max_concurrent_requests: usize,
     /// A storage request that has not completed after this long fails (cloud blocks).
     /// Default 30s.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: HumanDuration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Connecting to the storage gives up after this long (cloud blocks). Default 5s.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: HumanDuration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Retries of failed storage requests (cloud blocks).
     #[serde(default)]
     pub retry: RetryConfig,
@@ -378,11 +383,11 @@ pub struct BlockConfig {
 fn default_max_concurrent() -> usize {
     64
 }
-fn default_request_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_connect_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(5))
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// object_store's retry policy, in human units.
@@ -393,27 +398,27 @@ pub struct RetryConfig {
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
     /// No retry starts after this long since the first attempt. Default 30s.
-    #[serde(default = "default_retry_timeout")]
-    pub retry_timeout: HumanDuration,
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    pub retry_timeout: Duration,
     /// First backoff. Default 100ms.
-    #[serde(default = "default_initial_backoff")]
-    pub initial_backoff: HumanDuration,
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
     /// Longest backoff. Default 5s.
-    #[serde(default = "default_max_backoff")]
-    pub max_backoff: HumanDuration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
 }
 
 fn default_max_retries() -> usize {
     3
 }
-fn default_retry_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_initial_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_millis(100))
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
 }
-fn default_max_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(5))
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for RetryConfig {
@@ -510,7 +515,7 @@ impl Config {
             if block.max_concurrent_requests == 0 {
                 return Err(Error::Config(format!("block `{slug}`: max_concurrent_requests must be above zero")));
             }
-            if block.request_timeout.0.is_zero() || block.connect_timeout.0.is_zero() {
+            if block.request_timeout.is_zero() || block.connect_timeout.is_zero() {
                 return Err(Error::Config(format!("block `{slug}`: timeouts must be above zero")));
             }
         }
@@ -528,7 +533,7 @@ impl Config {
         if self.cache.max_entry_size.0 == 0 || self.cache.max_entry_size.0 > self.cache.capacity.0 {
             return Err(Error::Config("cache.max_entry_size must be above zero and at most cache.capacity".into()));
         }
-        if self.cache.time_to_live.0.is_zero() {
+        if self.cache.time_to_live.is_zero() {
             return Err(Error::Config("cache.time_to_live must be above zero".into()));
         }
         if self.limits.max_message_size.0 < 1024 {
@@ -569,10 +574,10 @@ impl Config {
                     .into(),
             ));
         }
-        if l.request_timeout.0.is_zero()
-            || l.stream_idle_timeout.0.is_zero()
-            || l.connection_preface_timeout.0.is_zero()
-            || self.shutdown_grace_period.0.is_zero()
+        if l.request_timeout.is_zero()
+            || l.stream_idle_timeout.is_zero()
+            || l.connection_preface_timeout.is_zero()
+            || self.shutdown_grace_period.is_zero()
         {
             return Err(Error::Config(
                 "limits.request_timeout, stream_idle_timeout, connection_preface_timeout and shutdown_grace_period \
@@ -581,7 +586,7 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.tls
-            && tls.handshake_timeout.0.is_zero()
+            && tls.handshake_timeout.is_zero()
         {
             return Err(Error::Config("tls.handshake_timeout must be above zero".into()));
         }
@@ -619,79 +624,27 @@ fn check_url_matches(slug: &str, ty: BlockType, url: &str) -> Result<()> {
     }
 }
 
-/// A size in bytes, written as `"256MiB"`, `"1GB"`, `"512KiB"` or a plain integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size; write e.g. \"256MiB\" or \"1GB\""))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => {
-                return Err(format!("unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"));
-            }
-        };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}B", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A duration written as `"10m"`, `"30s"`, `"1h 30m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"10m\"")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sizes_are_human() {
-        assert_eq!(ByteSize::parse("256MiB").unwrap().0, 256 << 20);
-        assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
-        assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
-        assert!(ByteSize::parse("12 parsecs").is_err());
-        assert!(ByteSize::parse("MiB").is_err());
+    fn sizes_and_durations_are_human() {
+        let block = "[blocks.\"local-file-system/default\"]\nurl = \"file://x\"\n";
+        let size = |v: &str| {
+            Config::from_toml(&format!("[cache]\nmax_entry_size = 1024\ncapacity = {v}\n{block}"))
+                .map(|c| c.cache.capacity.0)
+        };
+        assert_eq!(size("\"256MiB\"").unwrap(), 256 << 20);
+        assert_eq!(size("\"1GB\"").unwrap(), 1_000_000_000);
+        assert_eq!(size("4096").unwrap(), 4096);
+        assert!(size("\"12 parsecs\"").is_err());
+        assert!(size("\"MiB\"").is_err());
+        let ttl =
+            |v: &str| Config::from_toml(&format!("[cache]\ntime_to_live = {v}\n{block}")).map(|c| c.cache.time_to_live);
+        assert_eq!(ttl("\"1h 30m\"").unwrap(), Duration::from_secs(5400));
+        assert!(ttl("\"soon\"").is_err());
+        assert!(ttl("30").is_err(), "a duration names its unit");
     }
 
     #[test]

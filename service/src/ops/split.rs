@@ -41,11 +41,12 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
-use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path};
+use crate::config::keys::RESERVED_STAGING_PREFIX;
 use crate::error::{Error, Result};
 use crate::formats::record::{PAYLOAD_SHA256, ResultRecord};
 use crate::ops::store::{Fetched, ResultStore, WriteMode, sha256_hex};
 use crate::storage::blocks::Block;
+use crate::storage::object_names::object_path;
 
 /// Reads of a split record before a payload that never matches its document is DATA_LOSS.
 pub const READ_ATTEMPTS: usize = 3;

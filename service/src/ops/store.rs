@@ -19,7 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use sha2::{Digest, Sha256};
 
 use crate::config::auth::{Access, Operation};
-use crate::config::keys::{object_path, validate_key};
+use crate::config::keys::validate_key;
 use crate::config::{BlockFormat, Config};
 use crate::error::{Error, Result};
 use crate::formats::record::{RecordError, RecordFormat, ResultRecord};
@@ -31,6 +31,7 @@ use crate::ops::settings::{self, ResultSettings};
 use crate::ops::split;
 use crate::storage::blocks::{Block, BlockRegistry};
 use crate::storage::cache::{FillPermit, LoadedResult, ResolveCache};
+use crate::storage::object_names::object_path;
 
 /// What a Put carries.
 #[derive(Debug, Clone)]
@@ -581,7 +582,7 @@ impl ResultStore {
             _ => (None, self.fetch(&block, block.store.as_ref(), &path, &key).await?),
         };
         let Fetched { data, meta, fill: _fill } = payload;
-        let corrupt = |e: RecordError| Error::corrupt(&block.slug, &key, e.to_string());
+        let corrupt = |e: RecordError| Error::corrupt_because(&block.slug, &key, e);
         let raw = data.clone();
         let mut record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, data).map_err(corrupt)?,
@@ -717,7 +718,7 @@ impl ResultStore {
         let max_bytes = usize::try_from(self.max_result_size).unwrap_or(usize::MAX);
         serializer::to_json(&result.value, max_bytes).map_err(|e| match e {
             TranscodeError::Unsupported(m) => Error::CannotTranscode(m),
-            TranscodeError::Corrupt(m) => Error::corrupt(&result.reference.block, &result.reference.key, m),
+            e @ TranscodeError::Corrupt(_) => Error::corrupt_because(&result.reference.block, &result.reference.key, e),
             TranscodeError::TooLarge { limit } => Error::ExpandsTooFar { limit: limit as u64 },
         })
     }

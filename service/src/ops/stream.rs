@@ -57,7 +57,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::BlockFormat;
 use crate::config::auth::{Access, Operation};
-use crate::config::keys::{RESERVED_STAGING_PREFIX, object_path, validate_key};
+use crate::config::keys::{RESERVED_STAGING_PREFIX, validate_key};
 use crate::error::{Error, Result};
 use crate::formats::record::{PREFECT3_SUFFIX, RecordError, RecordFormat, ResultRecord, escape_json_chunk};
 use crate::formats::reference::{LiteralValue, ResultReference};
@@ -69,6 +69,7 @@ use crate::ops::store::{
 };
 use crate::storage::blocks::Block;
 use crate::storage::cache::LoadedResult;
+use crate::storage::object_names::object_path;
 
 /// What a PutStream's chunks carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,7 +486,7 @@ impl ResultStore {
                 metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
             }
         }
-        let corrupt = |e: RecordError| Error::corrupt(&block.slug, &key, e.to_string());
+        let corrupt = |e: RecordError| Error::corrupt_because(&block.slug, &key, e);
         let record = match metadata {
             Some(doc) => ResultRecord::decode_split(&doc, Bytes::new()).map_err(corrupt)?,
             None => {

@@ -8,9 +8,9 @@
 //! [`Live::reload`] builds the whole new generation before it swaps anything: a config
 //! that does not parse, names a missing certificate or opens a block that cannot be
 //! opened is refused with the reason, and the old generation keeps serving. What a
-//! reload cannot change in a running process (listen addresses, TLS on or off, the
-//! message size limit, per-connection streams, cache sizes) keeps its old value, and the
-//! reload says so in the log.
+//! reload cannot change in a running process ([`StartupSettings`]: listen addresses,
+//! TLS on or off, the transport's limits, cache sizes) keeps its started value in the new
+//! generation too, and the reload names what it left for a restart.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Config;
 use crate::config::auth::AccessPolicy;
+use crate::config::startup::StartupSettings;
 use crate::error::{Error, Result};
 use crate::ops::store::ResultStore;
 
@@ -80,6 +81,8 @@ impl Generation {
 pub struct Live {
     /// Read by every call, written by reloads: an `ArcSwap` load takes no lock.
     current: ArcSwap<Generation>,
+    /// The settings fixed at start, kept by every generation.
+    startup: StartupSettings,
     draining: AtomicBool,
     /// The same, for whoever waits on it (connections still silent close when it turns).
     drain_signal: watch::Sender<bool>,
@@ -88,6 +91,7 @@ pub struct Live {
 impl Live {
     pub fn new(config: Config) -> Result<Self> {
         Ok(Live {
+            startup: config.startup(),
             current: ArcSwap::from_pointee(Generation::build(config, None)?),
             draining: AtomicBool::new(false),
             drain_signal: watch::Sender::new(false),
@@ -100,47 +104,18 @@ impl Live {
     }
 
     /// Builds a generation from `config` and puts it in force, or refuses it and keeps the
-    /// old one. Returns the settings that only a restart applies, if any changed.
-    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>> {
-        let old = self.current();
-        if old.config.tls.is_some() != config.tls.is_some() {
+    /// old one. The settings fixed at start keep their started values; the names of those
+    /// `config` would change (which only a restart applies) are returned.
+    pub fn reload(&self, config: Config) -> Result<Vec<String>> {
+        let wanted = config.startup();
+        if wanted.tls != self.startup.tls {
             return Err(Error::Config(
                 "a reload cannot turn TLS on or off (the listener speaks one or the other): restart instead".into(),
             ));
         }
-        let next = Generation::build(config, Some(&old))?;
-        let (a, b) = (&old.config, &next.config);
-        let mut needs_restart = Vec::new();
-        if a.listen != b.listen {
-            needs_restart.push("listen");
-        }
-        if a.metrics != b.metrics {
-            needs_restart.push("metrics.listen");
-        }
-        if a.limits.max_message_size != b.limits.max_message_size {
-            needs_restart.push("limits.max_message_size");
-        }
-        if a.limits.max_concurrent_streams_per_connection != b.limits.max_concurrent_streams_per_connection {
-            needs_restart.push("limits.max_concurrent_streams_per_connection");
-        }
-        if a.limits.max_connections != b.limits.max_connections {
-            needs_restart.push("limits.max_connections");
-        }
-        if a.limits.connection_preface_timeout != b.limits.connection_preface_timeout {
-            needs_restart.push("limits.connection_preface_timeout");
-        }
-        if a.limits.max_request_bytes_in_flight != b.limits.max_request_bytes_in_flight {
-            needs_restart.push("limits.max_request_bytes_in_flight");
-        }
-        if a.cache.capacity != b.cache.capacity
-            || a.cache.max_entry_size != b.cache.max_entry_size
-            || a.cache.time_to_live != b.cache.time_to_live
-            || a.cache.fill_budget != b.cache.fill_budget
-        {
-            needs_restart.push("cache");
-        }
+        let next = Generation::build(config.keeping(&self.startup), Some(&self.current()))?;
         self.current.store(Arc::new(next));
-        Ok(needs_restart)
+        Ok(self.startup.changes(&wanted))
     }
 
     /// From now on, new calls are refused with UNAVAILABLE.

@@ -85,6 +85,7 @@ impl Block {
                 Err(Error::StorageUnavailable {
                     block: self.slug.clone(),
                     reason: "its root folder is missing or not a folder (the server's log names it)".into(),
+                    cause: None,
                 })
             }
             _ => Ok(()),
@@ -263,15 +264,11 @@ fn open_store(
 fn open_cloud_store(slug: &str, block_type: BlockType, url: &str, bc: &BlockConfig) -> Result<Arc<dyn ObjectStore>> {
     let config_err = |e: &dyn fmt::Display| Error::Config(format!("block `{slug}`: {e}"));
     let parsed = url::Url::parse(url).map_err(|e| config_err(&format!("url `{url}`: {e}")))?;
-    let client = ClientOptions::new().with_timeout(bc.request_timeout.0).with_connect_timeout(bc.connect_timeout.0);
+    let client = ClientOptions::new().with_timeout(bc.request_timeout).with_connect_timeout(bc.connect_timeout);
     let retry = RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: bc.retry.initial_backoff.0,
-            max_backoff: bc.retry.max_backoff.0,
-            base: 2.0,
-        },
+        backoff: BackoffConfig { init_backoff: bc.retry.initial_backoff, max_backoff: bc.retry.max_backoff, base: 2.0 },
         max_retries: bc.retry.max_retries,
-        retry_timeout: bc.retry.retry_timeout.0,
+        retry_timeout: bc.retry.retry_timeout,
     };
     fn key_of<K: std::str::FromStr>(slug: &str, k: &str) -> Result<K> {
         k.parse::<K>().map_err(|_| {

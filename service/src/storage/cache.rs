@@ -162,7 +162,7 @@ impl ResolveCache {
             .max_capacity(config.capacity.0)
             .weigher(|_k: &CacheKey, v: &Arc<LoadedResult>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(EntryExpiry { ttl: config.time_to_live.0 })
+            .expire_after(EntryExpiry { ttl: config.time_to_live })
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
                     incr(&on_evict.evictions);

@@ -3,7 +3,7 @@
 //! Up to 0.1 the service named objects with object_store's `Path::from`, which
 //! percent-encodes non-ASCII letters and `%`, `[`, `]`, `~`, `*`, `?` and a few more:
 //! `résultat` was stored as `r%C3%A9sultat`, where neither Prefect nor a listing's reader
-//! looks for it. Keys are now stored as written ([`crate::config::keys::object_path`]). So that a
+//! looks for it. Keys are now stored as written ([`crate::storage::object_names::object_path`]). So that a
 //! result written before the change still reads, this decorator of a block's store looks
 //! under the old name when the key's own name holds nothing:
 //! - a read or head (`get_opts`) that finds nothing at the key tries the old name: one
@@ -27,7 +27,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 
-use crate::config::keys::legacy_object_path;
+use crate::storage::object_names::legacy_object_path;
 
 /// A block's store that also finds objects under their pre-0.2 names (see the module docs).
 #[derive(Debug)]

@@ -92,8 +92,8 @@ impl Ctx {
         Ctx {
             store: generation.store.clone(),
             access,
-            request_timeout: limits.request_timeout.0,
-            stream_idle_timeout: limits.stream_idle_timeout.0,
+            request_timeout: limits.request_timeout,
+            stream_idle_timeout: limits.stream_idle_timeout,
         }
     }
 }
@@ -300,7 +300,7 @@ fn serializer_of(s: Option<&pb::Serializer>) -> Result<Option<SerializerConfig>,
     match s {
         None => Ok(None),
         Some(s) if s.r#type.is_empty() && s.config_json.trim().is_empty() => Ok(None),
-        Some(s) => SerializerConfig::from_request(&s.r#type, &s.config_json).map(Some),
+        Some(s) => SerializerConfig::from_request(&s.r#type, &s.config_json).map(Some).map_err(Error::from),
     }
 }
 
@@ -591,7 +591,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             // Authenticated, but no place taken yet: a stream earns one with a header
             // whose block the caller may write, sent within limits.stream_idle_timeout.
             let (generation, access) = self.enter(request.metadata())?;
-            let idle = generation.config.limits.stream_idle_timeout.0;
+            let idle = generation.config.limits.stream_idle_timeout;
             let mut messages = request.into_inner();
             let first = tokio::time::timeout(idle, messages.message())
                 .await

@@ -171,7 +171,7 @@ pub async fn start(
         .add_service(service);
     let limits = ConnectionLimits {
         max_connections: config.limits.max_connections,
-        preface_timeout: config.limits.connection_preface_timeout.0,
+        preface_timeout: config.limits.connection_preface_timeout,
     };
     // Connections are accepted within bounds, with TCP_NODELAY (tonic sets it only on
     // listeners it binds itself; without it, replies that span several segments wait
@@ -192,7 +192,7 @@ pub async fn start(
         tokio::select! {
             ended = &mut serve => ended,
             Ok(()) = draining_rx => {
-                let grace = grace_live.current().config.shutdown_grace_period.0;
+                let grace = grace_live.current().config.shutdown_grace_period;
                 match tokio::time::timeout(grace, &mut serve).await {
                     Ok(ended) => ended,
                     Err(_) => {
@@ -214,7 +214,7 @@ pub async fn start(
 fn current_tls(live: Arc<Live>) -> crate::runtime::tls::CurrentTls {
     Arc::new(move || {
         let generation = live.current();
-        Some((generation.tls.clone()?, generation.config.tls.as_ref()?.handshake_timeout.0))
+        Some((generation.tls.clone()?, generation.config.tls.as_ref()?.handshake_timeout))
     })
 }
 

@@ -863,9 +863,8 @@ mod tests {
     /// read as a big int, so it wrote back as a different value kind.
     #[test]
     fn a_long_padded_beyond_eight_bytes_reads_as_an_int() {
-        let crash = include_bytes!(
-            "../../../../fuzz/regressions/pickle_to_json/crash-9dd7eae1dc6aa4ca0376fbd5d227879b1f2a2710"
-        );
+        let crash =
+            include_bytes!("../../../fuzz/regressions/pickle_to_json/crash-9dd7eae1dc6aa4ca0376fbd5d227879b1f2a2710");
         let v = read(crash, SMALL).unwrap();
         assert_eq!(format!("{v:?}"), "Tuple([Int(1376256), Bool(false), Bool(false)])");
         let again = read(&write(&v).unwrap(), SMALL).unwrap();

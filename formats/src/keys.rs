@@ -4,9 +4,25 @@
 //! paths, so they are checked before any storage call: a key can never leave its block
 //! (no `..`, no absolute path), and never names something a person could not type.
 
-use object_store::path::Path;
+/// Why a slug or a key is refused: the caller's to fix (INVALID_ARGUMENT).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The slug is not `block-type/block-name`.
+    #[error("invalid block slug `{slug}`: {reason}")]
+    InvalidSlug { slug: String, reason: String },
+    /// The key would leave its block, or is not a key at all.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+}
 
-use crate::error::{Error, Result};
+impl KeyError {
+    /// A refusal of `key` (cut to a readable length in the message).
+    pub fn invalid_key(key: &str, reason: impl Into<String>) -> Self {
+        KeyError::InvalidKey { key: truncate_for_message(key), reason: reason.into() }
+    }
+}
+
+type Result<T> = std::result::Result<T, KeyError>;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -63,7 +79,7 @@ impl BlockType {
 
 /// Checks a slug and returns its canonical form (aliases replaced) and type.
 pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
-    let bad = |reason: &str| Error::InvalidSlug { slug: slug.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| KeyError::InvalidSlug { slug: slug.to_owned(), reason: reason.to_owned() };
     let (ty, name) = slug
         .split_once('/')
         .ok_or_else(|| bad("expected `block-type/block-name`, e.g. `local-file-system/default`"))?;
@@ -85,10 +101,10 @@ pub fn parse_slug(slug: &str) -> Result<(String, BlockType)> {
 /// Checks a result key: non-empty, at most [`MAX_KEY_LEN`] bytes, relative, no empty,
 /// `.` or `..` segment nor one over [`MAX_SEGMENT_LEN`] bytes, no backslash, `#` or
 /// control character, and not under the reserved prefixes. Every other character is
-/// kept as written ([`object_path`]): letters of any script, spaces and
+/// kept as written (the service names objects by their keys): letters of any script, spaces and
 /// `[]%~*?!@$&+=,;'` are what Prefect's `result_storage_key` templates make of parameters.
 pub fn validate_key(key: &str) -> Result<()> {
-    let bad = |reason: &str| Err(Error::InvalidKey { key: truncate_for_message(key), reason: reason.to_owned() });
+    let bad = |reason: &str| Err(KeyError::invalid_key(key, reason));
     if key.is_empty() {
         return bad("the key is empty");
     }
@@ -132,24 +148,6 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// at most 255 bytes, and object_store's local files stage a write as `NAME#N` beside
 /// its target, so a key works in every block type.
 pub const MAX_SEGMENT_LEN: usize = 240;
-
-/// The object name of a key: the key exactly as written, as Prefect's `LocalFileSystem`,
-/// `S3Bucket`, `AzureBlobStorageContainer` and `GcsBucket` blocks store it (object_store
-/// escapes it on the wire; local files are named by its bytes). `Path::from` would
-/// percent-encode characters such as `é`, `[`, `%` or `~` into another name that nobody
-/// else looks under (see [`legacy_object_path`]).
-pub fn object_path(key: &str) -> Result<Path> {
-    Path::parse(key)
-        .map_err(|e| Error::InvalidKey { key: truncate_for_message(key), reason: format!("not an object name ({e})") })
-}
-
-/// The name versions before 0.2 stored `path`'s key under (object_store's `Path::from`,
-/// which percent-encodes non-ASCII letters and `%`, `[`, `]`, `~`, `*`, `?`, ...), when it
-/// differs: such results are still read (and deleted) there.
-pub fn legacy_object_path(path: &Path) -> Option<Path> {
-    let legacy = Path::from(path.as_ref());
-    (legacy != *path).then_some(legacy)
-}
 
 /// Keys are echoed in error messages; a hostile one is cut to a readable length.
 fn truncate_for_message(key: &str) -> String {
@@ -201,16 +199,5 @@ mod tests {
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn object_names_are_the_keys_as_written() {
-        for key in ["runs/Zürich.json", "ключ", "結果", "a b/[x]%~*?!@$&+=,;'"] {
-            validate_key(key).unwrap();
-            assert_eq!(object_path(key).unwrap().as_ref(), key);
-            assert!(legacy_object_path(&object_path(key).unwrap()).is_some(), "{key}");
-        }
-        assert_eq!(legacy_object_path(&object_path("r%C3%A9").unwrap()).unwrap().as_ref(), "r%25C3%25A9");
-        assert_eq!(legacy_object_path(&object_path("plain/key-1.json").unwrap()), None);
     }
 }

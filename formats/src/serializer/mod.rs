@@ -23,8 +23,28 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
 use plain::PlainValue;
+
+/// A `Result` whose error is, unless said otherwise, a [`SerializerError`].
+pub type Result<T, E = SerializerError> = std::result::Result<T, E>;
+
+/// Why a serializer config, or bytes a client says a serializer wrote, cannot be used: the
+/// request's fault, told before anything is stored. (Damage found in stored bytes is a
+/// [`DecodeError`] or a [`TranscodeError`] instead.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerializerError {
+    /// The config cannot be accepted: no type, `config_json` that is not JSON, a
+    /// `compressed` serializer without its inner one, a type the server cannot write.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// Bytes sent as `serializer`'s output are not what it writes.
+    #[error("`data` is not {serializer} serializer output: {reason}")]
+    NotItsOutput { serializer: String, reason: String },
+    /// The value cannot be written with this serializer (JSON cannot hold it, a pickle
+    /// nesting too deep, compression failed).
+    #[error("{0}")]
+    CannotWrite(String),
+}
 
 /// Prefect 3.9.1's defaults for the JSON serializer's options.
 fn json_defaults() -> Map<String, Value> {
@@ -96,7 +116,7 @@ impl SerializerConfig {
     pub fn from_type(ty: &str) -> Result<Self> {
         let ty = ty.trim();
         if ty.is_empty() {
-            return Err(Error::InvalidSerializer("the serializer type is empty".into()));
+            return Err(SerializerError::InvalidConfig("the serializer type is empty".into()));
         }
         Ok(SerializerConfig(match ty {
             "json" => json_defaults(),
@@ -104,7 +124,7 @@ impl SerializerConfig {
             "compressed/json" => compressed_defaults(ty, json_defaults()),
             "compressed/pickle" => compressed_defaults(ty, pickle_defaults()),
             "compressed" => {
-                return Err(Error::InvalidSerializer(
+                return Err(SerializerError::InvalidConfig(
                     "type `compressed` needs an inner serializer: give a config such as \
                      {\"type\": \"compressed\", \"serializer\": \"json\", \"compressionlib\": \"bz2\"}"
                         .into(),
@@ -135,7 +155,7 @@ impl SerializerConfig {
                 match m.get("type") {
                     Some(Value::String(t)) if !t.trim().is_empty() => {}
                     _ => {
-                        return Err(Error::InvalidSerializer(
+                        return Err(SerializerError::InvalidConfig(
                             "a serializer config must be a JSON object with a string `type`".into(),
                         ));
                     }
@@ -144,7 +164,7 @@ impl SerializerConfig {
                 config.check()?;
                 Ok(config)
             }
-            other => Err(Error::InvalidSerializer(format!(
+            other => Err(SerializerError::InvalidConfig(format!(
                 "a serializer config must be a JSON object or a type name, not `{other}`"
             ))),
         }
@@ -157,10 +177,10 @@ impl SerializerConfig {
             return Self::from_type(ty);
         }
         let v: Value = serde_json::from_str(config_json)
-            .map_err(|e| Error::InvalidSerializer(format!("config_json is not JSON: {e}")))?;
+            .map_err(|e| SerializerError::InvalidConfig(format!("config_json is not JSON: {e}")))?;
         let config = Self::from_value(v)?;
         if !ty.is_empty() && ty != config.type_name() {
-            return Err(Error::InvalidSerializer(format!(
+            return Err(SerializerError::InvalidConfig(format!(
                 "type `{ty}` disagrees with config_json's type `{}`",
                 config.type_name()
             )));
@@ -207,7 +227,7 @@ impl SerializerConfig {
                     None if ty == "compressed/json" => SerializerConfig(json_defaults()),
                     None if ty == "compressed/pickle" => SerializerConfig(pickle_defaults()),
                     None => {
-                        return Err(Error::InvalidSerializer(
+                        return Err(SerializerError::InvalidConfig(
                             "a `compressed` serializer config needs a nested `serializer`".into(),
                         ));
                     }
@@ -252,10 +272,14 @@ impl ValueKind {
     }
 }
 
-/// Why serializer bytes could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why stored serializer bytes could not be decoded to value bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are damaged (bad base64, a broken compressed stream).
+    #[error("{0}")]
     Corrupt(String),
+    /// Decompressed, they would exceed `limit` bytes.
+    #[error("the decompressed value is {size} bytes, above the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
 }
 
@@ -320,7 +344,7 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
             if let Some(Value::Object(kw)) = config.as_map().get("dumps_kwargs")
                 && !kw.is_empty()
             {
-                return Err(Error::InvalidSerializer(
+                return Err(SerializerError::InvalidConfig(
                     "the server serializes JSON with Python's json.dumps defaults and cannot apply dumps_kwargs; \
                      serialize on the client and send `data`"
                         .into(),
@@ -330,15 +354,15 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
                 "json" => json::PythonJsonStyle::Stdlib,
                 "orjson" => json::PythonJsonStyle::Orjson,
                 other => {
-                    return Err(Error::InvalidSerializer(format!(
+                    return Err(SerializerError::InvalidConfig(format!(
                         "jsonlib `{other}` is not one the server can write (json, orjson)"
                     )));
                 }
             };
-            json::write_python(value, style).map_err(Error::InvalidRequest)
+            json::write_python(value, style).map_err(SerializerError::CannotWrite)
         }
         SerializerKind::Pickle => {
-            let p = pickle::write(value).map_err(Error::InvalidRequest)?;
+            let p = pickle::write(value).map_err(SerializerError::CannotWrite)?;
             Ok(b64_encodebytes(&p))
         }
         SerializerKind::Compressed { inner, lib } => {
@@ -346,7 +370,7 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
             let compressed = compress(&lib, &inner_bytes)?;
             Ok(b64_encodebytes(&compressed))
         }
-        SerializerKind::Unknown(ty) => Err(Error::InvalidSerializer(format!(
+        SerializerKind::Unknown(ty) => Err(SerializerError::InvalidConfig(format!(
             "the server cannot serialize with `{ty}`; serialize on the client and send `data`"
         ))),
     }
@@ -355,8 +379,7 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
 /// Checks that client-supplied serializer bytes can be what `config` produces, so a
 /// record that could never be read is refused before it overwrites anything.
 pub fn check_data(config: &SerializerConfig, data: &[u8]) -> Result<()> {
-    let bad =
-        |m: String| Err(Error::InvalidRequest(format!("`data` is not {} serializer output: {m}", config.type_name())));
+    let bad = |reason: String| Err(SerializerError::NotItsOutput { serializer: config.type_name().to_owned(), reason });
     match config.kind()? {
         SerializerKind::Json { .. } => {
             if let Err(e) = std::str::from_utf8(data) {
@@ -418,8 +441,8 @@ impl StreamCheck {
         })
     }
 
-    fn bad(&self, m: String) -> Error {
-        Error::InvalidRequest(format!("`data` is not {} serializer output: {m}", self.type_name))
+    fn bad(&self, reason: String) -> SerializerError {
+        SerializerError::NotItsOutput { serializer: self.type_name.clone(), reason }
     }
 
     /// Checks the next chunk.
@@ -526,7 +549,7 @@ pub fn b64_decode(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
 }
 
 fn compress(lib: &Compression, data: &[u8]) -> Result<Vec<u8>> {
-    let io = |e: std::io::Error| Error::InvalidRequest(format!("compression failed: {e}"));
+    let io = |e: std::io::Error| SerializerError::CannotWrite(format!("compression failed: {e}"));
     match lib {
         // Python's lzma.compress: XZ container, CRC64, preset 6.
         Compression::Lzma => {
@@ -552,7 +575,7 @@ fn compress(lib: &Compression, data: &[u8]) -> Result<Vec<u8>> {
             enc.write_all(data).map_err(io)?;
             enc.finish().map_err(io)
         }
-        Compression::Unknown(name) => Err(Error::InvalidSerializer(format!(
+        Compression::Unknown(name) => Err(SerializerError::InvalidConfig(format!(
             "compressionlib `{name}` is not one the server can write (lzma, bz2, zlib, gzip)"
         ))),
     }
@@ -586,13 +609,16 @@ fn decompress(lib: &Compression, data: &[u8], limit: u64) -> Result<Vec<u8>, Dec
 }
 
 /// Why a value could not be turned into JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranscodeError {
     /// The value is not plain data, or the serializer is not one JSON can come from.
+    #[error("{0}")]
     Unsupported(String),
     /// The value bytes are broken.
+    #[error("{0}")]
     Corrupt(String),
     /// The value would take more than the budget's bytes (a pickle that expands).
+    #[error("the value expands past {limit} bytes")]
     TooLarge { limit: usize },
 }
 

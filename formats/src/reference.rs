@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::formats::record::RecordFormat;
-use crate::formats::serializer::SerializerConfig;
+use crate::record::RecordFormat;
+use crate::serializer::SerializerConfig;
 
 /// A self-verifying pointer to a stored (or memory-held) result.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::formats::serializer::SerializerConfig;
+use crate::serializer::{SerializerConfig, SerializerError};
 
 /// The field a `split` record's metadata document holds its payload's lowercase hex
 /// sha256 in (see `crate::ops::split`); not part of the record's Prefect metadata.
@@ -86,8 +86,8 @@ pub enum RecordError {
     DataNotString,
     #[error("the metadata has no serializer")]
     NoSerializer,
-    #[error("{0}")]
-    Serializer(#[source] Box<crate::error::Error>),
+    #[error("invalid serializer: {0}")]
+    Serializer(#[source] SerializerError),
     #[error("expiration `{value}` is not a time{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Expiration { value: String, reason: Option<chrono::ParseError> },
 }
@@ -105,7 +105,7 @@ fn parse_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, RecordError> {
 
 fn serializer_of(v: Option<&Value>) -> Result<SerializerConfig, RecordError> {
     let v = v.ok_or(RecordError::NoSerializer)?;
-    SerializerConfig::from_value(v.clone()).map_err(|e| RecordError::Serializer(Box::new(e)))
+    SerializerConfig::from_value(v.clone()).map_err(RecordError::Serializer)
 }
 
 impl ResultRecord {
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_numeric_result_survives_a_re_encode() {
         let input =
-            include_bytes!("../../../fuzz/regressions/record_decode/crash-27c4cf74dab03a0f60bccfe14d46b55aacbf07f6");
+            include_bytes!("../../fuzz/regressions/record_decode/crash-27c4cf74dab03a0f60bccfe14d46b55aacbf07f6");
         let hint = SerializerConfig::opaque();
         let record = ResultRecord::decode(Bytes::from_static(input), &hint, "k").unwrap();
         let again = ResultRecord::decode(Bytes::from(record.encode_prefect3().unwrap()), &hint, "k").unwrap();
