@@ -1,9 +1,8 @@
 //! Counters, latency histograms and logging.
 //!
 //! Each counter is a plain atomic so hot paths pay one relaxed add; [`crate::runtime::metrics`]
-//! renders them as Prometheus text, tests read them in-process.
+//! encodes them for Prometheus at scrape time, tests read them in-process.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,19 +32,17 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// Writes `NAME_bucket`, `NAME_sum` and `NAME_count` lines; `labels` is `k="v",...` or empty.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let le = LATENCY_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    /// The buckets (upper bound in seconds, observations in it; the last is `+Inf`), the
+    /// sum in seconds and the count, as Prometheus encoders take them.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), b.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (buckets, self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9, count)
     }
 }
 

@@ -1,10 +1,12 @@
 //! Prometheus metrics: counters kept by the RPC layer, the cache and each block's
 //! storage, rendered as Prometheus text on their own HTTP port (`metrics.listen`).
 //!
-//! The endpoint is a few lines of HTTP/1.1 over a TCP listener rather than a web
-//! framework: it answers `GET /metrics` (and `GET /healthz`, for a liveness check that
-//! needs no gRPC) and closes the connection. Request heads are bounded (8 KiB, 5 s), so a
-//! scraper cannot hold the server's memory or tasks.
+//! The counters are plain atomics where they are counted (one relaxed add on the hot
+//! path, no label lookup); a scrape reads them and `prometheus-client` writes the
+//! exposition (Prometheus text 0.0.4). The endpoint is hyper's HTTP/1.1: it answers
+//! `GET /metrics` (and `GET /healthz`, for a liveness check that needs no gRPC) and closes
+//! the connection. Request heads are bounded (5 s; hyper's own size limit), so a scraper
+//! cannot hold the server's memory or tasks.
 //!
 //! Every metric, with its labels:
 //! - `resultstore_rpc_requests_total{method,code}`: finished calls of `resultstore.v1`.
@@ -23,11 +25,17 @@
 //! - `resultstore_config_reloads_total{outcome}`, `resultstore_draining` (1 while
 //!   shutting down), `resultstore_build_info{version}`.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::runtime::live::Live;
@@ -100,117 +108,145 @@ impl Metrics {
         self.latency[method as usize].observe(took);
     }
 
-    /// The whole exposition, read from `self` and the generation in force.
-    pub fn render(&self, live: &Live) -> String {
+    /// The whole exposition in Prometheus' text format (0.0.4), read from `self` and the
+    /// generation in force at this moment.
+    pub fn render(self: &Arc<Self>, live: &Arc<Live>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape { metrics: self.clone(), live: live.clone() }));
         let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail, nor can encoding plain numbers and labels.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    fn encode(&self, live: &Live, enc: &mut DescriptorEncoder) -> fmt::Result {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        header(&mut out, "resultstore_rpc_requests_total", "counter", "Finished resultstore.v1 calls.");
+        let mut calls = enc.encode_descriptor(
+            "resultstore_rpc_requests",
+            "Finished resultstore.v1 calls.",
+            None,
+            MetricType::Counter,
+        )?;
         for m in Method::ALL {
             for code in 0..CODES {
-                let name = resultstore_proto::code_name(tonic::Code::from_i32(code as i32));
                 let n = g(&self.calls[m as usize][code]);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "resultstore_rpc_requests_total{{method=\"{}\",code=\"{name}\"}} {n}",
-                        m.as_str()
-                    );
+                    let name = resultstore_proto::code_name(tonic::Code::from_i32(code as i32));
+                    ConstCounter::new(n).encode(calls.encode_family(&[("method", m.as_str()), ("code", name)])?)?;
                 }
             }
         }
-        header(&mut out, "resultstore_rpc_duration_seconds", "histogram", "Latency of resultstore.v1 calls.");
+        let mut latency = enc.encode_descriptor(
+            "resultstore_rpc_duration_seconds",
+            "Latency of resultstore.v1 calls.",
+            None,
+            MetricType::Histogram,
+        )?;
         for m in Method::ALL {
-            self.latency[m as usize].render(
-                &mut out,
-                "resultstore_rpc_duration_seconds",
-                &format!("method=\"{}\"", m.as_str()),
-            );
+            histogram(&self.latency[m as usize], latency.encode_family(&[("method", m.as_str())])?)?;
         }
-        gauge(&mut out, "resultstore_rpc_in_flight", "Calls running now.", g(&self.in_flight));
+        gauge(enc, "resultstore_rpc_in_flight", "Calls running now.", g(&self.in_flight))?;
+        counter(enc, "resultstore_rpc_shed", "Calls refused at limits.max_concurrent_requests.", g(&self.shed))?;
         counter(
-            &mut out,
-            "resultstore_rpc_shed_total",
-            "Calls refused at limits.max_concurrent_requests.",
-            g(&self.shed),
-        );
-        counter(
-            &mut out,
-            "resultstore_request_bytes_refused_total",
+            enc,
+            "resultstore_request_bytes_refused",
             "Unary requests refused because limits.max_request_bytes_in_flight was spent.",
             g(&self.request_bytes_refused),
-        );
+        )?;
 
         let generation = live.current();
         let cache = generation.store.cache();
         let c = cache.counters();
-        counter(&mut out, "resultstore_cache_hits_total", "Reads served from the cache.", c.hits);
-        counter(&mut out, "resultstore_cache_misses_total", "Reads that went to storage.", c.misses);
-        counter(&mut out, "resultstore_cache_evictions_total", "Entries evicted to stay within capacity.", c.evictions);
-        counter(&mut out, "resultstore_cache_bypassed_total", "Results too large to cache.", c.bypassed_too_large);
-        gauge(&mut out, "resultstore_cache_bytes", "Weight of cached results.", cache.weighted_size());
-        gauge(&mut out, "resultstore_cache_entries", "Cached results.", cache.entry_count());
-        gauge(&mut out, "resultstore_cache_capacity_bytes", "cache.capacity.", generation.config.cache.capacity.0);
-        gauge(&mut out, "resultstore_cache_fills_in_flight", "Storage reads filling the cache now.", c.fills_in_flight);
+        counter(enc, "resultstore_cache_hits", "Reads served from the cache.", c.hits)?;
+        counter(enc, "resultstore_cache_misses", "Reads that went to storage.", c.misses)?;
+        counter(enc, "resultstore_cache_evictions", "Entries evicted to stay within capacity.", c.evictions)?;
+        counter(enc, "resultstore_cache_bypassed", "Results too large to cache.", c.bypassed_too_large)?;
+        gauge(enc, "resultstore_cache_bytes", "Weight of cached results.", cache.weighted_size())?;
+        gauge(enc, "resultstore_cache_entries", "Cached results.", cache.entry_count())?;
+        gauge(enc, "resultstore_cache_capacity_bytes", "cache.capacity.", generation.config.cache.capacity.0)?;
+        gauge(enc, "resultstore_cache_fills_in_flight", "Storage reads filling the cache now.", c.fills_in_flight)?;
         counter(
-            &mut out,
-            "resultstore_cache_fill_budget_waits_total",
+            enc,
+            "resultstore_cache_fill_budget_waits",
             "Fills that waited for cache.fill_budget.",
             c.fill_budget_waits,
-        );
+        )?;
 
-        header(&mut out, "resultstore_storage_operations_total", "counter", "Object-store calls.");
+        let mut operations =
+            enc.encode_descriptor("resultstore_storage_operations", "Object-store calls.", None, MetricType::Counter)?;
         for block in generation.store.blocks().iter() {
             let snap = block.counters.snapshot();
             for op in StorageOp::ALL {
                 for outcome in Outcome::ALL {
                     let n = snap.count(op, outcome);
                     if n > 0 {
-                        let _ = writeln!(
-                            out,
-                            "resultstore_storage_operations_total{{block=\"{}\",operation=\"{}\",outcome=\"{}\"}} {n}",
-                            block.slug,
-                            op.as_str(),
-                            outcome.as_str()
-                        );
+                        let labels =
+                            [("block", block.slug.as_str()), ("operation", op.as_str()), ("outcome", outcome.as_str())];
+                        ConstCounter::new(n).encode(operations.encode_family(&labels)?)?;
                     }
                 }
             }
         }
-        header(&mut out, "resultstore_storage_duration_seconds", "histogram", "Latency of object-store calls.");
+        let mut storage_latency = enc.encode_descriptor(
+            "resultstore_storage_duration_seconds",
+            "Latency of object-store calls.",
+            None,
+            MetricType::Histogram,
+        )?;
         for block in generation.store.blocks().iter() {
             for op in StorageOp::ALL {
                 let h = block.counters.latency(op);
                 if h.count() > 0 {
-                    h.render(
-                        &mut out,
-                        "resultstore_storage_duration_seconds",
-                        &format!("block=\"{}\",operation=\"{}\"", block.slug, op.as_str()),
-                    );
+                    let labels = [("block", block.slug.as_str()), ("operation", op.as_str())];
+                    histogram(h, storage_latency.encode_family(&labels)?)?;
                 }
             }
         }
-        header(&mut out, "resultstore_config_reloads_total", "counter", "SIGHUP reloads by outcome.");
-        let _ = writeln!(out, "resultstore_config_reloads_total{{outcome=\"applied\"}} {}", g(&self.reloads_ok));
-        let _ = writeln!(out, "resultstore_config_reloads_total{{outcome=\"refused\"}} {}", g(&self.reloads_failed));
-        gauge(&mut out, "resultstore_draining", "1 while the server shuts down.", u64::from(live.is_draining()));
-        header(&mut out, "resultstore_build_info", "gauge", "The running version.");
-        let _ = writeln!(out, "resultstore_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        out
+        let mut reloads = enc.encode_descriptor(
+            "resultstore_config_reloads",
+            "SIGHUP reloads by outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(g(&self.reloads_ok)).encode(reloads.encode_family(&[("outcome", "applied")])?)?;
+        ConstCounter::new(g(&self.reloads_failed)).encode(reloads.encode_family(&[("outcome", "refused")])?)?;
+        gauge(enc, "resultstore_draining", "1 while the server shuts down.", u64::from(live.is_draining()))?;
+        let mut build =
+            enc.encode_descriptor("resultstore_build_info", "The running version.", None, MetricType::Gauge)?;
+        ConstGauge::new(1u64).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// One scrape's view: the counters and the generation, read as the encoder asks.
+struct Scrape {
+    metrics: Arc<Metrics>,
+    live: Arc<Live>,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
-    header(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {v}");
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.metrics.encode(&self.live, &mut encoder)
+    }
+}
+
+/// A counter without labels (`name` without `_total`: the encoder adds it).
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn histogram(h: &Histogram, mut metric: MetricEncoder) -> fmt::Result {
+    let (buckets, sum, count) = h.snapshot();
+    metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped: HTTP/1.1 by
@@ -239,8 +275,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, live: Arc<Live>
 /// The reply to one request of the metrics endpoint.
 async fn respond<B>(
     request: &http::Request<B>,
-    metrics: &Metrics,
-    live: &Live,
+    metrics: &Arc<Metrics>,
+    live: &Arc<Live>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let (status, body) = match (request.method(), request.uri().path()) {
         (&http::Method::GET, "/metrics") => {
@@ -256,8 +292,9 @@ async fn respond<B>(
     };
     let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+    );
     response
 }
