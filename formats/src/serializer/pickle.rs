@@ -415,214 +415,281 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// Reads opcodes until STOP and returns the root node. Each group of opcodes has its
+    /// own step below; anything else is refused (objects, extensions, buffers) or not
+    /// read (protocol 0 and 1 text opcodes).
     fn run(&mut self) -> Result<usize, PickleError> {
         loop {
             let op = self.u8()?;
             match op {
-                op::PROTO => {
-                    let proto = self.u8()?;
-                    if proto > 5 {
-                        return Err(malformed(format!("unsupported pickle protocol {proto}")));
-                    }
-                }
-                op::FRAME => {
-                    self.u64()?; // FRAME: a length hint only
-                }
-                op::STOP => {
-                    let root = self.stack.pop().ok_or_else(|| malformed("empty stack at STOP"))?;
-                    return Ok(root);
-                }
-                op::NONE => self.push(Node::Leaf(PlainValue::None)),
-                op::NEWTRUE => self.push(Node::Leaf(PlainValue::Bool(true))),
-                op::NEWFALSE => self.push(Node::Leaf(PlainValue::Bool(false))),
-                op::BININT1 => {
-                    let v = self.u8()?;
-                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
-                }
-                op::BININT2 => {
-                    let v = self.u16()?;
-                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
-                }
-                op::BININT => {
-                    let v = self.u32()? as i32;
-                    self.push(Node::Leaf(PlainValue::Int(v as i64)));
-                }
-                op::LONG1 => {
-                    let n = self.u8()? as usize;
-                    self.long(n)?;
-                }
-                op::LONG4 => {
-                    let n = self.u32()? as u64;
-                    let n = self.len(n)?;
-                    self.long(n)?;
-                }
-                op::BINFLOAT => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.push(Node::Leaf(PlainValue::Float(f64::from_be_bytes(a))));
-                }
-                op::SHORT_BINUNICODE => {
-                    let n = self.u8()? as usize;
-                    self.string(n)?;
-                }
-                op::BINUNICODE => {
-                    let n = self.u32()? as u64;
-                    let n = self.len(n)?;
-                    self.string(n)?;
-                }
-                op::BINUNICODE8 => {
-                    let n = self.u64()?;
-                    let n = self.len(n)?;
-                    self.string(n)?;
-                }
-                op::SHORT_BINBYTES => {
-                    let n = self.u8()? as usize;
-                    self.bytes(n)?;
-                }
-                op::BINBYTES => {
-                    let n = self.u32()? as u64;
-                    let n = self.len(n)?;
-                    self.bytes(n)?;
-                }
-                op::BINBYTES8 | op::BYTEARRAY8 => {
-                    // BINBYTES8, BYTEARRAY8 (a bytearray reads as bytes)
-                    let n = self.u64()?;
-                    let n = self.len(n)?;
-                    self.bytes(n)?;
-                }
-                op::EMPTY_LIST => self.push(Node::List(Vec::new())),
-                op::EMPTY_DICT => self.push(Node::Dict(Vec::new())),
-                op::EMPTY_TUPLE => self.push(Node::Tuple(Vec::new())),
-                op::EMPTY_SET => self.push(Node::Set(Vec::new())),
-                op::MARK => self.marks.push(self.stack.len()),
-                op::APPEND => {
-                    let item = self.pop()?;
-                    let target = self.top()?;
-                    self.append_to(target, vec![item])?;
-                }
-                op::APPENDS | op::ADDITEMS => {
-                    // APPENDS, ADDITEMS
-                    let items = self.pop_mark()?;
-                    let target = self.top()?;
-                    self.append_to(target, items)?;
-                }
-                op::SETITEM => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let target = self.top()?;
-                    self.set_items(target, vec![k, v])?;
-                }
-                op::SETITEMS => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?;
-                    self.set_items(target, items)?;
-                }
-                op::TUPLE => {
-                    let items = self.pop_mark()?;
-                    self.push(Node::Tuple(items));
-                }
-                op::TUPLE1 => {
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a]));
-                }
-                op::TUPLE2 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a, b]));
-                }
-                op::TUPLE3 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Node::Tuple(vec![a, b, c]));
-                }
-                op::LIST => {
-                    let items = self.pop_mark()?;
-                    self.push(Node::List(items));
-                }
-                op::DICT => {
-                    let items = self.pop_mark()?;
-                    self.push(Node::Dict(Vec::new()));
-                    let target = self.top()?;
-                    self.set_items(target, items)?;
-                }
-                op::FROZENSET => {
-                    let items = self.pop_mark()?;
-                    self.push(Node::FrozenSet(items));
-                }
-                op::MEMOIZE => {
-                    let idx = self.memo.len() as u64;
-                    self.memo_put(idx)?;
-                }
-                op::BINPUT => {
-                    let idx = self.u8()? as u64;
-                    self.memo_put(idx)?;
-                }
-                op::LONG_BINPUT => {
-                    let idx = self.u32()? as u64;
-                    self.memo_put(idx)?;
-                }
-                op::BINGET => {
-                    let idx = self.u8()? as u64;
-                    self.memo_get(idx)?;
-                }
-                op::LONG_BINGET => {
-                    let idx = self.u32()? as u64;
-                    self.memo_get(idx)?;
-                }
-                op::POP => {
-                    self.pop()?;
-                }
-                op::POP_MARK => {
-                    self.pop_mark()?;
-                }
-                op::DUP => {
-                    let top = self.top()?;
-                    self.stack.push(top);
-                }
-                op::GLOBAL => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.global(&module, &name)?;
-                }
-                op::STACK_GLOBAL => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (module, name) = (self.str_of(module)?, self.str_of(name)?);
-                    self.global(&module, &name)?;
-                }
-                op::REDUCE => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
-                    let value = self.reduce(func, args)?;
-                    self.push(value);
-                }
-                op::BUILD => {
-                    return Err(PickleError::NotPlainData("it sets object state (BUILD)".into()));
-                }
-                op::NEWOBJ | op::NEWOBJ_EX => {
-                    return Err(PickleError::NotPlainData("it builds an object of a class (NEWOBJ)".into()));
-                }
-                op::INST | op::OBJ => {
-                    return Err(PickleError::NotPlainData("it builds an instance of a class (INST/OBJ)".into()));
-                }
-                op::EXT1 | op::EXT2 | op::EXT4 => {
-                    return Err(PickleError::NotPlainData("it refers to a registered extension (EXT)".into()));
-                }
-                op::PERSID | op::BINPERSID => {
-                    return Err(PickleError::NotPlainData("it holds a persistent id".into()));
-                }
-                op::NEXT_BUFFER | op::READONLY_BUFFER => {
-                    return Err(PickleError::NotPlainData("it uses out-of-band buffers".into()));
-                }
-                other => {
-                    return Err(malformed(format!(
-                        "opcode 0x{other:02x} at byte {} is not read (only protocol 2-5 plain-data opcodes are)",
-                        self.pos - 1
-                    )));
+                op::STOP => return self.stack.pop().ok_or_else(|| malformed("empty stack at STOP")),
+                op::PROTO | op::FRAME => self.framing(op)?,
+                op::NONE
+                | op::NEWTRUE
+                | op::NEWFALSE
+                | op::BININT1
+                | op::BININT2
+                | op::BININT
+                | op::LONG1
+                | op::LONG4
+                | op::BINFLOAT => self.scalar(op)?,
+                op::SHORT_BINUNICODE
+                | op::BINUNICODE
+                | op::BINUNICODE8
+                | op::SHORT_BINBYTES
+                | op::BINBYTES
+                | op::BINBYTES8
+                | op::BYTEARRAY8 => self.text(op)?,
+                op::EMPTY_LIST
+                | op::EMPTY_DICT
+                | op::EMPTY_TUPLE
+                | op::EMPTY_SET
+                | op::MARK
+                | op::APPEND
+                | op::APPENDS
+                | op::ADDITEMS
+                | op::SETITEM
+                | op::SETITEMS
+                | op::TUPLE
+                | op::TUPLE1
+                | op::TUPLE2
+                | op::TUPLE3
+                | op::LIST
+                | op::DICT
+                | op::FROZENSET => self.container(op)?,
+                op::MEMOIZE
+                | op::BINPUT
+                | op::LONG_BINPUT
+                | op::BINGET
+                | op::LONG_BINGET
+                | op::POP
+                | op::POP_MARK
+                | op::DUP => self.stack_and_memo(op)?,
+                op::GLOBAL | op::STACK_GLOBAL | op::REDUCE => self.call(op)?,
+                other => return Err(self.refused(other)),
+            }
+        }
+    }
+
+    /// PROTO (protocols 2 to 5) and FRAME (a length hint only).
+    fn framing(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            op::PROTO => {
+                let proto = self.u8()?;
+                if proto > 5 {
+                    return Err(malformed(format!("unsupported pickle protocol {proto}")));
                 }
             }
+            op::FRAME => {
+                self.u64()?;
+            }
+            other => return Err(self.refused(other)),
+        }
+        Ok(())
+    }
+
+    /// None, booleans, ints of every width, floats.
+    fn scalar(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            op::NONE => self.push(Node::Leaf(PlainValue::None)),
+            op::NEWTRUE => self.push(Node::Leaf(PlainValue::Bool(true))),
+            op::NEWFALSE => self.push(Node::Leaf(PlainValue::Bool(false))),
+            op::BININT1 => {
+                let v = self.u8()?;
+                self.push(Node::Leaf(PlainValue::Int(v as i64)));
+            }
+            op::BININT2 => {
+                let v = self.u16()?;
+                self.push(Node::Leaf(PlainValue::Int(v as i64)));
+            }
+            op::BININT => {
+                let v = self.u32()? as i32;
+                self.push(Node::Leaf(PlainValue::Int(v as i64)));
+            }
+            op::LONG1 => {
+                let n = self.u8()? as usize;
+                self.long(n)?;
+            }
+            op::LONG4 => {
+                let n = self.u32()? as u64;
+                let n = self.len(n)?;
+                self.long(n)?;
+            }
+            op::BINFLOAT => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                self.push(Node::Leaf(PlainValue::Float(f64::from_be_bytes(a))));
+            }
+            other => return Err(self.refused(other)),
+        }
+        Ok(())
+    }
+
+    /// Strings and bytes (a bytearray reads as bytes), with 1-, 4- and 8-byte lengths.
+    fn text(&mut self, op: u8) -> Result<(), PickleError> {
+        let n = match op {
+            op::SHORT_BINUNICODE | op::SHORT_BINBYTES => self.u8()? as usize,
+            op::BINUNICODE | op::BINBYTES => {
+                let n = self.u32()? as u64;
+                self.len(n)?
+            }
+            op::BINUNICODE8 | op::BINBYTES8 | op::BYTEARRAY8 => {
+                let n = self.u64()?;
+                self.len(n)?
+            }
+            other => return Err(self.refused(other)),
+        };
+        match op {
+            op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => self.string(n),
+            _ => self.bytes(n),
+        }
+    }
+
+    /// Lists, dicts, tuples, sets and frozensets: made empty or from the items above a
+    /// MARK, and filled in place.
+    fn container(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            op::EMPTY_LIST => self.push(Node::List(Vec::new())),
+            op::EMPTY_DICT => self.push(Node::Dict(Vec::new())),
+            op::EMPTY_TUPLE => self.push(Node::Tuple(Vec::new())),
+            op::EMPTY_SET => self.push(Node::Set(Vec::new())),
+            op::MARK => self.marks.push(self.stack.len()),
+            op::APPEND => {
+                let item = self.pop()?;
+                let target = self.top()?;
+                self.append_to(target, vec![item])?;
+            }
+            op::APPENDS | op::ADDITEMS => {
+                let items = self.pop_mark()?;
+                let target = self.top()?;
+                self.append_to(target, items)?;
+            }
+            op::SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                let target = self.top()?;
+                self.set_items(target, vec![k, v])?;
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                let target = self.top()?;
+                self.set_items(target, items)?;
+            }
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                self.push(Node::Tuple(items));
+            }
+            op::TUPLE1 => {
+                let a = self.pop()?;
+                self.push(Node::Tuple(vec![a]));
+            }
+            op::TUPLE2 => {
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.push(Node::Tuple(vec![a, b]));
+            }
+            op::TUPLE3 => {
+                let c = self.pop()?;
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.push(Node::Tuple(vec![a, b, c]));
+            }
+            op::LIST => {
+                let items = self.pop_mark()?;
+                self.push(Node::List(items));
+            }
+            op::DICT => {
+                let items = self.pop_mark()?;
+                self.push(Node::Dict(Vec::new()));
+                let target = self.top()?;
+                self.set_items(target, items)?;
+            }
+            op::FROZENSET => {
+                let items = self.pop_mark()?;
+                self.push(Node::FrozenSet(items));
+            }
+            other => return Err(self.refused(other)),
+        }
+        Ok(())
+    }
+
+    /// The memo (shared references) and plain stack moves.
+    fn stack_and_memo(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            op::MEMOIZE => {
+                let idx = self.memo.len() as u64;
+                self.memo_put(idx)
+            }
+            op::BINPUT => {
+                let idx = self.u8()? as u64;
+                self.memo_put(idx)
+            }
+            op::LONG_BINPUT => {
+                let idx = self.u32()? as u64;
+                self.memo_put(idx)
+            }
+            op::BINGET => {
+                let idx = self.u8()? as u64;
+                self.memo_get(idx)
+            }
+            op::LONG_BINGET => {
+                let idx = self.u32()? as u64;
+                self.memo_get(idx)
+            }
+            op::POP => self.pop().map(drop),
+            op::POP_MARK => self.pop_mark().map(drop),
+            op::DUP => {
+                let top = self.top()?;
+                self.stack.push(top);
+                Ok(())
+            }
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// GLOBAL, STACK_GLOBAL and REDUCE: only the few builtins of [`Constructor`] are looked
+    /// up, and only the calls that rebuild plain data are made; nothing is imported.
+    fn call(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.global(&module, &name)
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (module, name) = (self.str_of(module)?, self.str_of(name)?);
+                self.global(&module, &name)
+            }
+            op::REDUCE => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                let value = self.reduce(func, args)?;
+                self.push(value);
+                Ok(())
+            }
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// Why `op` (just read) is not read: an object the reader never builds, or an
+    /// opcode outside protocols 2 to 5's plain data.
+    fn refused(&self, op: u8) -> PickleError {
+        match op {
+            op::BUILD => PickleError::NotPlainData("it sets object state (BUILD)".into()),
+            op::NEWOBJ | op::NEWOBJ_EX => PickleError::NotPlainData("it builds an object of a class (NEWOBJ)".into()),
+            op::INST | op::OBJ => PickleError::NotPlainData("it builds an instance of a class (INST/OBJ)".into()),
+            op::EXT1 | op::EXT2 | op::EXT4 => {
+                PickleError::NotPlainData("it refers to a registered extension (EXT)".into())
+            }
+            op::PERSID | op::BINPERSID => PickleError::NotPlainData("it holds a persistent id".into()),
+            op::NEXT_BUFFER | op::READONLY_BUFFER => PickleError::NotPlainData("it uses out-of-band buffers".into()),
+            other => malformed(format!(
+                "opcode 0x{other:02x} at byte {} is not read (only protocol 2-5 plain-data opcodes are)",
+                self.pos - 1
+            )),
         }
     }
 
