@@ -7,14 +7,18 @@
 //!   memory;
 //! - [`split`]: how a `split` record (payload + metadata document) is written, read,
 //!   deleted and swept so that readers only ever see one write whole;
+//! - [`objects`]: whole objects read within `max_result_size` and the fill budget, the
+//!   write mode, payload digests;
 //! - [`key_locks`]: one writer per key through this process;
 //! - [`settings`]: Prefect's persist/storage/serializer inheritance.
 //!
 //! Uses: [`crate::storage`], [`crate::formats`], [`crate::config`], [`crate::error`],
-//! [`crate::telemetry`]. (`store`, `stream` and `split` are three `impl ResultStore`
-//! blocks that share helpers: one type, one file per concern.)
+//! [`crate::telemetry`]. Within it, one direction: `store` and `stream` (the
+//! `ResultStore` and its streams) use `split` (a `SplitRecords` borrowing the store's
+//! parts), which uses `objects` and `key_locks`; nothing below reaches back up.
 
 pub mod key_locks;
+pub mod objects;
 pub mod settings;
 pub mod split;
 pub mod store;

@@ -15,7 +15,7 @@
 //! 3. the staged payload is moved onto the key (a rename: atomic on local files, a copy
 //!    and a delete on object stores).
 //!
-//! **Reading** (`ResultStore::read_split`): the document first, then the payload at the
+//! **Reading** (`SplitRecords::read_split`): the document first, then the payload at the
 //! key. When the document names a digest the payload does not have, the write it belongs
 //! to is between steps 2 and 3 (or was cut there by a crash), and its payload is read from
 //! where step 1 left it. When neither matches, a writer moved in between the two reads:
@@ -26,7 +26,7 @@
 //! **What a crash leaves**: before step 2, the old result whole (and an unreferenced staged
 //! payload); between 2 and 3, the new result, read from staging (a key that had no result
 //! before is then readable but not listed: List lists payloads); after 3, the new result.
-//! [`ResultStore::sweep_staging`] finishes step 3 of such writes and removes staged objects
+//! [`SplitRecords::sweep_staging`] finishes step 3 of such writes and removes staged objects
 //! nothing refers to, once they are older than [`STALE_STAGING_AGE`].
 //!
 //! **Deleting** removes the payload (and a staged one the document names) before the
@@ -44,8 +44,11 @@ use serde_json::Value;
 use crate::config::keys::RESERVED_STAGING_PREFIX;
 use crate::error::{Error, Result};
 use crate::formats::record::{PAYLOAD_SHA256, ResultRecord};
-use crate::ops::store::{Fetched, ResultStore, WriteMode, sha256_hex};
+use crate::ops::key_locks::KeyLocks;
+use crate::ops::objects::{Fetched, ObjectReader, WriteMode, sha256_hex};
 use crate::storage::blocks::Block;
+use crate::storage::blocks::BlockRegistry;
+use crate::storage::cache::ResolveCache;
 use crate::storage::object_names::object_path;
 
 /// Reads of a split record before a payload that never matches its document is DATA_LOSS.
@@ -91,7 +94,16 @@ pub(crate) struct SplitRead {
     pub payload: Fetched,
 }
 
-impl ResultStore {
+/// The split-record operations, borrowing what they use from the store: whole-object
+/// reads, the per-key write locks (taken by the sweep; callers hold them for the rest),
+/// and the cache (a finished write's entry is invalidated).
+pub struct SplitRecords<'a> {
+    pub(crate) objects: &'a ObjectReader,
+    pub(crate) writes: &'a KeyLocks,
+    pub(crate) cache: &'a ResolveCache,
+}
+
+impl SplitRecords<'_> {
     /// Writes a split record whole (steps 1 to 3 of the module docs), the caller holding
     /// the key's lock; returns the store's version of the payload.
     pub(crate) async fn write_split(
@@ -208,9 +220,9 @@ impl ResultStore {
         let mut mismatched = None;
         for _ in 0..READ_ATTEMPTS {
             mismatched = None;
-            let document = self.get_optional(block, meta_store.as_ref(), path, key).await?;
+            let document = self.objects.get_optional(block, meta_store.as_ref(), path, key).await?;
             let expected = document.as_deref().and_then(payload_sha256);
-            let at_key = match self.fetch(block, block.store.as_ref(), path, key).await {
+            let at_key = match self.objects.fetch(block, block.store.as_ref(), path, key).await {
                 Ok(payload) => Some(payload),
                 Err(Error::NotFound { .. }) if expected.is_some() => None,
                 Err(e) => return Err(e),
@@ -224,7 +236,7 @@ impl ResultStore {
             }
             // The document's write is not (yet) moved to the key: its payload is staged.
             let Some(sha) = expected else { continue };
-            match self.fetch(block, block.store.as_ref(), &staged_path(key, &sha)?, key).await {
+            match self.objects.fetch(block, block.store.as_ref(), &staged_path(key, &sha)?, key).await {
                 Ok(payload) if sha256_hex(&payload.data) == sha => return Ok(SplitRead { document, payload }),
                 Ok(_) | Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -261,7 +273,7 @@ impl ResultStore {
     pub(crate) async fn delete_split(&self, block: &Block, meta_store: &Arc<dyn ObjectStore>, key: &str) -> Result<()> {
         let map = |e| block.storage_error(key, e);
         let path = object_path(key)?;
-        let document = self.get_optional(block, meta_store.as_ref(), &path, key).await?;
+        let document = self.objects.get_optional(block, meta_store.as_ref(), &path, key).await?;
         let mut found = delete_if_present(block, &path, key).await?;
         if let Some(sha) = document.as_deref().and_then(payload_sha256) {
             found |= delete_if_present(block, &staged_path(key, &sha)?, key).await?;
@@ -277,8 +289,8 @@ impl ResultStore {
 
     /// Sweeps every block (see [`Self::sweep_staging`]), and object_store's own staged
     /// uploads (`NAME#N`) left in local blocks' folders; logs what it did.
-    pub async fn sweep(&self) {
-        for block in self.blocks.iter() {
+    pub async fn sweep(&self, blocks: &BlockRegistry) {
+        for block in blocks.iter() {
             if block.block_type == crate::config::keys::BlockType::Memory {
                 continue;
             }
@@ -340,7 +352,7 @@ impl ResultStore {
     async fn finish_staged(&self, block: &Block, staged: &Path, key: &str, sha256: &str) -> Result<bool> {
         let Some(meta_store) = &block.metadata_store else { return remove_staged(block, staged).await };
         let path = object_path(key)?;
-        let document = self.get_optional(block, meta_store.as_ref(), &path, key).await?;
+        let document = self.objects.get_optional(block, meta_store.as_ref(), &path, key).await?;
         if document.as_deref().and_then(payload_sha256).as_deref() == Some(sha256) {
             match block.store.rename(staged, &path).await {
                 Ok(()) => {

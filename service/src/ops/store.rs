@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 use crate::config::auth::{Access, Operation};
 use crate::config::keys::validate_key;
@@ -27,10 +26,12 @@ use crate::formats::reference::{Expectation, LiteralValue, ResultReference};
 use crate::formats::serializer::plain::PlainValue;
 use crate::formats::serializer::{self, DecodeError, SerializerConfig, TranscodeError, json};
 use crate::ops::key_locks::KeyLocks;
+pub use crate::ops::objects::WriteMode;
+use crate::ops::objects::{Fetched, ObjectReader, sha256_hex};
 use crate::ops::settings::{self, ResultSettings};
-use crate::ops::split;
+use crate::ops::split::{self, SplitRecords};
 use crate::storage::blocks::{Block, BlockRegistry};
-use crate::storage::cache::{FillPermit, LoadedResult, ResolveCache};
+use crate::storage::cache::{LoadedResult, ResolveCache};
 use crate::storage::object_names::object_path;
 
 /// What a Put carries.
@@ -43,14 +44,6 @@ pub enum Payload {
     Literal(LiteralValue),
     /// An object as a Prefect storage block's `write_path` receives it, stored as is.
     Object(Bytes),
-}
-
-/// Whether a Put may replace an existing result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WriteMode {
-    #[default]
-    Overwrite,
-    CreateOnly,
 }
 
 /// One Put.
@@ -132,14 +125,6 @@ pub(crate) enum Located {
     },
 }
 
-/// An object read whole ([`ResultStore::fetch`]): its bytes, its metadata, and its share
-/// of the cache's fill budget, held until the entry made of it is built.
-pub(crate) struct Fetched {
-    pub data: Bytes,
-    pub meta: object_store::ObjectMeta,
-    pub fill: FillPermit,
-}
-
 /// One page of a listing.
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -157,6 +142,8 @@ pub struct ResultStore {
     pub(crate) cache: Arc<ResolveCache>,
     pub(crate) defaults: settings::Defaults,
     pub(crate) max_result_size: u64,
+    /// Whole-object reads within `max_result_size` and the cache's fill budget.
+    pub(crate) objects: ObjectReader,
     /// Multipart part and ranged-read size of streams.
     pub(crate) stream_chunk: usize,
     /// One writer per key through this process (kept across reloads, as the cache is).
@@ -227,11 +214,24 @@ pub(crate) fn check_not_expired(
     }
 }
 
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 impl ResultStore {
+    /// Split records, written, read, deleted and swept whole ([`crate::ops::split`]).
+    pub fn split(&self) -> SplitRecords<'_> {
+        SplitRecords { objects: &self.objects, writes: &self.writes, cache: &self.cache }
+    }
+
+    /// Sweeps every block for what writes cut short left behind (see
+    /// [`SplitRecords::sweep`]); logs what it did.
+    pub async fn sweep(&self) {
+        self.split().sweep(&self.blocks).await;
+    }
+
+    /// Sweeps one block's staged objects (see [`SplitRecords::sweep_staging`]); returns how
+    /// many were finished or removed.
+    pub async fn sweep_staging(&self, block: &Block) -> Result<usize> {
+        self.split().sweep_staging(block).await
+    }
+
     /// Builds the blocks and the cache of `config`.
     pub fn new(config: &Config) -> Result<Self> {
         let cache = Arc::new(ResolveCache::new(&config.cache));
@@ -254,13 +254,14 @@ impl ResultStore {
     fn build(config: &Config, blocks: BlockRegistry, cache: Arc<ResolveCache>, writes: Arc<KeyLocks>) -> Result<Self> {
         Ok(ResultStore {
             blocks,
-            cache,
+            cache: cache.clone(),
             defaults: settings::Defaults {
                 serializer: SerializerConfig::from_type(&config.default_serializer)
                     .map_err(|e| Error::Config(format!("default_serializer: {e}")))?,
                 persist_by_default: config.persist_by_default,
             },
             max_result_size: config.limits.max_result_size.0,
+            objects: ObjectReader::new(cache.clone(), config.limits.max_result_size.0),
             stream_chunk: usize::try_from(config.limits.stream_chunk_size.0).unwrap_or(64 << 20),
             writes,
         })
@@ -466,7 +467,7 @@ impl ResultStore {
         mode: WriteMode,
     ) -> Result<Option<String>> {
         match (block.format, &block.metadata_store) {
-            (BlockFormat::Split, Some(meta)) => self.write_split(block, meta, key, record, mode).await,
+            (BlockFormat::Split, Some(meta)) => self.split().write_split(block, meta, key, record, mode).await,
             _ => {
                 let bytes = record.encode_prefect3().ok_or_else(|| {
                     Error::InvalidRequest(
@@ -576,10 +577,10 @@ impl ResultStore {
         // documents (small) take none: a fill never waits for budget while holding some.
         let (metadata, payload) = match (&block.metadata_store, split_first) {
             (Some(meta_store), true) => {
-                let read = self.read_split(&block, meta_store, &path, &key).await?;
+                let read = self.split().read_split(&block, meta_store, &path, &key).await?;
                 (read.document, read.payload)
             }
-            _ => (None, self.fetch(&block, block.store.as_ref(), &path, &key).await?),
+            _ => (None, self.objects.fetch(&block, block.store.as_ref(), &path, &key).await?),
         };
         let Fetched { data, meta, fill: _fill } = payload;
         let corrupt = |e: RecordError| Error::corrupt_because(&block.slug, &key, e);
@@ -590,7 +591,7 @@ impl ResultStore {
                 let record = ResultRecord::decode(data, &hint, &key).map_err(corrupt)?;
                 match (&record.format, &block.metadata_store, split_first) {
                     (RecordFormat::Bare, Some(meta), false) => {
-                        match self.get_optional(&block, meta.as_ref(), &path, &key).await? {
+                        match self.objects.get_optional(&block, meta.as_ref(), &path, &key).await? {
                             Some(doc) => ResultRecord::decode_split(&doc, record.data).map_err(corrupt)?,
                             None => record,
                         }
@@ -610,61 +611,6 @@ impl ResultStore {
         let reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
         let stored = (record.format == RecordFormat::Prefect2).then_some(raw);
         Ok(LoadedResult { record, value, reference, stored })
-    }
-
-    /// Reads the object at `path` whole to fill the cache: refused above
-    /// `max_result_size` before its bytes are read, its share of the fill budget taken
-    /// before they are.
-    pub(crate) async fn fetch(
-        &self,
-        block: &Block,
-        store: &dyn ObjectStore,
-        path: &Path,
-        key: &str,
-    ) -> Result<Fetched> {
-        let got = self.get_checked(block, store, path, key).await?;
-        let fill = self.cache.fill_permit(got.meta.size).await;
-        let meta = got.meta.clone();
-        let data = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
-        Ok(Fetched { data, meta, fill })
-    }
-
-    /// Starts reading a whole object, refusing objects above `max_result_size` before
-    /// their bytes are read.
-    pub(crate) async fn get_checked(
-        &self,
-        block: &Block,
-        store: &dyn ObjectStore,
-        path: &Path,
-        key: &str,
-    ) -> Result<object_store::GetResult> {
-        let got = store.get(path).await.map_err(|e| block.storage_error(key, e))?;
-        if got.meta.size > self.max_result_size {
-            return Err(Error::TooLarge {
-                what: format!(
-                    "stored result `{key}` (a record read in one piece; results in split blocks stream past this \
-                     limit through GetStream)"
-                ),
-                size: got.meta.size,
-                limit: self.max_result_size,
-            });
-        }
-        Ok(got)
-    }
-
-    /// A metadata document (small; read outside the fill budget), or `None` when absent.
-    pub(crate) async fn get_optional(
-        &self,
-        block: &Block,
-        store: &dyn ObjectStore,
-        path: &Path,
-        key: &str,
-    ) -> Result<Option<Bytes>> {
-        match self.get_checked(block, store, path, key).await {
-            Ok(got) => Ok(Some(got.bytes().await.map_err(|e| block.storage_error(key, e))?)),
-            Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The value of a loaded result as JSON.
@@ -733,9 +679,9 @@ impl ResultStore {
             Err(object_store::Error::NotFound { .. }) => match (&block.metadata_store, block.format) {
                 // A split write between its document and its move is readable already.
                 (Some(meta_store), BlockFormat::Split) => {
-                    let document = self.get_optional(&block, meta_store.as_ref(), &path, key).await?;
+                    let document = self.objects.get_optional(&block, meta_store.as_ref(), &path, key).await?;
                     match document.as_deref().and_then(split::payload_sha256) {
-                        Some(sha) => Ok(self.split_payload_path(&block, key, &sha).await? != path),
+                        Some(sha) => Ok(self.split().split_payload_path(&block, key, &sha).await? != path),
                         None => Ok(false),
                     }
                 }
@@ -754,7 +700,7 @@ impl ResultStore {
         let _lock = self.writes.lock(&block.slug, key).await;
         if let (Some(meta_store), BlockFormat::Split) = (&block.metadata_store, block.format) {
             self.cache.invalidate(&block.cache_key(key)).await;
-            return self.delete_split(&block, meta_store, key).await;
+            return self.split().delete_split(&block, meta_store, key).await;
         }
         block.store.head(&path).await.map_err(map)?;
         self.cache.invalidate(&block.cache_key(key)).await;

@@ -62,10 +62,11 @@ use crate::error::{Error, Result};
 use crate::formats::record::{PREFECT3_SUFFIX, RecordError, RecordFormat, ResultRecord, escape_json_chunk};
 use crate::formats::reference::{LiteralValue, ResultReference};
 use crate::formats::serializer::{SerializerConfig, StreamCheck, Utf8Stream};
+use crate::ops::objects::sha256_hex;
 use crate::ops::settings::{self, ResultSettings};
 use crate::ops::store::{
     Located, Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, ResultStore, WriteMode,
-    check_not_expired, object_key, object_serializer, reference_of, sha256_hex,
+    check_not_expired, object_key, object_serializer, reference_of,
 };
 use crate::storage::blocks::Block;
 use crate::storage::cache::LoadedResult;
@@ -322,7 +323,7 @@ impl ResultStore {
             None => version,
             Some(upload) => match (format, &block.metadata_store) {
                 (RecordFormat::Split, Some(meta)) => {
-                    self.commit_split_upload(&block, meta, &key, &record, &upload, &sha256, header.mode).await?
+                    self.split().commit_split_upload(&block, meta, &key, &record, &upload, &sha256, header.mode).await?
                 }
                 _ => crate::ops::split::move_into_place(&block, &key, &upload, header.mode).await?,
             },
@@ -457,10 +458,10 @@ impl ResultStore {
         let mut path = at_key.clone();
         let mut document_sha256 = None;
         if let Some(store) = split_store {
-            metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
+            metadata = self.objects.get_optional(&block, store.as_ref(), &at_key, &key).await?;
             document_sha256 = metadata.as_deref().and_then(crate::ops::split::payload_sha256);
             if let Some(sha) = &document_sha256 {
-                path = self.split_payload_path(&block, &key, sha).await?;
+                path = self.split().split_payload_path(&block, &key, sha).await?;
             }
         }
         let meta = match head {
@@ -483,7 +484,7 @@ impl ResultStore {
             if block.format != BlockFormat::Split
                 && let Some(store) = &block.metadata_store
             {
-                metadata = self.get_optional(&block, store.as_ref(), &at_key, &key).await?;
+                metadata = self.objects.get_optional(&block, store.as_ref(), &at_key, &key).await?;
             }
         }
         let corrupt = |e: RecordError| Error::corrupt_because(&block.slug, &key, e);
