@@ -290,11 +290,19 @@ system"}"#
             Code::InvalidArgument,
         ),
     ];
+    // Every case is checked and every wrong answer reported together: one case that goes
+    // wrong does not hide the others.
     let mut checked = 0;
+    let mut wrong = Vec::new();
     for (what, req, code) in puts {
-        let err = s.client.raw().put(req).await.expect_err(what);
-        assert_eq!(err.code(), code, "{what}: {}", err.message());
-        assert!(!err.message().is_empty(), "{what}: an empty message");
+        match s.client.raw().put(req).await {
+            Ok(_) => wrong.push(format!("{what}: accepted, expected {code:?}")),
+            Err(err) if err.code() != code => {
+                wrong.push(format!("{what}: {:?} ({}), expected {code:?}", err.code(), err.message()))
+            }
+            Err(err) if err.message().is_empty() => wrong.push(format!("{what}: an empty message")),
+            Err(_) => {}
+        }
         checked += 1;
     }
 
@@ -387,8 +395,13 @@ system"}"#
         ),
     ];
     for (what, req, code) in reads {
-        let err = s.client.raw().resolve(req).await.expect_err(what);
-        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        match s.client.raw().resolve(req).await {
+            Ok(_) => wrong.push(format!("{what}: answered, expected {code:?}")),
+            Err(err) if err.code() != code => {
+                wrong.push(format!("{what}: {:?} ({}), expected {code:?}", err.code(), err.message()))
+            }
+            Err(_) => {}
+        }
         checked += 1;
     }
     let err = s.client.raw().list(pb::ListRequest { prefix: "../".into(), ..Default::default() }).await.unwrap_err();
@@ -402,6 +415,7 @@ system"}"#
     assert_eq!(err.code(), Code::InvalidArgument);
     checked += 2;
     assert!(checked >= 50, "{checked} cases");
+    assert!(wrong.is_empty(), "{} of {checked} cases went wrong:\n{}", wrong.len(), wrong.join("\n"));
 
     // Nothing stored before was overwritten or lost.
     for (r, json) in &kept {
