@@ -291,3 +291,141 @@ impl ResolveCache {
         self.counters.snapshot()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::ByteSize;
+    use crate::formats::serializer::{SerializerConfig, ValueKind};
+
+    fn cache(capacity: u64, max_entry: u64) -> ResolveCache {
+        ResolveCache::new(&CacheConfig {
+            capacity: ByteSize(capacity),
+            max_entry_size: ByteSize(max_entry),
+            time_to_live: Duration::from_secs(600),
+            fill_budget: ByteSize(1 << 20),
+        })
+    }
+
+    fn key(k: &str) -> CacheKey {
+        CacheKey { block: Arc::from("memory/default"), key: k.to_owned() }
+    }
+
+    /// A JSON result of `size` bytes at `k`, expiring at `expiration`.
+    fn result(k: &str, size: usize, expiration: Option<chrono::DateTime<chrono::Utc>>) -> LoadedResult {
+        let data = Bytes::from(vec![b'1'; size]);
+        let serializer = SerializerConfig::from_type("json").unwrap();
+        let record = ResultRecord::new(RecordFormat::Prefect3, k, serializer.clone(), expiration, data.clone());
+        LoadedResult {
+            value: DecodedValue { bytes: data, kind: ValueKind::Json },
+            reference: ResultReference {
+                block: "memory/default".into(),
+                key: k.into(),
+                serializer,
+                size: size as u64,
+                sha256: String::new(),
+                version: None,
+                created: None,
+                expiration,
+                persisted: true,
+                uri: format!("memory:///{k}"),
+                format: RecordFormat::Prefect3,
+            },
+            record,
+            stored: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_of_one_key_make_one_load_and_all_get_it() {
+        let cache = Arc::new(cache(1 << 20, 1 << 20));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let callers: Vec<_> = (0..32)
+            .map(|_| {
+                let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let load = async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        let _open = gate.acquire().await;
+                        Ok(result("k", 100, None))
+                    };
+                    cache.get_or_load(key("k"), |_| true, false, load).await.map(|(r, _)| r.reference.size)
+                })
+            })
+            .collect();
+        gate.add_permits(1);
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap(), 100);
+        }
+        // Every caller either joined the one fill or found its entry afterwards.
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let c = cache.counters();
+        assert_eq!((c.hits + c.misses, c.fills_in_flight), (32, 0), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_reaches_its_waiters_and_is_not_cached() {
+        let cache = cache(1 << 20, 1 << 20);
+        let failed = Error::StorageUnavailable { block: "memory/default".into(), reason: "down".into(), cause: None };
+        let err = cache.get_or_load(key("k"), |_| true, false, async { Err(failed.clone()) }).await.unwrap_err();
+        assert_eq!(err, failed);
+        let (r, hit) = cache.get_or_load(key("k"), |_| true, false, async { Ok(result("k", 10, None)) }).await.unwrap();
+        assert_eq!((r.reference.size, hit), (10, false), "the next call reads again");
+        let (_, hit) = cache.get_or_load(key("k"), |_| true, false, async { Ok(result("k", 10, None)) }).await.unwrap();
+        assert!(hit);
+    }
+
+    #[tokio::test]
+    async fn weights_are_bytes_and_stay_under_capacity() {
+        let cache = cache(64 << 10, 16 << 10);
+        let entry = result("k0", 8 << 10, None);
+        assert_eq!(entry.weight(), (8 << 10) + ENTRY_OVERHEAD, "one buffer counted once when value = data");
+        for i in 0..32 {
+            let k = format!("k{i}");
+            cache.insert(key(&k), Arc::new(result(&k, 8 << 10, None))).await;
+        }
+        cache.settle().await;
+        assert!(cache.weighted_size() <= 64 << 10, "{}", cache.weighted_size());
+        assert!(cache.counters().evictions > 0);
+        // The most recent write is kept (LRU, not TinyLFU's admission).
+        assert!(cache.peek(&key("k31")).await.is_some());
+        // Heavier than max_entry_size: served, not cached.
+        let (r, _) =
+            cache.get_or_load(key("big"), |_| true, false, async { Ok(result("big", 32 << 10, None)) }).await.unwrap();
+        assert_eq!(r.reference.size, 32 << 10);
+        assert!(cache.peek(&key("big")).await.is_none());
+        assert_eq!(cache.counters().bypassed_too_large, 1);
+    }
+
+    #[tokio::test]
+    async fn entries_never_outlive_their_results_expiration_nor_the_ttl() {
+        let expiry = EntryExpiry { ttl: Duration::from_secs(600) };
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let lifetime = |r: LoadedResult| expiry.lifetime(&Arc::new(r)).unwrap();
+        assert_eq!(lifetime(result("a", 1, None)), Duration::from_secs(600));
+        assert!(lifetime(result("b", 1, Some(soon))) <= Duration::from_secs(60));
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        assert_eq!(lifetime(result("c", 1, Some(past))), Duration::ZERO);
+        // An entry whose result has expired is never served.
+        let cache = cache(1 << 20, 1 << 20);
+        cache.insert(key("c"), Arc::new(result("c", 1, Some(past)))).await;
+        assert!(cache.peek(&key("c")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_the_caller_does_not_accept_is_read_again() {
+        let cache = cache(1 << 20, 1 << 20);
+        cache.insert(key("k"), Arc::new(result("k", 5, None))).await;
+        let (r, hit) = cache
+            .get_or_load(key("k"), |e| e.reference.size == 6, false, async { Ok(result("k", 6, None)) })
+            .await
+            .unwrap();
+        assert_eq!((r.reference.size, hit), (6, false), "an entry of another version is not served");
+        let (_, hit) = cache.get_or_load(key("k"), |_| true, true, async { Ok(result("k", 7, None)) }).await.unwrap();
+        assert!(!hit, "bypass reads storage and refreshes the entry");
+        assert_eq!(cache.peek(&key("k")).await.unwrap().reference.size, 7);
+    }
+}
