@@ -1,0 +1,205 @@
+//! The operations' conformance suite, in process: [`ResultStore`] called directly, with
+//! no gRPC, no client and no server process, object_store's way: one function
+//! ([`conformance`]) that every block type runs, `prefect3` and `split` alike. Memory and
+//! local files are the fast tier; S3 (moto) and Azure (Azurite) start their servers and
+//! run the same function. `conformance.rs` holds the same promises through gRPC.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use resultstore::config::auth::Access;
+use resultstore::formats::reference::{Expectation, LiteralValue, ResultReference};
+use resultstore::formats::serializer::SerializerConfig;
+use resultstore::ops::settings::ResultSettings;
+use resultstore::ops::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, WriteMode};
+use resultstore::storage::cache::LoadedResult;
+use resultstore::{Config, Error, ResultStore};
+use resultstore_e2e::servers::{azure_options, azurite, moto_s3, s3_options};
+use resultstore_e2e::{SERIALIZERS, base_config, config_with_pair, key_table};
+
+const VALUE: &str = r#"{"a": 1, "b": [1, 2.5, "x", null, true], "t": "h\u00e9"}"#;
+
+fn store_for(config: &str) -> ResultStore {
+    ResultStore::new(&Config::from_toml(config).expect("config")).expect("store")
+}
+
+fn put(block: &str, key: &str, payload: Payload, serializer: &str) -> PutInput {
+    let serializer = match serializer.starts_with('{') {
+        true => SerializerConfig::from_value(serde_json::from_str(serializer).unwrap()).unwrap(),
+        false => SerializerConfig::from_type(serializer).unwrap(),
+    };
+    PutInput {
+        payload,
+        task: ResultSettings {
+            persist_result: Some(true),
+            result_storage: Some(block.to_owned()),
+            result_serializer: Some(serializer),
+            ..Default::default()
+        },
+        flow: None,
+        key: Some(key.to_owned()),
+        new_key: None,
+        expiration: None,
+        mode: WriteMode::Overwrite,
+    }
+}
+
+fn reference(outcome: PutOutcome) -> ResultReference {
+    match outcome {
+        PutOutcome::Stored(r) => *r,
+        PutOutcome::Literal(l) => panic!("a literal ({l:?}) where a result was stored"),
+    }
+}
+
+fn by_reference(r: &ResultReference) -> ReadTarget {
+    ReadTarget::Reference {
+        block: r.block.clone(),
+        key: r.key.clone(),
+        expect: Expectation { sha256: Some(r.sha256.clone()), version: r.version.clone(), persisted: true },
+        serializer: Some(r.serializer.clone()),
+    }
+}
+
+fn at(block: &str, key: &str) -> ReadTarget {
+    ReadTarget::Location { block: block.to_owned(), key: key.to_owned() }
+}
+
+/// Reads from storage, never the cache: what the block holds is what is checked.
+fn from_storage() -> ReadOptions {
+    ReadOptions { bypass_cache: true, ..Default::default() }
+}
+
+async fn read(store: &ResultStore, target: ReadTarget) -> Result<Arc<LoadedResult>, Error> {
+    match store.read(target, from_storage(), &Access::Open).await? {
+        ReadOutcome::Loaded { result, .. } => Ok(result),
+        ReadOutcome::Literal(l) => panic!("a literal ({l:?}) where a result was stored"),
+    }
+}
+
+async fn json_of(store: &ResultStore, target: ReadTarget) -> serde_json::Value {
+    let result = read(store, target).await.expect("a stored result");
+    serde_json::from_slice(&store.to_json(&result).expect("JSON")).expect("strict JSON")
+}
+
+async fn keys_under(store: &ResultStore, block: &str, prefix: &str) -> Vec<String> {
+    let (mut keys, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = store.list(block, prefix, 7, &token, &Access::Open).await.expect("list");
+        keys.extend(page.entries.into_iter().map(|e| e.location.to_string()));
+        match page.next_page_token {
+            Some(next) => token = next,
+            None => break,
+        }
+    }
+    keys.sort();
+    keys
+}
+
+/// Every promise of the operations, against `block`.
+async fn conformance(store: &ResultStore, block: &str) {
+    let open = &Access::Open;
+    let want: serde_json::Value = serde_json::from_str(VALUE).unwrap();
+
+    // Every serializer: the value reads back as JSON by reference and by location, and
+    // its serializer bytes put back as `data` are the same result.
+    let mut written = Vec::new();
+    for (i, ser) in SERIALIZERS.iter().enumerate() {
+        let key = format!("conf/ser/{i}");
+        let r = reference(store.put(put(block, &key, Payload::Json(VALUE.into()), ser), open).await.unwrap());
+        assert_eq!((r.block.as_str(), r.key.as_str()), (block, key.as_str()));
+        assert_eq!(json_of(store, by_reference(&r)).await, want, "{block} {ser}");
+        assert_eq!(json_of(store, at(block, &key)).await, want, "{block} {ser}");
+        let data = read(store, by_reference(&r)).await.unwrap().record.data.clone();
+        assert_eq!(data.len() as u64, r.size);
+        let copy = format!("{key}-data");
+        let again = reference(store.put(put(block, &copy, Payload::Data(data), ser), open).await.unwrap());
+        assert_eq!(again.sha256, r.sha256, "{block} {ser}");
+        written.extend([key, copy]);
+    }
+    written.sort();
+    assert_eq!(keys_under(store, block, "conf/ser/").await, written, "List returns what Put wrote, paged");
+
+    // Literals stay in the reply unless a key is asked for.
+    let mut literal = put(block, "unused", Payload::Literal(LiteralValue::Null), "json");
+    literal.key = None;
+    assert!(matches!(store.put(literal, open).await.unwrap(), PutOutcome::Literal(LiteralValue::Null)));
+
+    // Create-only: refused over another result (which stays), accepted again for the
+    // same bytes (a retry whose reply was lost); overwrite replaces, and the old reference
+    // no longer reads (the reference names its bytes).
+    let first = reference(store.put(put(block, "conf/mode", Payload::Json("1".into()), "json"), open).await.unwrap());
+    let mut create = put(block, "conf/mode", Payload::Json("2".into()), "json");
+    create.mode = WriteMode::CreateOnly;
+    let err = store.put(create.clone(), open).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{block}: {err}");
+    assert_eq!(json_of(store, at(block, "conf/mode")).await, serde_json::json!(1));
+    let mut retry = put(block, "conf/mode", Payload::Json("1".into()), "json");
+    retry.mode = WriteMode::CreateOnly;
+    assert_eq!(reference(store.put(retry, open).await.unwrap()).sha256, first.sha256, "{block}");
+    create.mode = WriteMode::Overwrite;
+    store.put(create, open).await.unwrap();
+    assert_eq!(json_of(store, at(block, "conf/mode")).await, serde_json::json!(2));
+    let err = read(store, by_reference(&first)).await.unwrap_err();
+    assert!(matches!(err, Error::IntegrityMismatch { .. }), "{block}: {err}");
+
+    // Expiry: refused unless the caller allows it.
+    let mut expiring = put(block, "conf/expired", Payload::Json("3".into()), "json");
+    expiring.expiration = Some(chrono::Utc::now() - chrono::Duration::seconds(5));
+    store.put(expiring, open).await.unwrap();
+    let err = read(store, at(block, "conf/expired")).await.unwrap_err();
+    assert!(matches!(err, Error::Expired { .. }), "{block}: {err}");
+    let allowed = ReadOptions { allow_expired: true, ..from_storage() };
+    assert!(store.read(at(block, "conf/expired"), allowed, open).await.is_ok());
+
+    // Exists and Delete: gone means gone, and a second delete is NOT_FOUND.
+    assert!(store.exists(block, "conf/mode", open).await.unwrap());
+    store.delete(block, "conf/mode", open).await.unwrap();
+    assert!(!store.exists(block, "conf/mode", open).await.unwrap());
+    assert!(matches!(read(store, at(block, "conf/mode")).await.unwrap_err(), Error::NotFound { .. }));
+    assert!(matches!(store.delete(block, "conf/mode", open).await.unwrap_err(), Error::NotFound { .. }));
+
+    // Keys as Prefect's templates make them are stored, listed and read as written.
+    let table = key_table();
+    for (i, key) in table.iter().enumerate() {
+        let stored = format!("conf/keys/{key}");
+        store.put(put(block, &stored, Payload::Json(i.to_string()), "json"), open).await.unwrap();
+        assert_eq!(json_of(store, at(block, &stored)).await, serde_json::json!(i), "{block} {key:?}");
+    }
+    let mut expected: Vec<String> = table.iter().map(|k| format!("conf/keys/{k}")).collect();
+    expected.sort();
+    assert_eq!(keys_under(store, block, "conf/keys/").await, expected, "{block}");
+
+    // Bytes that could never be read back are refused before anything is replaced.
+    store.put(put(block, "conf/kept", Payload::Json("4".into()), "json"), open).await.unwrap();
+    let bad = put(block, "conf/kept", Payload::Data(Bytes::from_static(b"{not json")), "json");
+    assert!(matches!(store.put(bad, open).await.unwrap_err(), Error::InvalidRequest(_)));
+    assert_eq!(json_of(store, at(block, "conf/kept")).await, serde_json::json!(4));
+}
+
+#[tokio::test]
+async fn memory_and_local_blocks_conform_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_for(&base_config(dir.path()));
+    for block in ["memory/default", "memory/split", "local-file-system/default", "local-file-system/split"] {
+        conformance(&store, block).await;
+    }
+}
+
+#[tokio::test]
+async fn s3_blocks_on_moto_conform_in_process() {
+    let moto = moto_s3("results");
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_for(&config_with_pair(dir.path(), "s3-bucket", "s3://results", &s3_options(moto.port)));
+    conformance(&store, "s3-bucket/p3").await;
+    conformance(&store, "s3-bucket/split").await;
+}
+
+#[tokio::test]
+async fn azure_blocks_on_azurite_conform_in_process() {
+    let (azurite, _work) = azurite("results");
+    let dir = tempfile::tempdir().unwrap();
+    let options = azure_options(azurite.port);
+    let store = store_for(&config_with_pair(dir.path(), "azure-blob-storage-container", "az://results", &options));
+    conformance(&store, "azure-blob-storage-container/p3").await;
+    conformance(&store, "azure-blob-storage-container/split").await;
+}
