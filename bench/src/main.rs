@@ -15,6 +15,7 @@
 //! The many-clients scenario re-runs this binary as `reader` subprocesses.
 
 mod bare;
+mod h2load;
 mod load;
 
 use std::collections::HashMap;
@@ -72,6 +73,9 @@ enum Sub {
         #[arg(long)]
         count: usize,
     },
+    /// The bare tonic server as its own process (for `h2load`): prints `bare listening on
+    /// ADDR` and serves until killed.
+    Bare,
 }
 
 /// One line of the table.
@@ -199,9 +203,21 @@ fn loc(block: &str, key: &str) -> Target {
 fn main() -> anyhow::Result<()> {
     resultstore::runtime::memory::bound_allocator_arenas();
     let cli = Cli::parse();
-    if let Some(Sub::Reader { url, block, prefix, count }) = cli.command {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return rt.block_on(reader(url, block, prefix, count));
+    match cli.command {
+        Some(Sub::Reader { url, block, prefix, count }) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return rt.block_on(reader(url, block, prefix, count));
+        }
+        Some(Sub::Bare) => {
+            // The runtime `resultstore serve` has: a worker per core.
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            return rt.block_on(async {
+                let addr = bare::serve(hit_values(), MAX_MESSAGE).await?;
+                println!("bare listening on {addr}");
+                std::future::pending::<anyhow::Result<()>>().await
+            });
+        }
+        None => {}
     }
     // The logging `resultstore serve` runs with, so the server here pays for its spans too.
     resultstore::telemetry::init_logging();
@@ -213,8 +229,7 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         anyhow::Ok(resultstore::wire::server::start(&config, listener, std::future::pending()).await?)
     })?;
-    let sizes = [1024, 64 * 1024, MIB];
-    let mut values: HashMap<String, Bytes> = sizes.iter().map(|&n| (format!("hit/{n}"), json_doc(n, 0))).collect();
+    let mut values = hit_values();
     values.insert("cold/big".into(), json_doc(cold_size(cli.quick), 2));
     let bare_rt = runtime("bare")?;
     let bare_addr = bare_rt.block_on(bare::serve(values.clone(), MAX_MESSAGE))?;
@@ -249,6 +264,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cache-hit scenarios' values, `hit/{size}`: the same in every process.
+fn hit_values() -> HashMap<String, Bytes> {
+    [1024, 64 * 1024, MIB].iter().map(|&n| (format!("hit/{n}"), json_doc(n, 0))).collect()
+}
+
 fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(name).enable_all().build()?)
 }
@@ -272,6 +292,9 @@ async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<V
     };
     if on("hit: cache-hit Resolve") {
         cache_hits(b, values, &mut rows).await?;
+    }
+    if on("h2load: separate processes, nghttp2's generator") {
+        h2load_scenarios(b, values, &mut rows).await?;
     }
     if on("put: Put") {
         puts(b, &mut rows).await?;
@@ -357,6 +380,85 @@ async fn cache_hits(b: &Bench, values: &HashMap<String, Bytes>, rows: &mut Vec<R
             rows.push(row);
         }
     }
+    Ok(())
+}
+
+/// Cache-hit Resolve and Put 1 KiB, `resultstore serve` and the bare server each as its
+/// own process, driven by `h2load` (see `h2load.rs`).
+async fn h2load_scenarios(b: &Bench, values: &HashMap<String, Bytes>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    use resultstore_proto::v1 as pb;
+    if !h2load::available() {
+        bail!("h2load is not installed (Debian's nghttp2-client; scripts/test-env installs it)");
+    }
+    let config = b.dir.join("h2load.toml");
+    std::fs::create_dir_all(b.dir.join("h2load"))?;
+    std::fs::write(&config, self::config(&b.dir.join("h2load"), b.quick))?;
+    let (ours, bare) = (h2load::resultstore(&config)?, h2load::bare()?);
+    let client = Client::connect_with_limit(format!("http://{}", ours.addr), MAX_MESSAGE).await?;
+    let secs = b.secs();
+    let dir = b.dir.clone();
+    // Alternating rounds (ours, bare, ours, bare), the better of each, as `alternate`.
+    let measure = |method: &'static str, body: PathBuf, clients: usize, streams: usize, min: u64| {
+        let (a, z, secs) = (ours.addr.clone(), bare.addr.clone(), secs / 2);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(load::Stats, load::Stats)> {
+            let best = |x: load::Stats, y: load::Stats| if x.rps() >= y.rps() { x } else { y };
+            let o1 = h2load::run(&a, method, &body, clients, streams, secs, min)?;
+            let b1 = h2load::run(&z, method, &body, clients, streams, secs, min)?;
+            let o2 = h2load::run(&a, method, &body, clients, streams, secs, min)?;
+            let b2 = h2load::run(&z, method, &body, clients, streams, secs, min)?;
+            Ok((best(o1, o2), best(b1, b2)))
+        })
+    };
+    for size in [1024usize, 64 * 1024] {
+        let key = format!("hit/{size}");
+        let put = Put::data(values[&key].clone()).serializer("json").storage("memory/bench").key(&key);
+        client.put(put.persist(true)).await?;
+        resolve_raw(client.clone(), "memory/bench", key.clone(), false).await?;
+        let body = dir.join(format!("resolve-{size}.bin"));
+        let request = pb::ResolveRequest {
+            target: Some(pb::resolve_request::Target::Location(pb::Location { block: "memory/bench".into(), key })),
+            want: pb::Want::Raw as i32,
+            ..Default::default()
+        };
+        h2load::body(&body, &request)?;
+        for (clients, streams) in [(1, 1), (4, 16)] {
+            let (o, z) = measure("Resolve", body.clone(), clients, streams, size as u64).await??;
+            let (ratio, p99) = (o.rps() / z.rps(), o.p_ms(0.99) / z.p_ms(0.99));
+            rows.push(
+                Row::new(
+                    format!("h2load: Resolve hit {}, {} in flight", size_name(size), clients * streams),
+                    o.summary(),
+                    format!("bare tonic process: {}", z.summary()),
+                )
+                .ratio(ratio)
+                .target(format!("≥0.95× req/s and p99 ≤1.2× (p99 {p99:.2}×)"), ratio >= 0.95 && p99 <= 1.2),
+            );
+        }
+    }
+    // Put 1 KiB of JSON for the server to serialize (validation included), a new key each.
+    let body = dir.join("put-1024.bin");
+    let doc = String::from_utf8(json_doc(1024, 1).to_vec())?;
+    let request = pb::PutRequest {
+        payload: Some(pb::put_request::Payload::Json(doc)),
+        task: Some(pb::ResultSettings {
+            persist_result: Some(true),
+            result_storage: "memory/bench".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    h2load::body(&body, &request)?;
+    let (o, z) = measure("Put", body, 4, 16, 100).await??;
+    let ratio = o.rps() / z.rps();
+    rows.push(
+        Row::new(
+            "h2load: Put 1 KiB JSON to memory, 64 in flight",
+            o.summary(),
+            format!("bare tonic process: {}", z.summary()),
+        )
+        .ratio(ratio)
+        .target("≥0.6× req/s", ratio >= 0.6),
+    );
     Ok(())
 }
 
