@@ -47,7 +47,8 @@ fn start(mut command: Command, prefix: &str) -> anyhow::Result<Server> {
 pub fn resultstore(config: &Path) -> anyhow::Result<Server> {
     let binary = sibling("resultstore")?;
     let mut command = Command::new(binary);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).env("RUST_LOG", "warn");
+    // Logging as `resultstore serve` runs by default (RUST_LOG unset: info), spans and all.
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).env_remove("RUST_LOG");
     start(command, "resultstore listening on ")
 }
 

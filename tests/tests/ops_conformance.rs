@@ -203,3 +203,16 @@ async fn azure_blocks_on_azurite_conform_in_process() {
     conformance(&store, "azure-blob-storage-container/p3").await;
     conformance(&store, "azure-blob-storage-container/split").await;
 }
+
+/// A read's future is what every cache hit carries and moves (into the handler's box, the
+/// timeout, the tonic service): the storage read it may start is boxed, only on a miss, so
+/// the hit's future stays small. It was 14 KB when the load rode inline, and memcpy of it
+/// was a third of a hit's instructions (`BENCHMARKS.md`).
+#[tokio::test]
+async fn a_reads_future_does_not_carry_the_storage_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_for(&base_config(dir.path()));
+    let read = store.read(at("memory/default", "k"), from_storage(), &Access::Open);
+    let size = std::mem::size_of_val(&read);
+    assert!(size <= 4096, "a read's future is {size} bytes");
+}

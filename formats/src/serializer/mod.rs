@@ -74,9 +74,29 @@ fn compressed_defaults(ty: &str, inner: Map<String, Value>) -> Map<String, Value
     m
 }
 
-/// A serializer config: Prefect's JSON object, kept verbatim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SerializerConfig(Map<String, Value>);
+/// A serializer config: Prefect's JSON object, kept verbatim, with its JSON text made
+/// once (every reference a read hands back carries it: serializing the object on each
+/// cache hit was a twentieth of a hit's instructions).
+#[derive(Debug, Clone)]
+pub struct SerializerConfig {
+    map: Map<String, Value>,
+    json: std::sync::Arc<str>,
+}
+
+impl PartialEq for SerializerConfig {
+    /// The objects compared (key order aside), as before the text was kept.
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl SerializerConfig {
+    fn of(map: Map<String, Value>) -> Self {
+        // A map of JSON values always serializes.
+        let json = serde_json::to_string(&map).unwrap_or_default().into();
+        SerializerConfig { map, json }
+    }
+}
 
 /// What the service understands of a config.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +138,7 @@ impl SerializerConfig {
         if ty.is_empty() {
             return Err(SerializerError::InvalidConfig("the serializer type is empty".into()));
         }
-        Ok(SerializerConfig(match ty {
+        Ok(SerializerConfig::of(match ty {
             "json" => json_defaults(),
             "pickle" => pickle_defaults(),
             "compressed/json" => compressed_defaults(ty, json_defaults()),
@@ -144,7 +164,7 @@ impl SerializerConfig {
     pub fn opaque() -> Self {
         let mut m = Map::new();
         m.insert("type".into(), "opaque".into());
-        SerializerConfig(m)
+        SerializerConfig::of(m)
     }
 
     /// A config from JSON: an object with a `type`, or a string naming a type.
@@ -160,7 +180,7 @@ impl SerializerConfig {
                         ));
                     }
                 }
-                let config = SerializerConfig(m);
+                let config = SerializerConfig::of(m);
                 config.check()?;
                 Ok(config)
             }
@@ -197,20 +217,19 @@ impl SerializerConfig {
     }
 
     pub fn type_name(&self) -> &str {
-        self.0.get("type").and_then(Value::as_str).unwrap_or("")
+        self.map.get("type").and_then(Value::as_str).unwrap_or("")
     }
 
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+        &self.map
     }
 
     pub fn to_value(&self) -> Value {
-        Value::Object(self.0.clone())
+        Value::Object(self.map.clone())
     }
 
     pub fn to_json_string(&self) -> String {
-        // A map of JSON values always serializes.
-        serde_json::to_string(&self.0).unwrap_or_default()
+        self.json.to_string()
     }
 
     /// What the service understands of this config.
@@ -218,21 +237,21 @@ impl SerializerConfig {
         let ty = self.type_name();
         Ok(match ty {
             "json" => SerializerKind::Json {
-                jsonlib: self.0.get("jsonlib").and_then(Value::as_str).unwrap_or("json").to_owned(),
+                jsonlib: self.map.get("jsonlib").and_then(Value::as_str).unwrap_or("json").to_owned(),
             },
             "pickle" => SerializerKind::Pickle,
             "compressed" | "compressed/json" | "compressed/pickle" => {
-                let inner = match self.0.get("serializer") {
+                let inner = match self.map.get("serializer") {
                     Some(v) => SerializerConfig::from_value(v.clone())?,
-                    None if ty == "compressed/json" => SerializerConfig(json_defaults()),
-                    None if ty == "compressed/pickle" => SerializerConfig(pickle_defaults()),
+                    None if ty == "compressed/json" => SerializerConfig::of(json_defaults()),
+                    None if ty == "compressed/pickle" => SerializerConfig::of(pickle_defaults()),
                     None => {
                         return Err(SerializerError::InvalidConfig(
                             "a `compressed` serializer config needs a nested `serializer`".into(),
                         ));
                     }
                 };
-                let lib = Compression::parse(self.0.get("compressionlib").and_then(Value::as_str).unwrap_or("lzma"));
+                let lib = Compression::parse(self.map.get("compressionlib").and_then(Value::as_str).unwrap_or("lzma"));
                 SerializerKind::Compressed { inner: Box::new(inner), lib }
             }
             other => SerializerKind::Unknown(other.to_owned()),

@@ -549,7 +549,7 @@ impl ResultStore {
             };
             // Reading as stored needs no serializer for a bare payload: load it opaquely.
             let load_hint = hint.clone().or_else(|| opts.as_stored.then(SerializerConfig::opaque));
-            let load = self.load(block.clone(), key.clone(), load_hint);
+            let load = || self.load(block.clone(), key.clone(), load_hint);
             self.cache.get_or_load(cache_key, accept, opts.bypass_cache, load).await?
         };
 

@@ -200,17 +200,23 @@ impl ResolveCache {
         self.max_entry
     }
 
-    /// The entry at `key` if `accept` takes it, else one storage read through `load`
-    /// shared by all concurrent callers. `bypass` skips the lookup (the loaded result
-    /// still refreshes the entry). Returns the result and whether it was a hit.
-    pub async fn get_or_load<F>(
+    /// The entry at `key` if `accept` takes it, else one storage read through the future
+    /// `load` makes, shared by all concurrent callers. `bypass` skips the lookup (the
+    /// loaded result still refreshes the entry). Returns the result and whether it was a
+    /// hit.
+    ///
+    /// A hit never makes the load future, and a miss boxes the fill: a storage read's
+    /// future is large (about 14 KB of state), and carried inline it made every hit's
+    /// future that large too, copied each time the call's future moved.
+    pub async fn get_or_load<L, F>(
         &self,
         key: CacheKey,
         accept: impl Fn(&LoadedResult) -> bool,
         bypass: bool,
-        load: F,
+        load: L,
     ) -> Result<(Arc<LoadedResult>, bool)>
     where
+        L: FnOnce() -> F,
         F: Future<Output = Result<LoadedResult>>,
     {
         if !bypass && let Some(entry) = self.inner.get(&key).await {
@@ -226,17 +232,15 @@ impl ResolveCache {
         incr(&self.counters.misses);
         let max_entry = self.max_entry;
         let counters = self.counters.clone();
-        let filled = self
-            .inner
-            .try_get_with(key, async move {
-                let _running = FillGauge::enter(&counters);
-                let loaded = Arc::new(load.await.map_err(FillError::Failed)?);
-                if loaded.weight() > max_entry {
-                    return Err(FillError::TooLarge(loaded));
-                }
-                Ok(loaded)
-            })
-            .await;
+        let filled = Box::pin(self.inner.try_get_with(key, async move {
+            let _running = FillGauge::enter(&counters);
+            let loaded = Arc::new(load().await.map_err(FillError::Failed)?);
+            if loaded.weight() > max_entry {
+                return Err(FillError::TooLarge(loaded));
+            }
+            Ok(loaded)
+        }))
+        .await;
         match filled {
             Ok(entry) => Ok((entry, false)),
             Err(shared) => match &*shared {
@@ -352,7 +356,7 @@ mod tests {
                         let _open = gate.acquire().await;
                         Ok(result("k", 100, None))
                     };
-                    cache.get_or_load(key("k"), |_| true, false, load).await.map(|(r, _)| r.reference.size)
+                    cache.get_or_load(key("k"), |_| true, false, || load).await.map(|(r, _)| r.reference.size)
                 })
             })
             .collect();
@@ -370,11 +374,13 @@ mod tests {
     async fn a_failed_fill_reaches_its_waiters_and_is_not_cached() {
         let cache = cache(1 << 20, 1 << 20);
         let failed = Error::StorageUnavailable { block: "memory/default".into(), reason: "down".into(), cause: None };
-        let err = cache.get_or_load(key("k"), |_| true, false, async { Err(failed.clone()) }).await.unwrap_err();
+        let err = cache.get_or_load(key("k"), |_| true, false, || async { Err(failed.clone()) }).await.unwrap_err();
         assert_eq!(err, failed);
-        let (r, hit) = cache.get_or_load(key("k"), |_| true, false, async { Ok(result("k", 10, None)) }).await.unwrap();
+        let (r, hit) =
+            cache.get_or_load(key("k"), |_| true, false, || async { Ok(result("k", 10, None)) }).await.unwrap();
         assert_eq!((r.reference.size, hit), (10, false), "the next call reads again");
-        let (_, hit) = cache.get_or_load(key("k"), |_| true, false, async { Ok(result("k", 10, None)) }).await.unwrap();
+        let (_, hit) =
+            cache.get_or_load(key("k"), |_| true, false, || async { Ok(result("k", 10, None)) }).await.unwrap();
         assert!(hit);
     }
 
@@ -393,8 +399,10 @@ mod tests {
         // The most recent write is kept (LRU, not TinyLFU's admission).
         assert!(cache.peek(&key("k31")).await.is_some());
         // Heavier than max_entry_size: served, not cached.
-        let (r, _) =
-            cache.get_or_load(key("big"), |_| true, false, async { Ok(result("big", 32 << 10, None)) }).await.unwrap();
+        let (r, _) = cache
+            .get_or_load(key("big"), |_| true, false, || async { Ok(result("big", 32 << 10, None)) })
+            .await
+            .unwrap();
         assert_eq!(r.reference.size, 32 << 10);
         assert!(cache.peek(&key("big")).await.is_none());
         assert_eq!(cache.counters().bypassed_too_large, 1);
@@ -420,11 +428,12 @@ mod tests {
         let cache = cache(1 << 20, 1 << 20);
         cache.insert(key("k"), Arc::new(result("k", 5, None))).await;
         let (r, hit) = cache
-            .get_or_load(key("k"), |e| e.reference.size == 6, false, async { Ok(result("k", 6, None)) })
+            .get_or_load(key("k"), |e| e.reference.size == 6, false, || async { Ok(result("k", 6, None)) })
             .await
             .unwrap();
         assert_eq!((r.reference.size, hit), (6, false), "an entry of another version is not served");
-        let (_, hit) = cache.get_or_load(key("k"), |_| true, true, async { Ok(result("k", 7, None)) }).await.unwrap();
+        let (_, hit) =
+            cache.get_or_load(key("k"), |_| true, true, || async { Ok(result("k", 7, None)) }).await.unwrap();
         assert!(!hit, "bypass reads storage and refreshes the entry");
         assert_eq!(cache.peek(&key("k")).await.unwrap().reference.size, 7);
     }

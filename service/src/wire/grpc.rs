@@ -108,12 +108,26 @@ struct CallEnd {
     started: Instant,
     span: Span,
     done: bool,
+    /// Who called, once the call's token was read.
+    caller: Option<Access>,
 }
 
 impl CallEnd {
     fn start(metrics: &Arc<Metrics>, method: Method) -> Self {
         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        CallEnd { metrics: metrics.clone(), method, started: Instant::now(), span: Span::current(), done: false }
+        CallEnd {
+            metrics: metrics.clone(),
+            method,
+            started: Instant::now(),
+            span: Span::current(),
+            done: false,
+            caller: None,
+        }
+    }
+
+    /// The caller, named in the call's end event.
+    fn admitted(&mut self, access: &Access) {
+        self.caller = Some(access.clone());
     }
 
     fn finish(mut self, status: Option<&Status>) {
@@ -131,12 +145,14 @@ impl CallEnd {
         let ms = took.as_secs_f64() * 1e3;
         self.span.record("code", code_name).record("duration_ms", ms);
         let _in = self.span.enter();
+        let (method, caller) = (self.method.as_str(), self.caller.as_ref().map_or("?", Access::name));
+        let error = message.unwrap_or_default();
         match code {
-            Code::Ok => tracing::debug!("call finished"),
+            Code::Ok => tracing::debug!(method, caller, code = code_name, duration_ms = ms, "call finished"),
             Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown => {
-                tracing::warn!(error = message.unwrap_or_default(), "call failed")
+                tracing::warn!(method, caller, code = code_name, duration_ms = ms, error, "call failed")
             }
-            _ => tracing::info!(error = message.unwrap_or_default(), "call refused"),
+            _ => tracing::info!(method, caller, code = code_name, duration_ms = ms, error, "call refused"),
         }
     }
 }
@@ -197,9 +213,10 @@ impl ResultStoreService {
         F: FnOnce(Ctx, T) -> Fut,
         Fut: Future<Output = Result<R, Status>>,
     {
-        let end = CallEnd::start(&self.metrics, method);
+        let mut end = CallEnd::start(&self.metrics, method);
         let result = async {
             let (ctx, _permit) = self.admit(request.metadata())?;
+            end.admitted(&ctx.access);
             let timeout = ctx.request_timeout;
             let run = body(ctx, request.into_inner());
             if !timed {
@@ -544,7 +561,12 @@ const STREAM_IDLE_TIMEOUT: &str = "limits.stream_idle_timeout";
 
 #[tonic::async_trait]
 impl pb::result_store_server::ResultStore for ResultStoreService {
-    #[instrument(name = "rpc", skip_all, fields(method = "Put", block, key, size, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Put", block, key, size, caller, code, duration_ms)
+    )]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.call(Method::Put, true, request, |ctx, req| async move {
             let input = put_input(req).map_err(status_of)?;
@@ -554,7 +576,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(method = "Get", block, key, size, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Get", block, key, size, caller, code, duration_ms)
+    )]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         self.call(Method::Get, true, request, |ctx, req| async move {
             let (target, opts) = get_target_and_options(&req)?;
@@ -581,16 +608,22 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
 
     /// Not bounded as a whole by `limits.request_timeout` (a large upload takes its
     /// time): the header, and each chunk after it, must arrive within it.
-    #[instrument(name = "rpc", skip_all, fields(method = "PutStream", block, key, size, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "PutStream", block, key, size, caller, code, duration_ms)
+    )]
     async fn put_stream(
         &self,
         request: Request<Streaming<pb::PutStreamRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let end = CallEnd::start(&self.metrics, Method::PutStream);
+        let mut end = CallEnd::start(&self.metrics, Method::PutStream);
         let result = async {
             // Authenticated, but no place taken yet: a stream earns one with a header
             // whose block the caller may write, sent within limits.stream_idle_timeout.
             let (generation, access) = self.enter(request.metadata())?;
+            end.admitted(&access);
             let idle = generation.config.limits.stream_idle_timeout;
             let mut messages = request.into_inner();
             let first = tokio::time::timeout(idle, messages.message())
@@ -635,11 +668,17 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
 
     /// `limits.request_timeout` bounds finding the result and each storage read after
     /// it, not the whole transfer.
-    #[instrument(name = "rpc", skip_all, fields(method = "GetStream", block, key, size, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "GetStream", block, key, size, caller, code, duration_ms)
+    )]
     async fn get_stream(&self, request: Request<pb::GetRequest>) -> Result<Response<Self::GetStreamStream>, Status> {
-        let end = CallEnd::start(&self.metrics, Method::GetStream);
+        let mut end = CallEnd::start(&self.metrics, Method::GetStream);
         let opened = async {
             let (generation, access) = self.enter(request.metadata())?;
+            end.admitted(&access);
             let req = request.into_inner();
             let (target, opts) = get_target_and_options(&req)?;
             // The caller's scope first: a token that may not read there takes no place.
@@ -698,7 +737,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         Ok(Response::new(TrackedStream { inner: messages, end: Some(end) }.boxed()))
     }
 
-    #[instrument(name = "rpc", skip_all, fields(method = "Resolve", block, key, size, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Resolve", block, key, size, caller, code, duration_ms)
+    )]
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
         self.call(Method::Resolve, true, request, |ctx, req| async move {
             let want = pb::Want::try_from(req.want)
@@ -744,7 +788,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(method = "Exists", block, key, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Exists", block, key, caller, code, duration_ms)
+    )]
     async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
         self.call(Method::Exists, true, request, |ctx, req| async move {
             let loc = req.location.unwrap_or_default();
@@ -755,7 +804,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(method = "Delete", block, key, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Delete", block, key, caller, code, duration_ms)
+    )]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.call(Method::Delete, true, request, |ctx, req| async move {
             let loc = req.location.unwrap_or_default();
@@ -766,7 +820,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(method = "List", block, prefix, caller, code, duration_ms))]
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "List", block, prefix, caller, code, duration_ms)
+    )]
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         self.call(Method::List, true, request, |ctx, req| async move {
             Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
@@ -793,7 +852,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     }
 
     /// Only the blocks the caller holds some operation on.
-    #[instrument(name = "rpc", skip_all, fields(method = "ListBlocks", caller, code, duration_ms))]
+    #[instrument(level = "debug", name = "rpc", skip_all, fields(method = "ListBlocks", caller, code, duration_ms))]
     async fn list_blocks(
         &self,
         request: Request<pb::ListBlocksRequest>,
