@@ -185,6 +185,11 @@ impl Parser<'_> {
         self.i += 1; // opening quote
         let mut out = Vec::new();
         loop {
+            // A run of plain bytes is copied at once (most strings are one run).
+            let rest = &self.s[self.i.min(self.s.len())..];
+            let run = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(rest.len());
+            out.extend_from_slice(&rest[..run]);
+            self.i += run;
             let Some(&c) = self.s.get(self.i) else {
                 return Err(self.err("unterminated string"));
             };

@@ -357,7 +357,22 @@ pub fn sniff(data: &[u8], preferred: &SerializerConfig) -> Option<SerializerConf
 }
 
 /// Serializes a plain value with `config`, as the named Prefect serializer would.
-pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec<u8>> {
+pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Bytes> {
+    encode_value(config, value).map(|e| e.data)
+}
+
+/// A value serialized by the server: the serializer bytes, and the value bytes under them
+/// (what decoding them gives back, known here without decoding).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub data: Bytes,
+    /// For JSON, the same buffer as `data` (one allocation, counted once by the cache).
+    pub value: DecodedValue,
+}
+
+/// [`encode_plain`], keeping the value bytes of each layer: a Put of JSON needs both, and
+/// decoding what was just encoded would only find them again.
+pub fn encode_value(config: &SerializerConfig, value: &PlainValue) -> Result<Encoded> {
     match config.kind()? {
         SerializerKind::Json { jsonlib } => {
             if let Some(Value::Object(kw)) = config.as_map().get("dumps_kwargs")
@@ -378,16 +393,19 @@ pub fn encode_plain(config: &SerializerConfig, value: &PlainValue) -> Result<Vec
                     )));
                 }
             };
-            json::write_python(value, style).map_err(SerializerError::CannotWrite)
+            let data = Bytes::from(json::write_python(value, style).map_err(SerializerError::CannotWrite)?);
+            let value = DecodedValue { bytes: data.clone(), kind: ValueKind::Json };
+            Ok(Encoded { data, value })
         }
         SerializerKind::Pickle => {
             let p = pickle::write(value).map_err(SerializerError::CannotWrite)?;
-            Ok(b64_encodebytes(&p))
+            let data = Bytes::from(b64_encodebytes(&p));
+            Ok(Encoded { data, value: DecodedValue { bytes: Bytes::from(p), kind: ValueKind::Pickle } })
         }
         SerializerKind::Compressed { inner, lib } => {
-            let inner_bytes = encode_plain(&inner, value)?;
-            let compressed = compress(&lib, &inner_bytes)?;
-            Ok(b64_encodebytes(&compressed))
+            let inner = encode_value(&inner, value)?;
+            let compressed = compress(&lib, &inner.data)?;
+            Ok(Encoded { data: Bytes::from(b64_encodebytes(&compressed)), value: inner.value })
         }
         SerializerKind::Unknown(ty) => Err(SerializerError::InvalidConfig(format!(
             "the server cannot serialize with `{ty}`; serialize on the client and send `data`"
@@ -720,14 +738,14 @@ mod tests {
         for lib in ["lzma", "bz2", "zlib", "gzip"] {
             for inner in ["json", "pickle"] {
                 let c = cfg(&format!(r#"{{"type":"compressed","serializer":"{inner}","compressionlib":"{lib}"}}"#));
-                let data = Bytes::from(encode_plain(&c, &value).unwrap());
+                let data = encode_plain(&c, &value).unwrap();
                 let v = decode_value(&c, &data, 1 << 20).unwrap();
                 assert_eq!(&to_json(&v, 1000).unwrap()[..], br#"{"a": [1, 2.5, "x", null, true]}"#, "{lib}/{inner}");
             }
         }
         let zeros = PlainValue::Str("0".repeat(1 << 20));
         let c = SerializerConfig::from_type("compressed/json").unwrap();
-        let data = Bytes::from(encode_plain(&c, &zeros).unwrap());
+        let data = encode_plain(&c, &zeros).unwrap();
         assert!(data.len() < 10_000);
         assert!(matches!(decode_value(&c, &data, 1000), Err(DecodeError::TooLarge { .. })));
     }

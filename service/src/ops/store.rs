@@ -333,12 +333,17 @@ impl ResultStore {
             return Ok(PutOutcome::Literal(literal));
         }
 
-        let data = match (&input.payload, &value) {
+        // The server's own encoding knows its value bytes; bytes a client sent are decoded
+        // (below) to prove they can be read back.
+        let (data, encoded_value) = match (&input.payload, &value) {
             (Payload::Data(data), _) => {
                 serializer::check_data(&eff.serializer, data)?;
-                data.clone()
+                (data.clone(), None)
             }
-            (_, Some(v)) => Bytes::from(serializer::encode_plain(&eff.serializer, v)?),
+            (_, Some(v)) => {
+                let encoded = serializer::encode_value(&eff.serializer, v)?;
+                (encoded.data, Some(encoded.value))
+            }
             (Payload::Object(_), _) | (_, None) => {
                 unreachable!("json and literal payloads always carry a value; objects returned above")
             }
@@ -354,7 +359,18 @@ impl ResultStore {
         validate_key(&key)?;
         // Decode before writing: a payload that could never be read back is refused
         // before it can replace anything.
-        let value = self.decode_written(&eff.serializer, &data, "`data`")?;
+        let value = match encoded_value {
+            // What a read would refuse to decompress is refused here too.
+            Some(value) if value.bytes.len() as u64 > self.max_result_size => {
+                return Err(Error::TooLarge {
+                    what: "the decompressed result".into(),
+                    size: value.bytes.len() as u64,
+                    limit: self.max_result_size,
+                });
+            }
+            Some(value) => value,
+            None => self.decode_written(&eff.serializer, &data, "`data`")?,
+        };
         let record_format = if eff.persist && block.format == BlockFormat::Split {
             RecordFormat::Split
         } else {
