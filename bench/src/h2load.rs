@@ -10,26 +10,19 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use prost::Message;
+use resultstore_e2e::servers::Spawned;
 
 use crate::load::Stats;
 
-/// A server process, killed when dropped.
+/// A server process (killed when dropped) and its address, `127.0.0.1:PORT`.
 pub struct Server {
-    child: Child,
-    /// `127.0.0.1:PORT`.
+    _process: Spawned,
     pub addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `command` and waits for the line it prints once listening (`PREFIX ADDR`): the
@@ -40,7 +33,8 @@ fn start(mut command: Command, prefix: &str) -> anyhow::Result<Server> {
     BufReader::new(child.stdout.take().context("its stdout")?).read_line(&mut line)?;
     let addr = line.trim().strip_prefix(prefix).with_context(|| format!("expected `{prefix} ADDR`, got {line:?}"))?;
     let addr = addr.trim_start_matches("http://").to_owned();
-    Ok(Server { child, addr })
+    let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("no port in {addr}"))?;
+    Ok(Server { _process: Spawned::new(child, port), addr })
 }
 
 /// `resultstore serve` (the binary beside this one) with `config`.

@@ -27,6 +27,11 @@ impl Drop for Spawned {
 }
 
 impl Spawned {
+    /// Takes charge of `child`, a server listening on `port` of 127.0.0.1.
+    pub fn new(child: Child, port: u16) -> Self {
+        Spawned { child, port }
+    }
+
     /// Stops the server (as an outage would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
