@@ -205,16 +205,20 @@ impl ResultRecord {
     /// The `prefect3` record bytes. `None` when the serializer bytes are not UTF-8, which
     /// a JSON string cannot hold (such results need a `split` block).
     pub fn encode_prefect3(&self) -> Option<Vec<u8>> {
-        let result = if self.nested_result {
-            serde_json::from_slice::<Value>(&self.data).ok()?
-        } else {
-            Value::String(std::str::from_utf8(&self.data).ok()?.to_owned())
-        };
-        let mut out = Vec::with_capacity(self.data.len() + 512);
+        let mut out = Vec::with_capacity(self.data.len() + self.data.len() / 16 + 512);
         out.extend_from_slice(b"{\"metadata\":");
         serde_json::to_writer(&mut out, &self.metadata).ok()?;
         out.extend_from_slice(b",\"result\":");
-        serde_json::to_writer(&mut out, &result).ok()?;
+        if self.nested_result {
+            serde_json::to_writer(&mut out, &serde_json::from_slice::<Value>(&self.data).ok()?).ok()?;
+        } else {
+            // The string escaped in place, as serde_json would escape it (the same escaper
+            // the streamed path uses), without first copying it into a JSON value.
+            std::str::from_utf8(&self.data).ok()?;
+            out.push(b'"');
+            escape_json_chunk(&self.data, &mut out);
+            out.push(b'"');
+        }
         out.push(b'}');
         Some(out)
     }
@@ -306,6 +310,11 @@ mod tests {
             out.extend_from_slice(PREFECT3_SUFFIX);
             assert_eq!(out, rec.encode_prefect3().unwrap(), "pieces of {piece}");
         }
+        // And both are what serde_json writes of the record (Prefect's bytes: the other tests).
+        let mut whole = serde_json::Map::new();
+        whole.insert("metadata".into(), Value::Object(rec.metadata.clone()));
+        whole.insert("result".into(), Value::String(String::from_utf8(data.to_vec()).unwrap()));
+        assert_eq!(rec.encode_prefect3().unwrap(), serde_json::to_vec(&whole).unwrap());
     }
 
     #[test]
