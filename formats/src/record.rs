@@ -247,9 +247,28 @@ pub const PREFECT3_SUFFIX: &[u8] = b"\"}";
 /// multi-byte UTF-8 sequence; the caller checks the bytes are UTF-8.
 pub fn escape_json_chunk(chunk: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Which bytes need an escape (`"`, `\`, control bytes), looked up rather than matched:
+    // the scan between escapes is then a table load and a compare per byte.
+    const NEEDS_ESCAPE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 0x20 {
+            t[i] = true;
+            i += 1;
+        }
+        t[b'"' as usize] = true;
+        t[b'\\' as usize] = true;
+        t
+    };
     out.reserve(chunk.len() + chunk.len() / 16);
     let mut start = 0;
-    for (i, &b) in chunk.iter().enumerate() {
+    let mut i = 0;
+    while i < chunk.len() {
+        let b = chunk[i];
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -258,8 +277,7 @@ pub fn escape_json_chunk(chunk: &[u8], out: &mut Vec<u8>) {
             b'\n' => b"\\n",
             0x0c => b"\\f",
             b'\r' => b"\\r",
-            0x00..=0x1f => &[],
-            _ => continue,
+            _ => &[],
         };
         out.extend_from_slice(&chunk[start..i]);
         if short.is_empty() {
@@ -267,7 +285,8 @@ pub fn escape_json_chunk(chunk: &[u8], out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(short);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&chunk[start..]);
 }
