@@ -200,6 +200,11 @@ pub(crate) fn object_key(key: Option<String>, cache_key: Option<String>, new_key
 }
 
 /// `Expired` when `expiration` has passed, unless the caller allows expired reads.
+/// A result whose value bytes, out of their compression, exceed `limits.max_result_size`.
+fn decompressed_too_large(size: u64, limit: u64) -> Error {
+    Error::TooLarge { what: "the decompressed result".into(), size, limit }
+}
+
 pub(crate) fn check_not_expired(
     block: &Block,
     key: &str,
@@ -252,16 +257,17 @@ impl ResultStore {
     }
 
     fn build(config: &Config, blocks: BlockRegistry, cache: Arc<ResolveCache>, writes: Arc<KeyLocks>) -> Result<Self> {
+        let objects = ObjectReader::new(Arc::clone(&cache), config.limits.max_result_size.0);
         Ok(ResultStore {
             blocks,
-            cache: cache.clone(),
+            cache,
             defaults: settings::Defaults {
                 serializer: SerializerConfig::from_type(&config.default_serializer)
                     .map_err(|e| Error::Config(format!("default_serializer: {e}")))?,
                 persist_by_default: config.persist_by_default,
             },
             max_result_size: config.limits.max_result_size.0,
-            objects: ObjectReader::new(cache.clone(), config.limits.max_result_size.0),
+            objects,
             stream_chunk: usize::try_from(config.limits.stream_chunk_size.0).unwrap_or(64 << 20),
             writes,
         })
@@ -362,11 +368,7 @@ impl ResultStore {
         let value = match encoded_value {
             // What a read would refuse to decompress is refused here too.
             Some(value) if value.bytes.len() as u64 > self.max_result_size => {
-                return Err(Error::TooLarge {
-                    what: "the decompressed result".into(),
-                    size: value.bytes.len() as u64,
-                    limit: self.max_result_size,
-                });
+                return Err(decompressed_too_large(value.bytes.len() as u64, self.max_result_size));
             }
             Some(value) => value,
             None => self.decode_written(&eff.serializer, &data, "`data`")?,
@@ -640,9 +642,7 @@ impl ResultStore {
     ) -> Result<serializer::DecodedValue> {
         serializer::decode_value(config, data, self.max_result_size).map_err(|e| match e {
             DecodeError::Corrupt(m) => corrupt(m),
-            DecodeError::TooLarge { size, limit } => {
-                Error::TooLarge { what: "the decompressed result".into(), size, limit }
-            }
+            DecodeError::TooLarge { size, limit } => decompressed_too_large(size, limit),
         })
     }
 

@@ -107,6 +107,9 @@ impl Live {
     /// old one. The settings fixed at start keep their started values; the names of those
     /// `config` would change (which only a restart applies) are returned.
     pub fn reload(&self, config: Config) -> Result<Vec<String>> {
+        // The file as written first: a setting that only a restart applies must still be one
+        // the next start accepts (checked again below, with the started values put back).
+        config.validate()?;
         let wanted = config.startup();
         if wanted.tls != self.startup.tls {
             return Err(Error::Config(
@@ -131,5 +134,29 @@ impl Live {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml("default_block = \"memory/default\"\n[blocks.\"memory/default\"]\nurl = \"memory://\"\n")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reload_refuses_restart_only_settings_the_next_start_would_refuse() {
+        let live = Live::new(config()).unwrap();
+        let mut zero = config();
+        zero.cache.capacity = crate::config::ByteSize(0);
+        let err = live.reload(zero).unwrap_err();
+        assert!(err.to_string().contains("capacity"), "{err}");
+        // A valid change waits for the restart, named; the started value stays in force.
+        let mut bigger = config();
+        bigger.cache.capacity = crate::config::ByteSize(1 << 30);
+        assert_eq!(live.reload(bigger).unwrap(), ["cache.capacity"]);
+        assert_eq!(live.current().config.cache.capacity, config().cache.capacity);
     }
 }
