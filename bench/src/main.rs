@@ -315,6 +315,7 @@ async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<V
     }
     if on("prefect: Prefect's read path") {
         prefect_read_path(b, &mut rows).await?;
+        python_client(b, &mut rows).await?;
     }
     if on("memory: stream memory") {
         stream_memory(b, &mut rows).await?;
@@ -934,6 +935,72 @@ async fn prefect_read_path(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()>
             .ratio(ours.rps() / rps(&storage)),
         );
     }
+    Ok(())
+}
+
+/// The Python client's read of a cached 1 KiB result against grpcio's bare stub call of
+/// the same request, and its second read of a reference (served from its local copies)
+/// against Prefect's in-process LRU (`bench/python_client.py`).
+async fn python_client(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Some(py) = prefect_python() else {
+        rows.push(Row::new(
+            "Python client",
+            "-",
+            "Prefect's venv is missing (.test-env/prefect): run scripts/test-env",
+        ));
+        return Ok(());
+    };
+    let secs = format!("{}", b.secs().as_secs_f64());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_client.py");
+    let ours = report(
+        Command::new(&py)
+            .arg(script)
+            .args(["--url", &b.url, "--block", "memory/bench", "--size", "1024", "--seconds", &secs])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    )?;
+    // Prefect's LRU in the same run (the record `prefect_read_path` wrote).
+    let key = "prefect/1024";
+    write_cold_record(b, key, json_doc(1024, 8))?;
+    let dir = b.dir.join("local").display().to_string();
+    let args: Vec<String> =
+        ["latency", "--dir", &dir, "--key", key, "--seconds", &secs, "--memory-cache"].map(String::from).to_vec();
+    let prefect = report(run_prefect(&py, &args)?)?;
+    let rps = |p: &serde_json::Value| p["requests"].as_f64().unwrap_or(0.0) / p["secs"].as_f64().unwrap_or(1.0);
+    let show = |p: &serde_json::Value| {
+        format!(
+            "{} req/s, p50 {:.3} / p99 {:.3} ms",
+            human(rps(p)),
+            p["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            p["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    let ratio = rps(&ours["client"]) / rps(&ours["grpcio"]);
+    rows.push(
+        Row::new(
+            "Python ResultStoreClient.get of a cached 1 KiB result, sequential (local copies off: a Resolve per read)",
+            show(&ours["client"]),
+            format!(
+                "grpcio stub Resolve of the same request: {}; the same and json.loads of its bytes: {}",
+                show(&ours["grpcio"]),
+                show(&ours["grpcio_loads"])
+            ),
+        )
+        .ratio(ratio)
+        .target("≥0.9× req/s", ratio >= 0.9),
+    );
+    let calls = ours["local_calls"].as_u64().unwrap_or(u64::MAX);
+    let ratio = rps(&ours["local"]) / rps(&prefect);
+    rows.push(
+        Row::new(
+            "Python ResultStoreClient.get, repeated reads of one reference (local copy)",
+            format!("{}; calls made: {calls}", show(&ours["local"])),
+            format!("Prefect ResultStore.read from its in-process LRU: {}", show(&prefect)),
+        )
+        .ratio(ratio)
+        .target("≥1× req/s, one call", ratio >= 1.0 && calls == 1),
+    );
     Ok(())
 }
 

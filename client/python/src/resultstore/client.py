@@ -10,11 +10,13 @@ here with the library the result's serializer config names.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import io
 import json
 import os
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -22,6 +24,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from resultstore.errors import DeadlineExceeded, IncompleteStream, ResultStoreError, error_from_rpc
+from resultstore.local_copies import LocalCopies
 from resultstore.routing import Router, parse_endpoints
 from resultstore.serializers import (
     CompressedSerializer,
@@ -42,6 +45,10 @@ DEFAULT_TIMEOUT = 10.0
 #: The slowest transfer a deadline allows for: a unary call carrying N bytes gets
 #: `timeout + N / MIN_THROUGHPUT` seconds.
 MIN_THROUGHPUT = 4 * 1024 * 1024
+#: Value bytes of results read by reference that a client keeps (see `resultstore.local_copies`).
+DEFAULT_LOCAL_COPIES = 32 * 1024 * 1024
+#: Seconds a kept copy serves before the next read asks the server again.
+DEFAULT_LOCAL_COPY_TTL = 60.0
 #: Bytes per PutStream message (every server accepts it, whatever its message limit).
 STREAM_CHUNK = 1024 * 1024
 _LITERAL_OF_VALUE = {True: pb.LITERAL_TRUE, False: pb.LITERAL_FALSE, None: pb.LITERAL_NULL}
@@ -239,7 +246,22 @@ def _serializer_pb(s: Serializer) -> pb.Serializer:
 def _serializer_of(reference: pb.Reference) -> Serializer:
     """The serializer a reference names."""
     cfg = reference.serializer
-    return serializer_from(json.loads(cfg.config_json) if cfg.config_json else cfg.type)
+    return _serializer_named(cfg.type, cfg.config_json)
+
+
+@functools.lru_cache(maxsize=256)
+def _serializer_named(type_: str, config_json: str) -> Serializer:
+    """One serializer object per config a process meets (they hold no per-call state):
+    parsing the config on every read cost more than the rest of the client's work."""
+    return serializer_from(json.loads(config_json) if config_json else type_)
+
+
+def _expired(reference: pb.Reference) -> bool:
+    """Whether the result's expiration (as its reference tells it) has passed."""
+    if not reference.HasField("expiration"):
+        return False
+    e = reference.expiration
+    return e.seconds + e.nanos / 1e9 <= time.time()
 
 
 def _innermost(s: Serializer) -> Serializer:
@@ -419,6 +441,8 @@ class ResultStoreClient:
         tls_server_name: Optional[str] = None,
         dns_refresh: float = 30.0,
         replica_backoff: float = 5.0,
+        local_copies: int = DEFAULT_LOCAL_COPIES,
+        local_copy_ttl: float = DEFAULT_LOCAL_COPY_TTL,
     ):
         """`timeout`: seconds a call may take (`None`: no limit); a call that carries
         N bytes gets N / MIN_THROUGHPUT seconds more, and a stream is cut only when no
@@ -431,8 +455,14 @@ class ResultStoreClient:
         `tls_server_name` the name to check the server's certificate against when it is
         not the URL's host (for a `dns+https://` name: that name). With several replicas:
         `dns_refresh` is how often a DNS name is looked up again, `replica_backoff` how
-        long a replica that failed is tried only after the others (seconds)."""
+        long a replica that failed is tried only after the others (seconds).
+        `local_copies`: bytes of values read by reference this client keeps, so a second
+        `get` of the same reference in this process makes no call (the reference names its
+        digest, so a copy cannot be another result; see `resultstore.local_copies`);
+        `local_copy_ttl`: seconds a copy serves before the server is asked again, the
+        longest a result deleted by another process stays readable here. Either at 0: off."""
         self.url = url
+        self._copies = LocalCopies(local_copies, local_copy_ttl)
         self.timeout = timeout
         self.max_message_size = max_message_size
         endpoints = parse_endpoints(url)
@@ -575,6 +605,9 @@ class ResultStoreClient:
     def _stored(self, reply: pb.PutResponse) -> Union[ResultLiteral, ResultReference]:
         if reply.WhichOneof("result") == "literal":
             return ResultLiteral(_VALUE_OF_LITERAL.get(reply.literal))
+        # A copy of what the key held before names the old digest: a read by its reference
+        # is the server's to answer now (it says the result changed).
+        self._copies.forget(reply.reference.block, reply.reference.key)
         return ResultReference(reply.reference, self)
 
     def write_object(self, storage: str, key: str, content: bytes) -> ResultReference:
@@ -585,7 +618,9 @@ class ResultStoreClient:
             chunks = (content[i : i + STREAM_CHUNK] for i in range(0, len(content), STREAM_CHUNK))
             return self.put_stream(chunks, storage=storage, key=key, object=True, size=len(content))
         request = pb.PutRequest(object=content, key=key, task=pb.ResultSettings(result_storage=storage))
-        return ResultReference(self._call("Put", request, key, len(content)).reference, self)
+        reference = self._call("Put", request, key, len(content)).reference
+        self._copies.forget(reference.block, reference.key)
+        return ResultReference(reference, self)
 
     def _unary_payload_limit(self) -> int:
         # Room for the settings and framing around the payload.
@@ -766,10 +801,18 @@ class ResultStoreClient:
         if not self._fits_one_message(target.size):
             stream = self.get_stream(target, want="raw", allow_expired=allow_expired, bypass_cache=bypass_cache)
             return self._value_of_stream(stream)
+        copy = LocalCopies.key_of(target.message) if self._copies.enabled else None
+        if copy is not None and not bypass_cache:
+            reply = self._copies.get(copy)
+            # An expired result is the server's to refuse (or to serve, with allow_expired).
+            if reply is not None and (allow_expired or not _expired(reply.reference)):
+                return self._load(reply, allow_expired)
         request = pb.ResolveRequest(
             reference=target.message, want=pb.WANT_RAW, allow_expired=allow_expired, bypass_cache=bypass_cache
         )
         reply = self._call("Resolve", request, target.key, target.size)
+        if copy is not None and reply.HasField("data"):
+            self._copies.put(copy, reply)
         return self._load(reply, allow_expired)
 
     def load(
@@ -866,6 +909,7 @@ class ResultStoreClient:
         return self._call("Exists", pb.ExistsRequest(location=pb.Location(block=storage, key=key)), key).exists
 
     def delete(self, storage: str, key: str) -> None:
+        self._copies.forget(storage, key)
         self._call("Delete", pb.DeleteRequest(location=pb.Location(block=storage, key=key)), key)
 
     def list(self, storage: str = "", prefix: str = "") -> Iterator[str]:

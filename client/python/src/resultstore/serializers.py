@@ -20,6 +20,7 @@ reads it trusts its results. The *server* never does this; only clients do.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import io
 import json
@@ -41,8 +42,11 @@ DEFAULT_OBJECT_ENCODER = "prefect.serializers.prefect_json_object_encoder"
 DEFAULT_OBJECT_DECODER = "prefect.serializers.prefect_json_object_decoder"
 
 
+@functools.lru_cache(maxsize=256)
 def from_qualified_name(name: str) -> Any:
-    """Imports `module` or `module.attribute`, as Prefect's `from_qualified_name` does."""
+    """Imports `module` or `module.attribute`, as Prefect's `from_qualified_name` does.
+    Kept per name (an import is found once): serializers look up their library on every
+    call, and the lookup cost more than loading a small value."""
     try:
         return importlib.import_module(name)
     except ImportError:
