@@ -10,6 +10,7 @@ use bytes::Bytes;
 use resultstore::config::auth::Access;
 use resultstore::formats::reference::{Expectation, LiteralValue, ResultReference};
 use resultstore::formats::serializer::SerializerConfig;
+use resultstore::ops::lifecycle::{SweepOptions, SweepReport};
 use resultstore::ops::settings::ResultSettings;
 use resultstore::ops::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome, ReadTarget, WriteMode};
 use resultstore::storage::cache::LoadedResult;
@@ -176,12 +177,108 @@ async fn conformance(store: &ResultStore, block: &str) {
     assert_eq!(json_of(store, at(block, "conf/kept")).await, serde_json::json!(4));
 }
 
+/// Puts `value` (JSON) at `key` with `expiration`.
+async fn put_expiring(store: &ResultStore, block: &str, key: &str, expiration: Option<chrono::DateTime<chrono::Utc>>) {
+    let mut input = put(block, key, Payload::Json("1".into()), "json");
+    input.expiration = expiration;
+    store.put(input, &Access::Open).await.unwrap();
+}
+
+fn sweep(prefix: &str, now: chrono::DateTime<chrono::Utc>, retention: Option<std::time::Duration>) -> SweepOptions {
+    SweepOptions {
+        prefix: prefix.into(),
+        retention,
+        dry_run: false,
+        calls_per_second: std::num::NonZeroU32::new(100_000).unwrap(),
+        now,
+    }
+}
+
+/// The expiry sweep and bulk deletes (`ops::lifecycle`), against `block`; `bulk` keys in
+/// the bulk delete.
+async fn lifecycle(store: &ResultStore, block: &str, bulk: usize) {
+    let open = &Access::Open;
+    let (now, hour) = (chrono::Utc::now(), chrono::Duration::hours(1));
+    let h = std::time::Duration::from_secs(3600);
+    put_expiring(store, block, "life/past", Some(now - hour)).await;
+    put_expiring(store, block, "life/future", Some(now + hour)).await;
+    put_expiring(store, block, "life/none", None).await;
+    put_expiring(store, block, "lifeless", Some(now - hour)).await; // not under "life/"
+    let mut garbage = put(block, "life/garbage", Payload::Object(Bytes::from_static(b"\x00\x01 not a record")), "json");
+    garbage.task.result_serializer = None;
+    store.put(garbage, open).await.unwrap();
+    let all = ["life/future", "life/garbage", "life/none", "life/past"].map(String::from).to_vec();
+
+    // A dry run counts and deletes nothing.
+    let dry = SweepOptions { dry_run: true, ..sweep("life/", now, None) };
+    let report = store.sweep_expired(block, &dry, open, |_| {}).await.unwrap();
+    assert_eq!((report.scanned, report.expired, report.deleted), (4, 1, 0), "{block}: {report:?}");
+    assert_eq!(keys_under(store, block, "life/").await, all, "{block}");
+
+    // The table: (judged at, retention) -> what is left.
+    let table: [(chrono::DateTime<chrono::Utc>, Option<std::time::Duration>, &[&str]); 3] = [
+        // Now, no retention: the record that expired goes; no expiration and unreadable stay.
+        (now, None, &["life/future", "life/garbage", "life/none"]),
+        // Half an hour on, a retention of an hour: nothing is old enough, nothing expired.
+        (now + hour / 2, Some(h), &["life/future", "life/garbage", "life/none"]),
+        // Two hours on: everything is older than its retention, readable or not.
+        (now + hour * 2, Some(h), &[]),
+    ];
+    for (at, retention, left) in table {
+        let report = store.sweep_expired(block, &sweep("life/", at, retention), open, |_| {}).await.unwrap();
+        let left: Vec<String> = left.iter().map(|k| k.to_string()).collect();
+        assert_eq!(keys_under(store, block, "life/").await, left, "{block} at {at} retention {retention:?}: {report:?}");
+        assert_eq!(report.deleted, report.expired, "{block}: {report:?}");
+    }
+    assert_eq!(keys_under(store, block, "lifeless").await, ["lifeless"], "{block}: outside the prefix");
+    store.delete(block, "lifeless", open).await.unwrap();
+
+    // A sweep stopped half-way (its future dropped, as a killed process stops) and run again
+    // deletes exactly the expired results.
+    for i in 0..40 {
+        let expiration = if i % 2 == 0 { now - hour } else { now + hour };
+        put_expiring(store, block, &format!("cut/{i:02}"), Some(expiration)).await;
+    }
+    let slow = SweepOptions { calls_per_second: std::num::NonZeroU32::new(40).unwrap(), ..sweep("cut/", now, None) };
+    let mut heard = SweepReport::default();
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        store.sweep_expired(block, &slow, open, |r| heard = *r),
+    )
+    .await;
+    assert!(stopped.is_err(), "{block}: the paced sweep was meant to be stopped before it finished");
+    let left_after_stop = keys_under(store, block, "cut/").await;
+    assert!(left_after_stop.len() > 20, "{block}: {left_after_stop:?}");
+    let report = store.sweep_expired(block, &sweep("cut/", now, None), open, |_| {}).await.unwrap();
+    let odd: Vec<String> = (0..40).filter(|i| i % 2 == 1).map(|i| format!("cut/{i:02}")).collect();
+    assert_eq!(keys_under(store, block, "cut/").await, odd, "{block}: {report:?}");
+
+    // Bulk delete: the whole block only when asked for by name; a prefix is a string
+    // prefix; cached copies go with the results.
+    let err = store.delete_prefix(block, "", false, open).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{block}: {err}");
+    for i in 0..bulk {
+        store.put(put(block, &format!("bulk/{i:05}"), Payload::Json(i.to_string()), "json"), open).await.unwrap();
+    }
+    store.put(put(block, "bulkhead", Payload::Json("0".into()), "json"), open).await.unwrap();
+    let cached = store.read(at(block, "bulk/00000"), ReadOptions::default(), open).await;
+    assert!(cached.is_ok(), "{block}");
+    let report = store.delete_prefix(block, "bulk/", false, open).await.unwrap();
+    assert_eq!((report.scanned, report.deleted), (bulk as u64, bulk as u64), "{block}");
+    assert!(keys_under(store, block, "bulk/").await.is_empty(), "{block}");
+    let gone = store.read(at(block, "bulk/00000"), ReadOptions::default(), open).await.err();
+    assert!(matches!(gone, Some(Error::NotFound { .. })), "{block}: the cached copy went too: {gone:?}");
+    assert_eq!(keys_under(store, block, "bulkhead").await, ["bulkhead"], "{block}");
+    assert_eq!(store.delete_prefix(block, "bulk/", false, open).await.unwrap().deleted, 0);
+}
+
 #[tokio::test]
 async fn memory_and_local_blocks_conform_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_for(&base_config(dir.path()));
     for block in ["memory/default", "memory/split", "local-file-system/default", "local-file-system/split"] {
         conformance(&store, block).await;
+        lifecycle(&store, block, 2000).await;
     }
 }
 
@@ -192,6 +289,8 @@ async fn s3_blocks_on_moto_conform_in_process() {
     let store = store_for(&config_with_pair(dir.path(), "s3-bucket", "s3://results", &s3_options(moto.port)));
     conformance(&store, "s3-bucket/p3").await;
     conformance(&store, "s3-bucket/split").await;
+    lifecycle(&store, "s3-bucket/p3", 300).await;
+    lifecycle(&store, "s3-bucket/split", 300).await;
 }
 
 #[tokio::test]
@@ -202,6 +301,8 @@ async fn azure_blocks_on_azurite_conform_in_process() {
     let store = store_for(&config_with_pair(dir.path(), "azure-blob-storage-container", "az://results", &options));
     conformance(&store, "azure-blob-storage-container/p3").await;
     conformance(&store, "azure-blob-storage-container/split").await;
+    lifecycle(&store, "azure-blob-storage-container/p3", 300).await;
+    lifecycle(&store, "azure-blob-storage-container/split", 300).await;
 }
 
 /// A read's future is what every cache hit carries and moves (into the handler's box, the

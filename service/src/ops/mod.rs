@@ -10,6 +10,7 @@
 //! - [`objects`]: whole objects read within `max_result_size` and the fill budget, the
 //!   write mode, payload digests;
 //! - [`key_locks`]: one writer per key through this process;
+//! - [`lifecycle`]: the expiry sweep and bulk deletes by prefix, through `store`'s delete;
 //! - [`settings`]: Prefect's persist/storage/serializer inheritance.
 //!
 //! Uses: [`crate::storage`], [`crate::formats`], [`crate::config`], [`crate::error`],
@@ -18,6 +19,7 @@
 //! parts), which uses `objects` and `key_locks`; nothing below reaches back up.
 
 pub mod key_locks;
+pub mod lifecycle;
 pub mod objects;
 pub mod settings;
 pub mod split;

@@ -586,7 +586,12 @@ impl ResultStore {
     }
 
     /// One storage read of `key`, detecting its format.
-    async fn load(&self, block: Arc<Block>, key: String, hint: Option<SerializerConfig>) -> Result<LoadedResult> {
+    pub(crate) async fn load(
+        &self,
+        block: Arc<Block>,
+        key: String,
+        hint: Option<SerializerConfig>,
+    ) -> Result<LoadedResult> {
         let named = hint.is_some();
         let hint = hint.unwrap_or_else(|| block.default_serializer.clone());
         let path = object_path(&key)?;
@@ -711,12 +716,18 @@ impl ResultStore {
     pub async fn delete(&self, block: &str, key: &str, access: &Access) -> Result<()> {
         let block = self.block_for(block, access, Operation::Delete)?;
         validate_key(key)?;
+        let _lock = self.writes.lock(&block.slug, key).await;
+        self.delete_locked(&block, key).await
+    }
+
+    /// [`Self::delete`] of a checked key whose write lock the caller holds (a bulk delete
+    /// and the expiry sweep delete through here too).
+    pub(crate) async fn delete_locked(&self, block: &Arc<Block>, key: &str) -> Result<()> {
         let path = object_path(key)?;
         let map = |e| block.storage_error(key, e);
-        let _lock = self.writes.lock(&block.slug, key).await;
         if let (Some(meta_store), BlockFormat::Split) = (&block.metadata_store, block.format) {
             self.cache.invalidate(&block.cache_key(key)).await;
-            return self.split().delete_split(&block, meta_store, key).await;
+            return self.split().delete_split(block, meta_store, key).await;
         }
         block.store.head(&path).await.map_err(map)?;
         self.cache.invalidate(&block.cache_key(key)).await;
