@@ -85,6 +85,16 @@ impl ResultStore for Bare {
     async fn delete(&self, _r: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    async fn delete_prefix(
+        &self,
+        _r: Request<pb::DeletePrefixRequest>,
+    ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    type SweepStream = BoxStream<'static, Result<pb::SweepProgress, Status>>;
+    async fn sweep(&self, _r: Request<pb::SweepRequest>) -> Result<Response<Self::SweepStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
     async fn list(&self, _r: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }

@@ -321,6 +321,38 @@ impl Client {
         Ok(())
     }
 
+    /// Deletes every result under `prefix` (a string prefix) in `block`; the whole block
+    /// only with an empty prefix and `all`. Routed by the prefix, as `list` is.
+    pub async fn delete_prefix(&self, block: &str, prefix: &str, all: bool) -> Result<pb::DeletePrefixResponse> {
+        let req = pb::DeletePrefixRequest { block: block.into(), prefix: prefix.into(), all };
+        self.routed(prefix, |mut c| {
+            let r = req.clone();
+            async move { c.delete_prefix(r).await }
+        })
+        .await
+    }
+
+    /// Sweeps `block` for expired results (see the `Sweep` RPC): progress messages, the
+    /// last with `done`.
+    pub async fn sweep(
+        &self,
+        block: &str,
+        prefix: &str,
+        older_than: Option<std::time::Duration>,
+        dry_run: bool,
+    ) -> Result<tonic::Streaming<pb::SweepProgress>> {
+        let older_than = older_than
+            .map(prost_types::Duration::try_from)
+            .transpose()
+            .map_err(|e| ClientError::Status(tonic::Status::invalid_argument(format!("older_than: {e}"))))?;
+        let req = pb::SweepRequest { block: block.into(), prefix: prefix.into(), older_than, dry_run };
+        self.routed(prefix, |mut c| {
+            let r = req.clone();
+            async move { c.sweep(r).await }
+        })
+        .await
+    }
+
     /// One page of keys under `prefix`.
     pub async fn list(&self, block: &str, prefix: &str, page_size: u32, page_token: &str) -> Result<pb::ListResponse> {
         let req =

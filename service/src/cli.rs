@@ -111,13 +111,40 @@ enum Command {
         block: String,
         key: String,
     },
-    /// Delete a result.
+    /// Delete a result, or every result under a prefix (`--prefix`), or every result of the
+    /// block (`--all`). Prints what a bulk delete removed as JSON: `{"deleted", "bytes"}`.
     Delete {
         #[command(flatten)]
         server: ServerArg,
         #[arg(long, default_value = "")]
         block: String,
-        key: String,
+        #[arg(required_unless_present_any = ["prefix", "all"])]
+        key: Option<String>,
+        /// Every result whose key starts with this (a string prefix).
+        #[arg(long, conflicts_with = "key")]
+        prefix: Option<String>,
+        /// Every result of the block.
+        #[arg(long, conflicts_with_all = ["key", "prefix"])]
+        all: bool,
+    },
+    /// Delete the expired results of a block (by their records' expiration, or last
+    /// written longer ago than `--older-than`, else the block's `retention`), paced as the
+    /// block's `sweep_calls_per_second` says. A progress line on stderr; the totals as JSON
+    /// on stdout.
+    Gc {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        block: String,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Results last written longer ago than this (`30d`, `12h`) are expired too.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// List keys under a prefix.
     Ls {
@@ -344,9 +371,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{exists}");
             if exists { Ok(()) } else { std::process::exit(1) }
         }
-        Command::Delete { server, block, key } => {
+        Command::Delete { server, block, key, prefix, all } => {
             let client = server.connect().await?;
-            client.delete(&block, &key).await?;
+            if let Some(key) = key {
+                client.delete(&block, &key).await?;
+                return Ok(());
+            }
+            let done = client.delete_prefix(&block, prefix.as_deref().unwrap_or(""), all).await?;
+            println!("{}", serde_json::json!({"deleted": done.deleted, "bytes": done.bytes}));
+            Ok(())
+        }
+        Command::Gc { server, block, dry_run, older_than, prefix } => {
+            let client = server.connect().await?;
+            let mut progress = client.sweep(&block, &prefix, older_than, dry_run).await?;
+            let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut last = None;
+            while let Some(p) = progress.message().await? {
+                if show && !p.done {
+                    eprint!("\rgc {block}: {} listed, {} expired, {} deleted", p.scanned, p.expired, p.deleted);
+                }
+                last = Some(p);
+            }
+            if show {
+                eprintln!();
+            }
+            let Some(p) = last.filter(|p| p.done) else { bail!("the sweep ended without its totals") };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "block": block, "dry_run": dry_run, "scanned": p.scanned, "expired": p.expired,
+                    "deleted": p.deleted, "bytes": p.bytes, "rewritten": p.rewritten, "unreadable": p.unreadable,
+                })
+            );
             Ok(())
         }
         Command::Ls { server, block, prefix } => {

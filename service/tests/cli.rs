@@ -138,3 +138,60 @@ fn serve_refuses_a_bad_config_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("capacty"), "{err}");
 }
+
+/// A record as Prefect 3.9.1 writes it, with `expiration` (RFC 3339) or none.
+fn prefect_record(key: &str, expiration: Option<&str>) -> String {
+    let expiration = expiration.map_or("null".to_owned(), |e| format!("\"{e}\""));
+    format!(
+        r#"{{"metadata":{{"storage_key":"{key}","expiration":{expiration},"serializer":{{"type":"json","jsonlib":"json","object_encoder":"prefect.serializers.prefect_json_object_encoder","object_decoder":"prefect.serializers.prefect_json_object_decoder","dumps_kwargs":{{}},"loads_kwargs":{{}}}},"prefect_version":"3.9.1","storage_block_id":null}},"result":"1"}}"#
+    )
+}
+
+#[test]
+fn gc_sweeps_expired_records_and_delete_takes_prefixes() {
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve(cwd.path());
+    let root = cwd.path().join(".prefect-results");
+    std::fs::create_dir_all(root.join("gc")).unwrap();
+    let future = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    for (key, expiration) in
+        [("gc/old", Some("2020-01-01T00:00:00Z")), ("gc/new", Some(future.as_str())), ("gc/plain", None)]
+    {
+        std::fs::write(root.join(key), prefect_record(key, expiration)).unwrap();
+    }
+    let block = ["--block", "local-file-system/default"];
+    let gc = |extra: &[&str]| {
+        let args: Vec<&str> = ["gc"].iter().chain(block.iter()).chain(extra).copied().collect();
+        let (ok, out, err) = cli(&served.url, &args, None);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+
+    // A dry run counts; nothing changes.
+    let dry = gc(&["--dry-run"]);
+    assert_eq!(
+        (dry["scanned"].as_u64(), dry["expired"].as_u64(), dry["deleted"].as_u64()),
+        (Some(3), Some(1), Some(0))
+    );
+    assert!(root.join("gc/old").exists());
+    // The sweep deletes exactly the expired record.
+    let swept = gc(&[]);
+    assert_eq!((swept["expired"].as_u64(), swept["deleted"].as_u64()), (Some(1), Some(1)), "{swept}");
+    assert!(!root.join("gc/old").exists());
+    assert!(root.join("gc/new").exists() && root.join("gc/plain").exists());
+    // An age of zero would mean everything: refused.
+    let (ok, _, err) = cli(&served.url, &["gc", "--block", "local-file-system/default", "--older-than", "0s"], None);
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+
+    // Bulk delete: a prefix, or the whole block by name only.
+    let (ok, _, err) = cli(&served.url, &["delete", "--block", "local-file-system/default", "--prefix", ""], None);
+    assert!(!ok && err.contains("INVALID_ARGUMENT") && err.contains("all"), "{err}");
+    let (ok, out, err) = cli(&served.url, &["delete", "--block", "local-file-system/default", "--prefix", "gc/"], None);
+    assert!(ok, "{err}");
+    let bulk: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let bytes = prefect_record("gc/new", Some(&future)).len() + prefect_record("gc/plain", None).len();
+    assert_eq!((bulk["deleted"].as_u64(), bulk["bytes"].as_u64()), (Some(2), Some(bytes as u64)), "{bulk}");
+    assert!(!root.join("gc/new").exists() && !root.join("gc/plain").exists());
+    let (ok, _, err) = cli(&served.url, &["delete", "--block", "local-file-system/default"], None);
+    assert!(!ok && err.contains("<KEY>"), "a delete names what it deletes: {err}");
+}

@@ -227,7 +227,11 @@ async fn lifecycle(store: &ResultStore, block: &str, bulk: usize) {
     for (at, retention, left) in table {
         let report = store.sweep_expired(block, &sweep("life/", at, retention), open, |_| {}).await.unwrap();
         let left: Vec<String> = left.iter().map(|k| k.to_string()).collect();
-        assert_eq!(keys_under(store, block, "life/").await, left, "{block} at {at} retention {retention:?}: {report:?}");
+        assert_eq!(
+            keys_under(store, block, "life/").await,
+            left,
+            "{block} at {at} retention {retention:?}: {report:?}"
+        );
         assert_eq!(report.deleted, report.expired, "{block}: {report:?}");
     }
     assert_eq!(keys_under(store, block, "lifeless").await, ["lifeless"], "{block}: outside the prefix");

@@ -378,6 +378,26 @@ pub struct BlockConfig {
     /// Retries of failed storage requests (cloud blocks).
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Results last written longer ago than this are expired even when their record has
+    /// no expiration (a Prefect result without `cache_expiration`): reads refuse them as
+    /// expired and the expiry sweep deletes them. Default: none (only the records' own
+    /// expirations count).
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How often this server sweeps the block for expired results (by their records or by
+    /// `retention`), in the background. Default: never (run `resultstore gc`). Safe on
+    /// every replica of a tier at once (each delete is re-checked under the key's lock),
+    /// though one sweeping replica is enough.
+    #[serde(default, with = "humantime_serde")]
+    pub sweep_interval: Option<Duration>,
+    /// Storage calls per second a sweep of this block makes at most (HEAD, GET, DELETE,
+    /// one per 1000 listed results). Default 100; 0 is refused.
+    #[serde(default = "default_sweep_calls_per_second")]
+    pub sweep_calls_per_second: std::num::NonZeroU32,
+}
+
+fn default_sweep_calls_per_second() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 fn default_max_concurrent() -> usize {
@@ -445,6 +465,9 @@ impl BlockConfig {
             request_timeout: default_request_timeout(),
             connect_timeout: default_connect_timeout(),
             retry: RetryConfig::default(),
+            retention: None,
+            sweep_interval: None,
+            sweep_calls_per_second: default_sweep_calls_per_second(),
         }
     }
 }
@@ -517,6 +540,11 @@ impl Config {
             }
             if block.request_timeout.is_zero() || block.connect_timeout.is_zero() {
                 return Err(Error::Config(format!("block `{slug}`: timeouts must be above zero")));
+            }
+            if block.retention.is_some_and(|d| d.is_zero()) || block.sweep_interval.is_some_and(|d| d.is_zero()) {
+                return Err(Error::Config(format!(
+                    "block `{slug}`: retention and sweep_interval must be above zero (leave them out for none)"
+                )));
             }
         }
         let (default, _) = parse_slug(&self.default_block).map_err(|e| Error::Config(format!("default_block: {e}")))?;

@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectMeta, ObjectStoreExt};
 use object_store::path::Path as StorePath;
+use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::config::auth::{Access, Operation};
 use crate::config::keys::is_reserved;
@@ -111,6 +111,32 @@ enum Judged {
 }
 
 impl ResultStore {
+    /// The sweep of `block` its config asks for: its `retention` (or `older_than`, when
+    /// given, in its place), its `sweep_calls_per_second`. Needs a delete-scoped caller.
+    pub fn sweep_options(
+        &self,
+        block: &str,
+        prefix: &str,
+        older_than: Option<Duration>,
+        dry_run: bool,
+        access: &Access,
+    ) -> Result<SweepOptions> {
+        let block = self.block_for(block, access, Operation::Delete)?;
+        if older_than.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidRequest(
+                "older_than 0 would expire every result: delete a prefix (or `all`) to mean that".into(),
+            ));
+        }
+        let config = block.config();
+        Ok(SweepOptions {
+            prefix: prefix.to_owned(),
+            retention: older_than.or(config.retention),
+            dry_run,
+            calls_per_second: config.sweep_calls_per_second,
+            now: Utc::now(),
+        })
+    }
+
     /// Deletes every expired result under `opts.prefix` in `block` (see the module docs);
     /// `progress` hears the running totals every [`PROGRESS_EVERY`] listed keys. Needs a
     /// delete-scoped caller.
@@ -146,7 +172,7 @@ impl ResultStore {
                     self.delete_if_still(&block, &key, &meta, &judged, &mut pacer, &mut report).await?;
                 }
             }
-            if report.scanned % PROGRESS_EVERY == 0 {
+            if report.scanned.is_multiple_of(PROGRESS_EVERY) {
                 progress(&report);
             }
         }
@@ -292,7 +318,7 @@ async fn next_listed<P: PaceListing>(
     pacer: &mut P,
 ) -> Result<Option<ObjectMeta>> {
     loop {
-        if report.scanned % 1000 == 0 {
+        if report.scanned.is_multiple_of(1000) {
             pacer.page().await;
         }
         let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(prefix, e))? else {

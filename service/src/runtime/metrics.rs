@@ -51,12 +51,14 @@ pub enum Method {
     Resolve,
     Exists,
     Delete,
+    DeletePrefix,
+    Sweep,
     List,
     ListBlocks,
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 11] = [
         Method::Put,
         Method::PutStream,
         Method::Get,
@@ -64,6 +66,8 @@ impl Method {
         Method::Resolve,
         Method::Exists,
         Method::Delete,
+        Method::DeletePrefix,
+        Method::Sweep,
         Method::List,
         Method::ListBlocks,
     ];
@@ -77,6 +81,8 @@ impl Method {
             Method::Resolve => "Resolve",
             Method::Exists => "Exists",
             Method::Delete => "Delete",
+            Method::DeletePrefix => "DeletePrefix",
+            Method::Sweep => "Sweep",
             Method::List => "List",
             Method::ListBlocks => "ListBlocks",
         }

@@ -61,6 +61,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's config as written.
+    pub fn config(&self) -> &BlockConfig {
+        &self.built_from.0
+    }
+
     /// The cache key of `key` in this block.
     pub fn cache_key(&self, key: impl Into<String>) -> CacheKey {
         CacheKey { block: self.cache_name.clone(), key: key.into() }

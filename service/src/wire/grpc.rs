@@ -483,10 +483,10 @@ fn record_target(span: &Span, t: &ReadTarget) {
     }
 }
 
-/// A GetStream reply that records its call's end when its last message is sent, or its
-/// first error.
-struct TrackedStream {
-    inner: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
+/// A streamed reply (GetStream, Sweep) that records its call's end when its last message
+/// is sent, or its first error.
+struct TrackedStream<T> {
+    inner: BoxStream<'static, Result<T, Status>>,
     end: Option<CallEnd>,
 }
 
@@ -528,8 +528,8 @@ fn paced(
     tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail).boxed()
 }
 
-impl futures::Stream for TrackedStream {
-    type Item = Result<pb::GetStreamResponse, Status>;
+impl<T> futures::Stream for TrackedStream<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let next = self.inner.poll_next_unpin(cx);
@@ -547,6 +547,18 @@ impl futures::Stream for TrackedStream {
             _ => {}
         }
         next
+    }
+}
+
+fn sweep_progress(r: &crate::ops::lifecycle::SweepReport, done: bool) -> pb::SweepProgress {
+    pb::SweepProgress {
+        scanned: r.scanned,
+        expired: r.expired,
+        deleted: r.deleted,
+        bytes: r.bytes,
+        rewritten: r.rewritten,
+        unreadable: r.unreadable,
+        done,
     }
 }
 
@@ -818,6 +830,81 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             Ok(pb::DeleteResponse {})
         })
         .await
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "DeletePrefix", block, prefix, caller, code, duration_ms)
+    )]
+    async fn delete_prefix(
+        &self,
+        request: Request<pb::DeletePrefixRequest>,
+    ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
+        // Not bounded by limits.request_timeout: a prefix may hold any number of results,
+        // and each delete is a storage call of its own with its own timeout.
+        self.call(Method::DeletePrefix, false, request, |ctx, req| async move {
+            Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
+            let report =
+                ctx.store.delete_prefix(&req.block, &req.prefix, req.all, &ctx.access).await.map_err(status_of)?;
+            Ok(pb::DeletePrefixResponse { deleted: report.deleted, bytes: report.bytes })
+        })
+        .await
+    }
+
+    type SweepStream = BoxStream<'static, Result<pb::SweepProgress, Status>>;
+
+    /// The sweep runs inside the reply stream: a caller that goes away drops it, and it
+    /// stops (see `ops::lifecycle` for why stopping anywhere is safe).
+    #[instrument(
+        level = "debug",
+        name = "rpc",
+        skip_all,
+        fields(method = "Sweep", block, prefix, caller, code, duration_ms)
+    )]
+    async fn sweep(&self, request: Request<pb::SweepRequest>) -> Result<Response<Self::SweepStream>, Status> {
+        let mut end = CallEnd::start(&self.metrics, Method::Sweep);
+        let opened = (|| {
+            let (generation, access) = self.enter(request.metadata())?;
+            end.admitted(&access);
+            let req = request.into_inner();
+            Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
+            let older_than = match req.older_than {
+                Some(d) => Some(
+                    Duration::try_from(d).map_err(|_| Status::invalid_argument("older_than is a negative duration"))?,
+                ),
+                None => None,
+            };
+            let opts = generation
+                .store
+                .sweep_options(&req.block, &req.prefix, older_than, req.dry_run, &access)
+                .map_err(status_of)?;
+            let permit = self.shed_unless(generation.admit_stream())?;
+            Ok((generation.store.clone(), access, req.block, opts, permit))
+        })();
+        let (store, access, block, opts, permit) = match opened {
+            Ok(opened) => opened,
+            Err(status) => {
+                end.finish(Some(&status));
+                return Err(status);
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let work = async move {
+            let _permit = permit;
+            let heard = tx.clone();
+            // Progress that finds the channel full is skipped: the next one says more.
+            let report = store
+                .sweep_expired(&block, &opts, &access, |r| {
+                    let _ = heard.try_send(Ok(sweep_progress(r, false)));
+                })
+                .await;
+            let _ = tx.send(report.map(|r| sweep_progress(&r, true)).map_err(status_of)).await;
+        };
+        let work = futures::stream::once(work).filter_map(|()| async { None });
+        let messages = futures::stream::select(work, tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        Ok(Response::new(TrackedStream { inner: messages, end: Some(end) }.boxed()))
     }
 
     #[instrument(
