@@ -321,3 +321,38 @@ async fn a_reads_future_does_not_carry_the_storage_read() {
     let size = std::mem::size_of_val(&read);
     assert!(size <= 4096, "a read's future is {size} bytes");
 }
+
+/// A block's `retention` expires results written longer ago, on read (refused unless
+/// allowed, cached or not) and for the sweep the block's config asks for. The file's
+/// modification time is set back instead of waiting.
+#[tokio::test]
+async fn a_blocks_retention_expires_old_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[blocks.\"local-file-system/kept\"]\nurl = \"file://{}/kept\"\nretention = \"1h\"\n",
+        base_config(dir.path()),
+        dir.path().display()
+    );
+    let store = store_for(&config);
+    let (block, open) = ("local-file-system/kept", &Access::Open);
+    for key in ["old", "young"] {
+        store.put(put(block, key, Payload::Json("1".into()), "json"), open).await.unwrap();
+    }
+    // Cached by the put; its file now says it was written two hours ago.
+    let file = std::fs::File::options().write(true).open(dir.path().join("kept/old")).unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200)).unwrap();
+    let err = read(&store, at(block, "old")).await.unwrap_err();
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    assert!(read(&store, at(block, "young")).await.is_ok());
+    let allowed = ReadOptions { allow_expired: true, ..from_storage() };
+    assert!(store.read(at(block, "old"), allowed, open).await.is_ok());
+
+    let opts = store.sweep_options(block, "", None, false, open).unwrap();
+    assert_eq!(opts.retention, Some(std::time::Duration::from_secs(3600)));
+    let report = store.sweep_expired(block, &opts, open, |_| {}).await.unwrap();
+    assert_eq!((report.scanned, report.expired, report.deleted), (2, 1, 1), "{report:?}");
+    assert_eq!(keys_under(&store, block, "").await, ["young"]);
+    // An age given for one sweep takes the retention's place; zero would mean everything.
+    let err = store.sweep_options(block, "", Some(std::time::Duration::ZERO), false, open).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+}

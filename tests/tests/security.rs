@@ -53,15 +53,23 @@ async fn every_token_kind_against_every_operation() {
         panic!("a reference")
     };
 
-    let cases: [(&str, Option<&str>, [Code; 5]); 4] = [
-        ("no token", None, [Code::Unauthenticated; 5]),
-        ("wrong token", Some("not-a-token"), [Code::Unauthenticated; 5]),
+    let cases: [(&str, Option<&str>, [Code; 7]); 4] = [
+        ("no token", None, [Code::Unauthenticated; 7]),
+        ("wrong token", Some("not-a-token"), [Code::Unauthenticated; 7]),
         (
             "read-only token",
             Some(READER),
-            [Code::PermissionDenied, Code::Ok, Code::Ok, Code::PermissionDenied, Code::Ok],
+            [
+                Code::PermissionDenied,
+                Code::Ok,
+                Code::Ok,
+                Code::PermissionDenied,
+                Code::Ok,
+                Code::PermissionDenied,
+                Code::PermissionDenied,
+            ],
         ),
-        ("full token", Some(WRITER), [Code::Ok; 5]),
+        ("full token", Some(WRITER), [Code::Ok; 7]),
     ];
     for (who, token, expected) in cases {
         let c = connect(&s.url, token).await;
@@ -71,8 +79,22 @@ async fn every_token_kind_against_every_operation() {
         let list = c.list("local-file-system/default", "", 0, "").await;
         // Delete last, and of a key of its own, so the seeded result stays for the next caller.
         let delete = c.delete("local-file-system/default", &format!("by-{who}").replace(' ', "-")).await;
-        let got = [code(&put), code(&get), code(&resolve), code(&delete), code(&list)];
-        assert_eq!(got, expected, "{who}: put, get, resolve, delete, list");
+        // Bulk deletes and sweeps take a delete scope, as Delete does.
+        let delete_prefix = c.delete_prefix("local-file-system/default", "by-nobody/", false).await;
+        let sweep = match c.sweep("local-file-system/default", "by-nobody/", None, true).await {
+            Ok(mut progress) => {
+                let mut done = false;
+                while let Some(p) = progress.message().await.expect("sweep progress") {
+                    done |= p.done;
+                }
+                assert!(done, "{who}: the sweep's last message has its totals");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        let got =
+            [code(&put), code(&get), code(&resolve), code(&delete), code(&list), code(&delete_prefix), code(&sweep)];
+        assert_eq!(got, expected, "{who}: put, get, resolve, delete, list, delete_prefix, sweep");
         if let Err(e) = &put
             && e.code() == Some(Code::PermissionDenied)
         {

@@ -205,12 +205,24 @@ fn decompressed_too_large(size: u64, limit: u64) -> Error {
     Error::TooLarge { what: "the decompressed result".into(), size, limit }
 }
 
+/// Refuses an expired result unless the caller allows it: expired by its record's (or
+/// Prefect document's) `expiration`, or, in a block with a `retention`, written (`written`:
+/// the object's last-modified time) longer ago than that, whichever comes first.
 pub(crate) fn check_not_expired(
     block: &Block,
     key: &str,
     expiration: Option<DateTime<Utc>>,
+    written: Option<DateTime<Utc>>,
     allow_expired: bool,
 ) -> Result<()> {
+    let retained_until = match (block.config().retention, written) {
+        (Some(r), Some(w)) => chrono::Duration::from_std(r).ok().and_then(|r| w.checked_add_signed(r)),
+        _ => None,
+    };
+    let expiration = match (expiration, retained_until) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     match expiration {
         Some(exp) if !allow_expired && exp <= Utc::now() => {
             Err(Error::Expired { block: block.slug.clone(), key: key.to_owned(), expiration: exp.to_rfc3339() })
@@ -581,7 +593,8 @@ impl ResultStore {
                 actual: result.reference.sha256.clone(),
             });
         }
-        check_not_expired(&block, &key, result.record.expiration.or(doc_expiration), opts.allow_expired)?;
+        let expiration = result.record.expiration.or(doc_expiration);
+        check_not_expired(&block, &key, expiration, result.reference.created, opts.allow_expired)?;
         Ok(ReadOutcome::Loaded { result, cache_hit })
     }
 

@@ -497,7 +497,8 @@ impl ResultStore {
                 ResultRecord::bare(Bytes::new(), serializer, &key, None)
             }
         };
-        check_not_expired(&block, &key, record.expiration.or(doc_expiration), opts.allow_expired)?;
+        let expiration = record.expiration.or(doc_expiration);
+        check_not_expired(&block, &key, expiration, Some(meta.last_modified), opts.allow_expired)?;
         let version = meta.e_tag.clone().or(meta.version.clone());
         let mut reference = reference_of(&block, &key, &record, version, meta.last_modified, true);
         reference.size = meta.size;
