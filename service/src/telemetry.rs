@@ -95,6 +95,22 @@ impl Outcome {
     }
 }
 
+/// The expiry sweeps of one block (every sweep: the background one, `gc`, the Sweep RPC),
+/// counted by [`crate::ops::lifecycle`].
+#[derive(Debug, Default)]
+pub struct SweepCounters {
+    /// Sweeps that finished.
+    pub runs: AtomicU64,
+    /// Sweeps that stopped on an error.
+    pub errors: AtomicU64,
+    /// Results deleted by sweeps.
+    pub swept: AtomicU64,
+    /// Their bytes, as listed.
+    pub bytes_freed: AtomicU64,
+    /// Time spent sweeping, finished or not, in microseconds.
+    pub micros: AtomicU64,
+}
+
 /// Storage operations of one block by kind and outcome, counted by
 /// [`crate::storage::blocks::CountingStore`]. A listing counts one operation, failed if any page of
 /// it failed.

@@ -31,6 +31,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -145,23 +146,49 @@ impl ResultStore {
         block: &str,
         opts: &SweepOptions,
         access: &Access,
-        mut progress: impl FnMut(&SweepReport),
+        progress: impl FnMut(&SweepReport),
     ) -> Result<SweepReport> {
         let block = self.block_for(block, access, Operation::Delete)?;
+        // Counted as it goes, so a sweep stopped half-way still shows what it did.
+        struct Counted<'a>(&'a crate::telemetry::SweepCounters, std::time::Instant, SweepReport, bool);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                let (c, report) = (self.0, &self.2);
+                let micros = u64::try_from(self.1.elapsed().as_micros()).unwrap_or(u64::MAX);
+                c.micros.fetch_add(micros, Ordering::Relaxed);
+                c.swept.fetch_add(report.deleted, Ordering::Relaxed);
+                c.bytes_freed.fetch_add(if self.3 { 0 } else { report.bytes }, Ordering::Relaxed);
+            }
+        }
+        let mut counted = Counted(&block.sweeps, std::time::Instant::now(), SweepReport::default(), opts.dry_run);
+        let result = self.sweep_block(&block, opts, progress, &mut counted.2).await;
+        match &result {
+            Ok(_) => counted.0.runs.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counted.0.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    async fn sweep_block(
+        &self,
+        block: &Arc<Block>,
+        opts: &SweepOptions,
+        mut progress: impl FnMut(&SweepReport),
+        report: &mut SweepReport,
+    ) -> Result<SweepReport> {
         let mut pacer = Pacer::new(opts.calls_per_second);
-        let mut report = SweepReport::default();
         let retained_since = match opts.retention {
             Some(r) => Some(opts.now - chrono::Duration::from_std(r).map_err(|_| too_long(r))?),
             None => None,
         };
-        let mut listing = self.listing(&block, &opts.prefix)?;
-        while let Some(meta) = next_listed(&block, &mut listing, &opts.prefix, &mut report, &mut pacer).await? {
+        let mut listing = self.listing(block, &opts.prefix)?;
+        while let Some(meta) = next_listed(block, &mut listing, &opts.prefix, report, &mut pacer).await? {
             let key = meta.location.to_string();
             let judged = match retained_since {
                 Some(since) if meta.last_modified <= since => Some(Judged::WrittenBefore(since)),
                 _ => {
                     pacer.call().await;
-                    self.expired_at(&block, &key, opts.now, &mut report).await?
+                    self.expired_at(block, &key, opts.now, report).await?
                 }
             };
             if let Some(judged) = judged {
@@ -169,15 +196,15 @@ impl ResultStore {
                 if opts.dry_run {
                     report.bytes += meta.size;
                 } else {
-                    self.delete_if_still(&block, &key, &meta, &judged, &mut pacer, &mut report).await?;
+                    self.delete_if_still(block, &key, &meta, &judged, &mut pacer, report).await?;
                 }
             }
             if report.scanned.is_multiple_of(PROGRESS_EVERY) {
-                progress(&report);
+                progress(report);
             }
         }
-        progress(&report);
-        Ok(report)
+        progress(report);
+        Ok(*report)
     }
 
     /// Deletes every result whose key starts with `prefix` in `block` and returns how many

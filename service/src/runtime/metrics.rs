@@ -22,6 +22,9 @@
 //! - `resultstore_cache_fills_in_flight`, `resultstore_cache_fill_budget_waits_total`.
 //! - `resultstore_storage_operations_total{block,operation,outcome}` and
 //!   `resultstore_storage_duration_seconds{block,operation}`: calls to the object stores.
+//! - `resultstore_sweep_runs_total{block}`, `_sweep_errors_total`, `resultstore_swept_results_total`,
+//!   `resultstore_swept_bytes_total`, `resultstore_sweep_duration_seconds_total{block}`: expiry
+//!   sweeps (background, `gc`, the Sweep RPC).
 //! - `resultstore_config_reloads_total{outcome}`, `resultstore_draining` (1 while
 //!   shutting down), `resultstore_build_info{version}`.
 
@@ -207,6 +210,34 @@ impl Metrics {
                     histogram(h, storage_latency.encode_family(&labels)?)?;
                 }
             }
+        }
+        // Expiry sweeps by block (`ops::lifecycle`).
+        let sweeps: [(&str, &str, fn(&crate::telemetry::SweepCounters) -> u64); 4] = [
+            ("resultstore_sweep_runs", "Expiry sweeps that finished.", |c| c.runs.load(Ordering::Relaxed)),
+            ("resultstore_sweep_errors", "Expiry sweeps that stopped on an error.", |c| {
+                c.errors.load(Ordering::Relaxed)
+            }),
+            ("resultstore_swept_results", "Results deleted by expiry sweeps.", |c| c.swept.load(Ordering::Relaxed)),
+            ("resultstore_swept_bytes", "Bytes of the results expiry sweeps deleted.", |c| {
+                c.bytes_freed.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, read) in sweeps {
+            let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for block in generation.store.blocks().iter() {
+                ConstCounter::new(read(&block.sweeps))
+                    .encode(family.encode_family(&[("block", block.slug.as_str())])?)?;
+            }
+        }
+        let mut sweep_seconds = enc.encode_descriptor(
+            "resultstore_sweep_duration_seconds",
+            "Time spent in expiry sweeps, finished or not.",
+            None,
+            MetricType::Counter,
+        )?;
+        for block in generation.store.blocks().iter() {
+            let seconds = block.sweeps.micros.load(Ordering::Relaxed) as f64 / 1e6;
+            ConstCounter::new(seconds).encode(sweep_seconds.encode_family(&[("block", block.slug.as_str())])?)?;
         }
         let mut reloads = enc.encode_descriptor(
             "resultstore_config_reloads",

@@ -54,6 +54,8 @@ pub struct Block {
     /// Absolute root of a local block, to map Prefect's absolute `storage_key`s back to keys.
     pub(crate) local_root: Option<PathBuf>,
     pub counters: Arc<StorageCounters>,
+    /// Its expiry sweeps, for metrics.
+    pub sweeps: Arc<crate::telemetry::SweepCounters>,
     /// What the block was built from: a reload keeps a block whose config and server
     /// default serializer did not change (its connections, counters, and a memory
     /// block's contents).
@@ -223,6 +225,7 @@ fn build_block(
         default_serializer,
         local_root,
         counters,
+        sweeps: Arc::default(),
         built_from: (bc.clone(), server_default.clone()),
     })
 }

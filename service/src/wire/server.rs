@@ -34,6 +34,7 @@ pub struct ServerHandle {
     join: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
     sweep_task: JoinHandle<()>,
+    expiry_task: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -89,6 +90,8 @@ impl ServerHandle {
             t.abort();
         }
         self.sweep_task.abort();
+        // Stopped wherever it is: a sweep may stop anywhere (`ops::lifecycle`).
+        self.expiry_task.abort();
         Ok(())
     }
 }
@@ -207,7 +210,18 @@ pub async fn start(
         }
     });
     let sweep_task = tokio::spawn(sweep_staging(live.clone()));
-    Ok(ServerHandle { local_addr, metrics_addr, live, metrics, shutdown: Some(tx), join, metrics_task, sweep_task })
+    let expiry_task = tokio::spawn(expiry_sweeps(live.clone()));
+    Ok(ServerHandle {
+        local_addr,
+        metrics_addr,
+        live,
+        metrics,
+        shutdown: Some(tx),
+        join,
+        metrics_task,
+        sweep_task,
+        expiry_task,
+    })
 }
 
 /// The TLS settings of the generation in force (see [`crate::runtime::tls::CurrentTls`]).
@@ -226,6 +240,54 @@ async fn sweep_staging(live: Arc<Live>) {
     loop {
         every.tick().await;
         live.current().store.sweep().await;
+    }
+}
+
+/// Sweeps each block that has a `sweep_interval` for expired results
+/// ([`ResultStore::sweep_expired`]), one block at a time, each once its interval has passed
+/// since its last sweep began; the first comes one interval after start, so a fleet that
+/// restarts together does not sweep together. The blocks and intervals are those of the
+/// generation in force at each round, so a reload applies. Aborted at shutdown wherever
+/// it is, which a sweep allows.
+async fn expiry_sweeps(live: Arc<Live>) {
+    use std::collections::HashMap;
+    use tokio::time::Instant;
+    let mut began: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let generation = live.current();
+        let now = Instant::now();
+        // Look again at least every minute: a reload may add an interval.
+        let mut wake = now + std::time::Duration::from_secs(60);
+        for block in generation.store.blocks().iter() {
+            let Some(interval) = block.config().sweep_interval else { continue };
+            let due = *began.entry(block.slug.clone()).or_insert(now) + interval;
+            if due > now {
+                wake = wake.min(due);
+                continue;
+            }
+            began.insert(block.slug.clone(), Instant::now());
+            let open = crate::config::auth::Access::Open;
+            let swept = match generation.store.sweep_options(&block.slug, "", None, false, &open) {
+                Ok(opts) => generation.store.sweep_expired(&block.slug, &opts, &open, |_| {}).await,
+                Err(e) => Err(e),
+            };
+            match swept {
+                Ok(r) if r.deleted > 0 || r.unreadable > 0 => tracing::info!(
+                    block = block.slug,
+                    scanned = r.scanned,
+                    deleted = r.deleted,
+                    bytes = r.bytes,
+                    unreadable = r.unreadable,
+                    "swept expired results"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(block = block.slug, error = %e, "sweeping expired results failed; next sweep in one interval")
+                }
+            }
+            wake = wake.min(Instant::now() + interval);
+        }
+        tokio::time::sleep_until(wake).await;
     }
 }
 
