@@ -212,7 +212,8 @@ impl Metrics {
             }
         }
         // Expiry sweeps by block (`ops::lifecycle`).
-        let sweeps: [(&str, &str, fn(&crate::telemetry::SweepCounters) -> u64); 4] = [
+        type Read = fn(&crate::telemetry::SweepCounters) -> u64;
+        let sweeps: [(&str, &str, Read); 4] = [
             ("resultstore_sweep_runs", "Expiry sweeps that finished.", |c| c.runs.load(Ordering::Relaxed)),
             ("resultstore_sweep_errors", "Expiry sweeps that stopped on an error.", |c| {
                 c.errors.load(Ordering::Relaxed)
