@@ -912,6 +912,46 @@ class ResultStoreClient:
         self._copies.forget(storage, key)
         self._call("Delete", pb.DeleteRequest(location=pb.Location(block=storage, key=key)), key)
 
+    def delete_prefix(self, storage: str = "", prefix: str = "", *, all: bool = False) -> dict:
+        """Deletes every result whose key starts with `prefix` (a string prefix) in a block,
+        on the server, a page at a time; the whole block only with `prefix=""` and
+        `all=True`. Returns `{"deleted": n, "bytes": b}`. Needs a delete-scoped token."""
+        self._copies.forget_prefix(storage, prefix)
+        request = pb.DeletePrefixRequest(block=storage, prefix=prefix, all=all)
+        # A prefix may hold any number of results: no deadline but the server's own.
+        reply = self._routed(prefix, "DeletePrefix", lambda replica: replica.stub.DeletePrefix(request))
+        return {"deleted": reply.deleted, "bytes": reply.bytes}
+
+    def gc(
+        self,
+        storage: str = "",
+        *,
+        older_than: Optional[_dt.timedelta] = None,
+        prefix: str = "",
+        dry_run: bool = False,
+        progress: Optional[Callable[[dict], Any]] = None,
+    ) -> dict:
+        """Deletes (or, with `dry_run`, counts) the expired results of a block: by their
+        records' expiration, or last written longer ago than `older_than` (else the block's
+        `retention`). `progress` hears the running totals every 1000 listed results.
+        Returns the totals: scanned, expired, deleted, bytes, rewritten, unreadable."""
+        request = pb.SweepRequest(block=storage, prefix=prefix, dry_run=dry_run)
+        if older_than is not None:
+            request.older_than.FromTimedelta(older_than)
+        fields = ("scanned", "expired", "deleted", "bytes", "rewritten", "unreadable")
+
+        def sweep(replica: Any) -> dict:
+            last = None
+            for p in replica.stub.Sweep(request):
+                last = {f: getattr(p, f) for f in fields}
+                if p.done:
+                    return last
+                if progress is not None:
+                    progress(last)
+            raise IncompleteStream(f"the sweep of {storage or 'the default block'} ended without its totals")
+
+        return self._routed(prefix, "Sweep", sweep)
+
     def list(self, storage: str = "", prefix: str = "") -> Iterator[str]:
         """Every key under `prefix` in a block, in order, page by page."""
         token = ""

@@ -86,8 +86,19 @@ class LocalCopies:
     def forget(self, block: str, key: str) -> None:
         """Drops the copies of the result at `key` in `block` (it was deleted or replaced)."""
         with self._lock:
-            for k in list(self._at.get((block, key), ())):
-                self._drop(k)
+            # An empty block is the server's default, which may be any of them.
+            places = [(block, key)] if block else [at for at in self._at if at[1] == key]
+            for place in places:
+                for k in list(self._at.get(place, ())):
+                    self._drop(k)
+
+    def forget_prefix(self, block: str, prefix: str) -> None:
+        """Drops the copies of every result whose key starts with `prefix` in `block`
+        (an empty `block`: in any block, as the server's default may be any of them)."""
+        with self._lock:
+            for b, k in [at for at in self._at if (not block or at[0] == block) and at[1].startswith(prefix)]:
+                for copy in list(self._at.get((b, k), ())):
+                    self._drop(copy)
 
     def __len__(self) -> int:
         return len(self._entries)
