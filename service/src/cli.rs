@@ -401,6 +401,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::json!({
                     "block": block, "dry_run": dry_run, "scanned": p.scanned, "expired": p.expired,
                     "deleted": p.deleted, "bytes": p.bytes, "rewritten": p.rewritten, "unreadable": p.unreadable,
+                    "orphaned_documents": p.orphaned_documents,
                 })
             );
             Ok(())

@@ -237,6 +237,21 @@ async fn lifecycle(store: &ResultStore, block: &str, bulk: usize) {
     assert_eq!(keys_under(store, block, "lifeless").await, ["lifeless"], "{block}: outside the prefix");
     store.delete(block, "lifeless", open).await.unwrap();
 
+    // A split delete cut short between payload and document leaves nothing readable, and
+    // the next sweep removes the document.
+    let handle = store.blocks().get(block).unwrap();
+    if let (Some(documents), resultstore::config::BlockFormat::Split) = (&handle.metadata_store, handle.format) {
+        put_expiring(store, block, "life/cut", None).await;
+        let path = object_store::path::Path::from("life/cut");
+        object_store::ObjectStoreExt::delete(handle.store.as_ref(), &path).await.unwrap();
+        assert!(!store.exists(block, "life/cut", open).await.unwrap(), "{block}");
+        assert!(matches!(read(store, at(block, "life/cut")).await.unwrap_err(), Error::NotFound { .. }), "{block}");
+        let report = store.sweep_expired(block, &sweep("life/", now, None), open, |_| {}).await.unwrap();
+        assert_eq!(report.orphaned_documents, 1, "{block}: {report:?}");
+        let left = object_store::ObjectStoreExt::head(documents.as_ref(), &path).await;
+        assert!(matches!(left, Err(object_store::Error::NotFound { .. })), "{block}: {left:?}");
+    }
+
     // A sweep stopped half-way (its future dropped, as a killed process stops) and run again
     // deletes exactly the expired results.
     for i in 0..40 {

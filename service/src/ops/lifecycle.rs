@@ -23,8 +23,9 @@
 //! through object_store. Several sweepers (replicas of a tier) may run at once: each
 //! re-checks, and a delete that finds the key gone counts nothing.
 //!
-//! **Pacing.** A sweep makes at most `calls_per_second` storage calls (HEAD, GET, DELETE,
-//! and one per 1000 listed results for the listing's pages), so a background sweep cannot
+//! **Pacing.** A sweep makes about `calls_per_second` storage calls at most (HEAD, GET,
+//! DELETE, and one per 1000 listed results for the listing's pages; a split block's check
+//! of a document's payload counts one though it may take three), so a background sweep cannot
 //! crowd out the reads and writes it shares the block's connection limit with. A sweep
 //! stopped half-way (crash, restart, shutdown) starts over from the beginning next time:
 //! it keeps no cursor, and what it already deleted is simply gone from the listing.
@@ -39,6 +40,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
+use crate::config::BlockFormat;
 use crate::config::auth::{Access, Operation};
 use crate::config::keys::is_reserved;
 use crate::error::{Error, Result};
@@ -83,6 +85,9 @@ pub struct SweepReport {
     pub rewritten: u64,
     /// Keys whose expiration could not be read (damaged or unknown records): left alone.
     pub unreadable: u64,
+    /// Metadata documents of a split block left without their payload (a delete cut
+    /// short between the two): removed (counted, not removed, in a dry run).
+    pub orphaned_documents: u64,
 }
 
 /// How often a sweep reports progress: every this many listed keys.
@@ -203,8 +208,64 @@ impl ResultStore {
                 progress(report);
             }
         }
+        if let (Some(documents), BlockFormat::Split) = (&block.metadata_store, block.format) {
+            self.remove_orphaned_documents(block, documents, opts, &mut pacer, report).await?;
+        }
         progress(report);
         Ok(*report)
+    }
+
+    /// A split delete removes the payload, then the document: one cut short between the
+    /// two leaves a document that nothing reads (a read finds no payload). The sweep lists
+    /// the documents under the prefix and removes those whose result is not readable,
+    /// re-checked under the key's lock (a write in progress writes its payload before its
+    /// document, and under the same lock).
+    async fn remove_orphaned_documents(
+        &self,
+        block: &Arc<Block>,
+        documents: &Arc<dyn object_store::ObjectStore>,
+        opts: &SweepOptions,
+        pacer: &mut Pacer,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let dir = opts.prefix.rfind('/').map(|i| &opts.prefix[..i]).filter(|d| !d.is_empty());
+        let dir_path: Option<StorePath> = dir.map(object_path).transpose()?;
+        let mut listing = documents.list(dir_path.as_ref());
+        let mut seen = 0u64;
+        while let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(&opts.prefix, e))? {
+            if seen.is_multiple_of(1000) {
+                pacer.call().await;
+            }
+            seen += 1;
+            let key = meta.location.to_string();
+            if is_reserved(&key) || !key.starts_with(opts.prefix.as_str()) {
+                continue;
+            }
+            pacer.call().await;
+            if self.readable(block, &key).await? {
+                continue;
+            }
+            if opts.dry_run {
+                report.orphaned_documents += 1;
+                continue;
+            }
+            let _lock = self.writes.lock(&block.slug, &key).await;
+            if self.readable(block, &key).await? {
+                continue;
+            }
+            pacer.call().await;
+            match documents.delete(&meta.location).await {
+                Ok(()) => report.orphaned_documents += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(block.storage_error(&key, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a read of `key` would find a result (see [`ResultStore::exists`]).
+    async fn readable(&self, block: &Block, key: &str) -> Result<bool> {
+        self.exists(&block.slug, key, &Access::Open).await
     }
 
     /// Deletes every result whose key starts with `prefix` in `block` and returns how many

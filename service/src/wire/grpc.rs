@@ -558,6 +558,7 @@ fn sweep_progress(r: &crate::ops::lifecycle::SweepReport, done: bool) -> pb::Swe
         bytes: r.bytes,
         rewritten: r.rewritten,
         unreadable: r.unreadable,
+        orphaned_documents: r.orphaned_documents,
         done,
     }
 }

@@ -934,11 +934,12 @@ class ResultStoreClient:
         """Deletes (or, with `dry_run`, counts) the expired results of a block: by their
         records' expiration, or last written longer ago than `older_than` (else the block's
         `retention`). `progress` hears the running totals every 1000 listed results.
-        Returns the totals: scanned, expired, deleted, bytes, rewritten, unreadable."""
+        Returns the totals: scanned, expired, deleted, bytes, rewritten, unreadable,
+        orphaned_documents (split blocks)."""
         request = pb.SweepRequest(block=storage, prefix=prefix, dry_run=dry_run)
         if older_than is not None:
             request.older_than.FromTimedelta(older_than)
-        fields = ("scanned", "expired", "deleted", "bytes", "rewritten", "unreadable")
+        fields = ("scanned", "expired", "deleted", "bytes", "rewritten", "unreadable", "orphaned_documents")
 
         def sweep(replica: Any) -> dict:
             last = None
