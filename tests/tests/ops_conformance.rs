@@ -272,6 +272,29 @@ async fn lifecycle(store: &ResultStore, block: &str, bulk: usize) {
     let odd: Vec<String> = (0..40).filter(|i| i % 2 == 1).map(|i| format!("cut/{i:02}")).collect();
     assert_eq!(keys_under(store, block, "cut/").await, odd, "{block}: {report:?}");
 
+    // Two sweeps at once (two replicas of a tier): between them, each expired result is
+    // deleted once and nothing else.
+    for i in 0..30 {
+        let expiration = if i % 3 == 0 { now - hour } else { now + hour };
+        put_expiring(store, block, &format!("twice/{i:02}"), Some(expiration)).await;
+    }
+    let both = sweep("twice/", now, None);
+    let (a, b) =
+        tokio::join!(store.sweep_expired(block, &both, open, |_| {}), store.sweep_expired(block, &both, open, |_| {}),);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.deleted + b.deleted, 10, "{block}: {a:?} {b:?}");
+    let kept: Vec<String> = (0..30).filter(|i| i % 3 != 0).map(|i| format!("twice/{i:02}")).collect();
+    assert_eq!(keys_under(store, block, "twice/").await, kept, "{block}");
+    store.delete_prefix(block, "twice/", false, open).await.unwrap();
+
+    // Bad prefixes are refused as List refuses them.
+    for bad in ["../x", "/abs", "a\u{1}b"] {
+        let err = store.delete_prefix(block, bad, false, open).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{block} {bad:?}: {err}");
+        let err = store.sweep_expired(block, &sweep(bad, now, None), open, |_| {}).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{block} {bad:?}: {err}");
+    }
+
     // Bulk delete: the whole block only when asked for by name; a prefix is a string
     // prefix; cached copies go with the results.
     let err = store.delete_prefix(block, "", false, open).await.unwrap_err();
