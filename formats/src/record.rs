@@ -92,6 +92,11 @@ pub enum RecordError {
     Expiration { value: String, reason: Option<chrono::ParseError> },
 }
 
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    &b[start..]
+}
+
 fn parse_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, RecordError> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -225,6 +230,28 @@ impl ResultRecord {
         let serializer = serializer_of(metadata.get("serializer"))?;
         let expiration = parse_time(metadata.get("expiration"))?;
         Ok(ResultRecord { format: RecordFormat::Split, metadata, serializer, expiration, data, nested_result: false })
+    }
+
+    /// The expiration a `prefect3` record states, from the first bytes of the record
+    /// alone: records written by Prefect and by this service begin with their metadata
+    /// (`{"metadata":{...},"result":...}`), so a sweep can learn a large result's expiration
+    /// without reading the result. `None` when `head` does not begin that way or ends
+    /// before the metadata does (then read the whole record).
+    pub fn expiration_from_head(head: &[u8]) -> Option<Result<Option<DateTime<Utc>>, RecordError>> {
+        let rest = skip_ws(head).strip_prefix(b"{")?;
+        let rest = skip_ws(rest).strip_prefix(b"\"metadata\"")?;
+        let rest = skip_ws(rest).strip_prefix(b":")?;
+        let mut de = serde_json::Deserializer::from_slice(rest);
+        match serde::Deserialize::deserialize(&mut de).ok()? {
+            Value::Object(metadata) => Some(parse_time(metadata.get("expiration"))),
+            _ => Some(Err(RecordError::MetadataNotObject)),
+        }
+    }
+
+    /// The expiration a split record's metadata document states.
+    pub fn expiration_from_document(document: &[u8]) -> Result<Option<DateTime<Utc>>, RecordError> {
+        let metadata: Map<String, Value> = serde_json::from_slice(document).map_err(RecordError::Document)?;
+        parse_time(metadata.get("expiration"))
     }
 
     /// The metadata document as JSON (what `split` writes beside the payload).
@@ -379,6 +406,27 @@ pub fn escape_json_chunk(chunk: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_records_expiration_reads_from_its_head() {
+        let rec = ResultRecord::new(
+            RecordFormat::Prefect3,
+            "k",
+            SerializerConfig::from_type("json").unwrap(),
+            Some("2020-01-01T00:00:00Z".parse().unwrap()),
+            Bytes::from(vec![b'1'; 100_000]),
+        );
+        let bytes = rec.encode_prefect3().unwrap();
+        let head = &bytes[..4096];
+        let got = ResultRecord::expiration_from_head(head).unwrap().unwrap();
+        assert_eq!(got, rec.expiration);
+        // No expiration; another shape; a head cut inside the metadata.
+        let none = br#" { "metadata" : {"expiration": null, "x": 1}, "result": "..."#;
+        assert_eq!(ResultRecord::expiration_from_head(none).unwrap().unwrap(), None);
+        assert!(ResultRecord::expiration_from_head(br#"{"result":"1","metadata":{}}"#).is_none());
+        assert!(ResultRecord::expiration_from_head(&bytes[..20]).is_none());
+        assert!(ResultRecord::expiration_from_head(br#"{"metadata":[1],"result":""}"#).unwrap().is_err());
+    }
 
     /// The one-pass reader of `prefect3` records gives what the general path gives (the
     /// record, or the same refusal), on every escape JSON has and on what JSON refuses.

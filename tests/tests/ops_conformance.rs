@@ -394,3 +394,32 @@ async fn a_blocks_retention_expires_old_results() {
     let err = store.sweep_options(block, "", Some(std::time::Duration::ZERO), false, open).unwrap_err();
     assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
 }
+
+/// A result larger than `limits.max_result_size` (which no unary read would load) is swept
+/// by its record's expiration all the same: the sweep reads only the record's head.
+#[tokio::test]
+async fn a_result_too_large_to_load_is_swept_by_its_expiration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}\n[limits]\nmax_result_size = \"64KiB\"\n", base_config(dir.path()));
+    let store = store_for(&config);
+    let (block, open) = ("local-file-system/default", &Access::Open);
+    let json = SerializerConfig::from_type("json").unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    let big = Bytes::from(format!("\"{}\"", "x".repeat(300 << 10)));
+    for (key, expiration) in [("big/expired", Some(past)), ("big/kept", None)] {
+        let record = resultstore::formats::record::ResultRecord::new(
+            resultstore::formats::record::RecordFormat::Prefect3,
+            key,
+            json.clone(),
+            expiration,
+            big.clone(),
+        );
+        std::fs::create_dir_all(dir.path().join("results/big")).unwrap();
+        std::fs::write(dir.path().join("results").join(key), record.encode_prefect3().unwrap()).unwrap();
+    }
+    let err = read(&store, at(block, "big/expired")).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "a whole read is refused: {err}");
+    let report = store.sweep_expired(block, &sweep("big/", chrono::Utc::now(), None), open, |_| {}).await.unwrap();
+    assert_eq!((report.expired, report.deleted, report.unreadable), (1, 1, 0), "{report:?}");
+    assert_eq!(keys_under(&store, block, "big/").await, ["big/kept"]);
+}

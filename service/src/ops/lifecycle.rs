@@ -9,8 +9,10 @@
 //! **What is expired.** A result whose record's expiration has passed, or, when a
 //! retention applies (the block's `retention`, or `gc --older-than`), whose object was last
 //! written longer ago than the retention. The listing's `last_modified` answers the
-//! retention question with no read; the record's expiration takes one GET of the result
-//! (two for a split block: document and payload). A result that cannot be read (damaged,
+//! retention question with no read; the record's expiration takes a ranged GET of the
+//! record's first [`RECORD_HEAD`] bytes (records begin with their metadata; results of any
+//! size are judged without reading them), or a split block's document and a HEAD of its
+//! payload. A result that cannot be read (damaged,
 //! or a bare payload of an unknown serializer) has no expiration anyone can trust and is
 //! never swept by expiration, only by retention.
 //!
@@ -38,12 +40,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
 
 use crate::config::BlockFormat;
 use crate::config::auth::{Access, Operation};
 use crate::config::keys::is_reserved;
 use crate::error::{Error, Result};
+use crate::formats::record::ResultRecord;
 use crate::ops::store::ResultStore;
 use crate::storage::blocks::Block;
 use crate::storage::object_names::object_path;
@@ -383,18 +386,47 @@ impl ResultStore {
     }
 
     /// The expiration of the result at `key` as stored, with the e-tag and last-modified
-    /// time of the object read (for the re-check before a delete).
+    /// time of the object judged (the one the re-check before a delete HEADs). Reads as
+    /// little as it can: a split record's document and a HEAD of its payload; the first
+    /// [`RECORD_HEAD`] bytes of a `prefect3` record (records begin with their metadata),
+    /// and the whole record only when those do not hold the metadata. So a result above
+    /// `limits.max_result_size` is swept by its expiration too.
     async fn load_for_sweep(
         &self,
         block: &Arc<Block>,
         key: &str,
     ) -> Result<(Option<DateTime<Utc>>, Option<String>, DateTime<Utc>)> {
-        // A split record's version is its payload's, at the key: the object the re-check HEADs.
-        let loaded = self.load(block.clone(), key.to_owned(), None).await?;
-        let last_modified = loaded.reference.created.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        Ok((loaded.record.expiration, loaded.reference.version.clone(), last_modified))
+        let path = object_path(key)?;
+        let corrupt = |e| Error::corrupt_because(&block.slug, key, e);
+        if let (Some(documents), BlockFormat::Split) = (&block.metadata_store, block.format) {
+            let document = self.objects.get_optional(block, documents.as_ref(), &path, key).await?;
+            let payload = block.store.head(&path).await.map_err(|e| block.storage_error(key, e))?;
+            let expiration = match document {
+                Some(d) => ResultRecord::expiration_from_document(&d).map_err(corrupt)?,
+                None => None,
+            };
+            return Ok((expiration, payload.e_tag, payload.last_modified));
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(0..RECORD_HEAD)), ..Default::default() };
+        let got = block.store.get_opts(&path, options).await.map_err(|e| block.storage_error(key, e))?;
+        let (e_tag, last_modified) = (got.meta.e_tag.clone(), got.meta.last_modified);
+        let head = got.bytes().await.map_err(|e| block.storage_error(key, e))?;
+        match ResultRecord::expiration_from_head(&head) {
+            Some(Ok(expiration)) => Ok((expiration, e_tag, last_modified)),
+            Some(Err(e)) => Err(corrupt(e)),
+            None => {
+                // Not a record that begins with its metadata (a Prefect 2 blob, a bare
+                // payload, maybe with a document in `metadata_url`): read it as a read does.
+                let loaded = self.load(block.clone(), key.to_owned(), None).await?;
+                let last_modified = loaded.reference.created.unwrap_or(DateTime::<Utc>::MIN_UTC);
+                Ok((loaded.record.expiration, loaded.reference.version.clone(), last_modified))
+            }
+        }
     }
 }
+
+/// Bytes of a `prefect3` record a sweep reads to find its expiration.
+pub const RECORD_HEAD: u64 = 64 << 10;
 
 /// The next listed key under `prefix` that is a result (not a reserved object), counted.
 /// `pacer`: one storage call per 1000 listed results (about a listing page).
