@@ -913,6 +913,21 @@ async fn reader(url: String, block: String, prefix: String, count: usize) -> any
     Ok(())
 }
 
+/// Requests per second of a Python measurement (`requests`, `secs`, `p50_ms`, `p99_ms`).
+fn python_rate(p: &serde_json::Value) -> f64 {
+    p["requests"].as_f64().unwrap_or(0.0) / p["secs"].as_f64().unwrap_or(1.0)
+}
+
+/// A Python measurement as the table shows it.
+fn python_summary(p: &serde_json::Value) -> String {
+    format!(
+        "{} req/s, p50 {:.3} / p99 {:.3} ms",
+        human(python_rate(p)),
+        p["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        p["p99_ms"].as_f64().unwrap_or(f64::NAN)
+    )
+}
+
 /// Prefect's own read path (`ResultStore.read` of the same record files, one process,
 /// sequential) against resultstore's Resolve of them at concurrency 1.
 async fn prefect_read_path(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
@@ -945,15 +960,7 @@ async fn prefect_read_path(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()>
         let mut args = args;
         args.push("--memory-cache".into());
         let memory = report(run_prefect(&py, &args)?)?;
-        let rps = |p: &serde_json::Value| p["requests"].as_f64().unwrap_or(0.0) / p["secs"].as_f64().unwrap_or(1.0);
-        let show = |p: &serde_json::Value| {
-            format!(
-                "{} req/s, p50 {:.2} / p99 {:.2} ms",
-                human(rps(p)),
-                p["p50_ms"].as_f64().unwrap_or(f64::NAN),
-                p["p99_ms"].as_f64().unwrap_or(f64::NAN)
-            )
-        };
+        let (rps, show) = (python_rate, python_summary);
         rows.push(
             Row::new(
                 format!("read {} record, concurrency 1 (resultstore: Resolve hit)", size_name(size)),
@@ -999,15 +1006,7 @@ async fn python_client(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let args: Vec<String> =
         ["latency", "--dir", &dir, "--key", key, "--seconds", &secs, "--memory-cache"].map(String::from).to_vec();
     let prefect = report(run_prefect(&py, &args)?)?;
-    let rps = |p: &serde_json::Value| p["requests"].as_f64().unwrap_or(0.0) / p["secs"].as_f64().unwrap_or(1.0);
-    let show = |p: &serde_json::Value| {
-        format!(
-            "{} req/s, p50 {:.3} / p99 {:.3} ms",
-            human(rps(p)),
-            p["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            p["p99_ms"].as_f64().unwrap_or(f64::NAN)
-        )
-    };
+    let (rps, show) = (python_rate, python_summary);
     let ratio = rps(&ours["client"]) / rps(&ours["grpcio"]);
     rows.push(
         Row::new(

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
 
 use crate::config::BlockFormat;
@@ -49,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::formats::record::ResultRecord;
 use crate::ops::store::ResultStore;
 use crate::storage::blocks::Block;
-use crate::storage::object_names::object_path;
+use crate::storage::object_names::{listing_dir, object_path};
 
 /// How a sweep runs (see the module docs).
 #[derive(Debug, Clone)]
@@ -231,9 +230,7 @@ impl ResultStore {
         pacer: &mut Pacer,
         report: &mut SweepReport,
     ) -> Result<()> {
-        let dir = opts.prefix.rfind('/').map(|i| &opts.prefix[..i]).filter(|d| !d.is_empty());
-        let dir_path: Option<StorePath> = dir.map(object_path).transpose()?;
-        let mut listing = documents.list(dir_path.as_ref());
+        let mut listing = documents.list(listing_dir(&opts.prefix)?.as_ref());
         let mut seen = 0u64;
         while let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(&opts.prefix, e))? {
             if seen.is_multiple_of(1000) {
@@ -312,13 +309,9 @@ impl ResultStore {
         block: &Block,
         prefix: &str,
     ) -> Result<futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>>> {
-        if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..") {
-            return Err(Error::InvalidKey { key: prefix.to_owned(), reason: "not a valid key prefix".into() });
-        }
+        let dir = listing_dir(prefix)?;
         block.check_root()?;
-        let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
-        let dir_path: Option<StorePath> = dir.map(object_path).transpose()?;
-        Ok(block.store.list(dir_path.as_ref()))
+        Ok(block.store.list(dir.as_ref()))
     }
 
     /// Whether the result at `key` is expired by its record, read from storage; `None`

@@ -32,7 +32,7 @@ use crate::ops::settings::{self, ResultSettings};
 use crate::ops::split::{self, SplitRecords};
 use crate::storage::blocks::{Block, BlockRegistry};
 use crate::storage::cache::{LoadedResult, ResolveCache};
-use crate::storage::object_names::object_path;
+use crate::storage::object_names::{listing_dir, object_path};
 
 /// What a Put carries.
 #[derive(Debug, Clone)]
@@ -769,16 +769,11 @@ impl ResultStore {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..") {
-            return Err(Error::InvalidKey { key: prefix.to_owned(), reason: "not a valid key prefix".into() });
-        }
+        let dir_path = listing_dir(prefix)?;
         if !page_token.is_empty() {
             validate_key(page_token)?;
         }
         block.check_root()?;
-        // object_store lists whole segments: list the directory part, filter the rest.
-        let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
-        let dir_path = dir.map(object_path).transpose()?;
         let mut stream = if page_token.is_empty() {
             block.store.list(dir_path.as_ref())
         } else {

@@ -19,6 +19,20 @@ pub fn object_path(key: &str) -> Result<Path> {
 /// The name versions before 0.2 stored `path`'s key under (object_store's `Path::from`,
 /// which percent-encodes non-ASCII letters and `%`, `[`, `]`, `~`, `*`, `?`, ...), when it
 /// differs: such results are still read (and deleted) there.
+/// The directory a listing of keys under `prefix` starts from (object_store lists whole
+/// path segments: the caller filters the rest of the prefix), after refusing prefixes no
+/// key can have. `None`: the block's root.
+pub fn listing_dir(prefix: &str) -> Result<Option<Path>> {
+    if prefix.chars().any(char::is_control) || prefix.starts_with('/') || prefix.contains("..") {
+        return Err(crate::error::Error::InvalidKey {
+            key: prefix.to_owned(),
+            reason: "not a valid key prefix".into(),
+        });
+    }
+    let dir = prefix.rfind('/').map(|i| &prefix[..i]).filter(|d| !d.is_empty());
+    dir.map(object_path).transpose()
+}
+
 pub fn legacy_object_path(path: &Path) -> Option<Path> {
     let legacy = Path::from(path.as_ref());
     (legacy != *path).then_some(legacy)
