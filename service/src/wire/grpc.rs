@@ -490,17 +490,17 @@ struct TrackedStream<T> {
     end: Option<CallEnd>,
 }
 
-/// Hands a GetStream's messages to tonic from a task that holds the stream's place among
+/// Hands a server stream's messages (GetStream, Sweep) to tonic from a task that holds the stream's place among
 /// those in flight: a client that takes no message for `idle` (`limits.stream_idle_timeout`;
 /// it stopped reading, so its HTTP/2 window and the one-message channel are full) has its
 /// stream ended with DEADLINE_EXCEEDED and the place freed at once. Without the task the
 /// place would live in the reply stream, which tonic only drops when the client reads on
 /// or goes away: clients that stop reading could hold every place.
-fn paced(
-    mut messages: BoxStream<'static, Result<pb::GetStreamResponse, Status>>,
+fn paced<T: Send + 'static>(
+    mut messages: BoxStream<'static, Result<T, Status>>,
     permit: OwnedSemaphorePermit,
     idle: Duration,
-) -> BoxStream<'static, Result<pb::GetStreamResponse, Status>> {
+) -> BoxStream<'static, Result<T, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let cut: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
     let cut_by_task = cut.clone();
@@ -513,7 +513,7 @@ fn paced(
                 // The end, or the client went away.
                 Ok(_) => return,
                 Err(_) => {
-                    tracing::info!("a GetStream client took nothing for limits.stream_idle_timeout; its stream ends");
+                    tracing::info!("a streaming client took nothing for limits.stream_idle_timeout; its stream ends");
                     let error = status_of(timed_out(STREAM_IDLE_TIMEOUT, idle, "the client took nothing for"));
                     if let Ok(mut slot) = cut_by_task.lock() {
                         *slot = Some(error);
@@ -856,8 +856,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
 
     type SweepStream = BoxStream<'static, Result<pb::SweepProgress, Status>>;
 
-    /// The sweep runs inside the reply stream: a caller that goes away drops it, and it
-    /// stops (see `ops::lifecycle` for why stopping anywhere is safe).
+    /// The sweep runs in the task that hands its progress to tonic: a caller that goes
+    /// away, or takes nothing for `limits.stream_idle_timeout`, stops it at its next
+    /// progress message (see `ops::lifecycle` for why stopping anywhere is safe).
     #[instrument(
         level = "debug",
         name = "rpc",
@@ -882,9 +883,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 .sweep_options(&req.block, &req.prefix, older_than, req.dry_run, &access)
                 .map_err(status_of)?;
             let permit = self.shed_unless(generation.admit_stream())?;
-            Ok((generation.store.clone(), access, req.block, opts, permit))
+            Ok((Ctx::new(&generation, access), req.block, opts, permit))
         })();
-        let (store, access, block, opts, permit) = match opened {
+        let (ctx, block, opts, permit) = match opened {
             Ok(opened) => opened,
             Err(status) => {
                 end.finish(Some(&status));
@@ -892,12 +893,13 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let idle = ctx.stream_idle_timeout;
         let work = async move {
-            let _permit = permit;
             let heard = tx.clone();
             // Progress that finds the channel full is skipped: the next one says more.
-            let report = store
-                .sweep_expired(&block, &opts, &access, |r| {
+            let report = ctx
+                .store
+                .sweep_expired(&block, &opts, &ctx.access, |r| {
                     let _ = heard.try_send(Ok(sweep_progress(r, false)));
                 })
                 .await;
@@ -905,6 +907,9 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         };
         let work = futures::stream::once(work).filter_map(|()| async { None });
         let messages = futures::stream::select(work, tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        // Run by `paced`'s task: a caller that goes away, or takes nothing for
+        // limits.stream_idle_timeout, ends the sweep and frees its stream place.
+        let messages = paced(messages, permit, idle);
         Ok(Response::new(TrackedStream { inner: messages, end: Some(end) }.boxed()))
     }
 
