@@ -423,3 +423,30 @@ async fn a_result_too_large_to_load_is_swept_by_its_expiration() {
     assert_eq!((report.expired, report.deleted, report.unreadable), (1, 1, 0), "{report:?}");
     assert_eq!(keys_under(&store, block, "big/").await, ["big/kept"]);
 }
+
+/// A sweep paces its storage calls, and a listing counts one call per 1000 entries it
+/// lists, under the prefix or not: keys outside a prefix that shares their directory cost
+/// nothing each. Time is tokio's paused clock (it moves only when every task waits), so
+/// the pacing shows as elapsed virtual seconds, the same on any machine.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_pays_for_listing_pages_not_for_skipped_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_for(&base_config(dir.path()));
+    let (block, open) = ("memory/default", &Access::Open);
+    for i in 0..50 {
+        store.put(put(block, &format!("other{i:02}"), Payload::Json("1".into()), "json"), open).await.unwrap();
+    }
+    put_expiring(&store, block, "target", Some(chrono::Utc::now() - chrono::Duration::hours(1))).await;
+    // 5 calls per second: 200 ms a call. The prefix "t" lists the block's root (51 entries).
+    let opts = SweepOptions {
+        calls_per_second: std::num::NonZeroU32::new(5).unwrap(),
+        ..sweep("t", chrono::Utc::now(), None)
+    };
+    let started = tokio::time::Instant::now();
+    let report = store.sweep_expired(block, &opts, open, |_| {}).await.unwrap();
+    assert_eq!((report.scanned, report.deleted), (1, 1), "{report:?}");
+    // The listing's page, the record's read, the HEAD and the DELETE: 4 calls, the first
+    // at once. Paying per skipped entry was 50 more (10 s).
+    let elapsed = started.elapsed();
+    assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+}

@@ -391,7 +391,7 @@ pub struct BlockConfig {
     #[serde(default, with = "humantime_serde")]
     pub sweep_interval: Option<Duration>,
     /// Storage calls per second a sweep of this block makes at most (HEAD, GET, DELETE,
-    /// one per 1000 listed results). Default 100; 0 is refused.
+    /// one per 1000 listed entries). Default 100; 0 is refused.
     #[serde(default = "default_sweep_calls_per_second")]
     pub sweep_calls_per_second: std::num::NonZeroU32,
 }

@@ -26,7 +26,7 @@
 //! re-checks, and a delete that finds the key gone counts nothing.
 //!
 //! **Pacing.** A sweep makes about `calls_per_second` storage calls at most (HEAD, GET,
-//! DELETE, and one per 1000 listed results for the listing's pages; a split block's check
+//! DELETE, and one per 1000 listed entries for the listing's pages; a split block's check
 //! of a document's payload counts one though it may take three), so a background sweep cannot
 //! crowd out the reads and writes it shares the block's connection limit with. A sweep
 //! stopped half-way (crash, restart, shutdown) starts over from the beginning next time:
@@ -96,17 +96,29 @@ pub struct SweepReport {
 pub const PROGRESS_EVERY: u64 = 1000;
 
 /// Spaces storage calls to at most `per_second` (own code: it is one interval timer).
-struct Pacer(tokio::time::Interval);
+struct Pacer {
+    interval: tokio::time::Interval,
+    /// Entries listed so far: a listing page (1000 entries) counts as one call.
+    listed: u64,
+}
 
 impl Pacer {
     fn new(per_second: NonZeroU32) -> Self {
         let mut interval = tokio::time::interval(Duration::from_secs(1) / per_second.get());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Pacer(interval)
+        Pacer { interval, listed: 0 }
     }
 
     async fn call(&mut self) {
-        self.0.tick().await;
+        self.interval.tick().await;
+    }
+
+    /// One more listed entry, whether or not it is a result under the prefix.
+    async fn listed(&mut self) {
+        if self.listed.is_multiple_of(1000) {
+            self.call().await;
+        }
+        self.listed += 1;
     }
 }
 
@@ -189,7 +201,7 @@ impl ResultStore {
             None => None,
         };
         let mut listing = self.listing(block, &opts.prefix)?;
-        while let Some(meta) = next_listed(block, &mut listing, &opts.prefix, report, &mut pacer).await? {
+        while let Some(meta) = next_listed(block, &mut listing, &opts.prefix, report, Some(&mut pacer)).await? {
             let key = meta.location.to_string();
             let judged = match retained_since {
                 Some(since) if meta.last_modified <= since => Some(Judged::WrittenBefore(since)),
@@ -231,12 +243,11 @@ impl ResultStore {
         report: &mut SweepReport,
     ) -> Result<()> {
         let mut listing = documents.list(listing_dir(&opts.prefix)?.as_ref());
-        let mut seen = 0u64;
-        while let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(&opts.prefix, e))? {
-            if seen.is_multiple_of(1000) {
-                pacer.call().await;
-            }
-            seen += 1;
+        loop {
+            pacer.listed().await;
+            let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(&opts.prefix, e))? else {
+                break;
+            };
             let key = meta.location.to_string();
             if is_reserved(&key) || !key.starts_with(opts.prefix.as_str()) {
                 continue;
@@ -283,9 +294,8 @@ impl ResultStore {
             return Err(Error::InvalidRequest("`all` deletes the whole block: give it with no prefix".into()));
         }
         let mut report = SweepReport::default();
-        let mut pacer = None;
         let mut listing = self.listing(&block, prefix)?;
-        while let Some(meta) = next_listed(&block, &mut listing, prefix, &mut report, &mut pacer).await? {
+        while let Some(meta) = next_listed(&block, &mut listing, prefix, &mut report, None).await? {
             report.expired += 1;
             let key = meta.location.to_string();
             let _lock = self.writes.lock(&block.slug, &key).await;
@@ -422,17 +432,17 @@ impl ResultStore {
 pub const RECORD_HEAD: u64 = 64 << 10;
 
 /// The next listed key under `prefix` that is a result (not a reserved object), counted.
-/// `pacer`: one storage call per 1000 listed results (about a listing page).
-async fn next_listed<P: PaceListing>(
+/// `pacer` (a sweep's; none for a bulk delete): one storage call per 1000 listed entries.
+async fn next_listed(
     block: &Block,
     listing: &mut futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>>,
     prefix: &str,
     report: &mut SweepReport,
-    pacer: &mut P,
+    mut pacer: Option<&mut Pacer>,
 ) -> Result<Option<ObjectMeta>> {
     loop {
-        if report.scanned.is_multiple_of(1000) {
-            pacer.page().await;
+        if let Some(pacer) = pacer.as_deref_mut() {
+            pacer.listed().await;
         }
         let Some(meta) = listing.try_next().await.map_err(|e| block.storage_error(prefix, e))? else {
             return Ok(None);
@@ -444,21 +454,6 @@ async fn next_listed<P: PaceListing>(
         report.scanned += 1;
         return Ok(Some(meta));
     }
-}
-
-/// Pacing of listing pages: a sweep's pacer, or none (a bulk delete).
-trait PaceListing {
-    async fn page(&mut self);
-}
-
-impl PaceListing for Pacer {
-    async fn page(&mut self) {
-        self.call().await;
-    }
-}
-
-impl PaceListing for Option<Pacer> {
-    async fn page(&mut self) {}
 }
 
 fn too_long(r: Duration) -> Error {
