@@ -112,6 +112,9 @@ pub struct ConnectOptions {
     pub dns_refresh: Duration,
     /// For several replicas: how long one that failed is tried only after the others.
     pub replica_backoff: Duration,
+    /// How long connecting to a server may take before the call fails (and, with several
+    /// replicas, goes on to the next). Default 10 s.
+    pub connect_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -122,6 +125,7 @@ impl Default for ConnectOptions {
             tls: None,
             dns_refresh: DEFAULT_DNS_REFRESH,
             replica_backoff: DEFAULT_REPLICA_BACKOFF,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -167,6 +171,9 @@ impl Interceptor for Credentials {
         Ok(request)
     }
 }
+
+/// How long connecting may take, unless set.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default message limit, matching the server's default `limits.max_message_size`.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -406,24 +413,21 @@ impl Target {
         match self {
             Target::Reference(r) => r.key().to_owned(),
             Target::Location { key, .. } => key.clone(),
-            Target::Prefect { document, .. } => serde_json::from_str::<Value>(document)
-                .ok()
-                .and_then(|d| d.get("storage_key").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| document.clone()),
+            Target::Prefect { document, .. } => routing::document_key(document),
         }
     }
 }
 
 /// The key a Put is stored (and routed) under: its key, else its cache key, else the new
 /// key [`name_new_key`] made.
-pub(crate) fn put_key<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>, new_key: &'a str) -> &'a str {
+pub fn put_key<'a>(key: &'a str, task: Option<&'a pb::ResultSettings>, new_key: &'a str) -> &'a str {
     let cache_key = task.map_or("", |t| t.cache_key.as_str());
     [key, cache_key].into_iter().find(|k| !k.is_empty()).unwrap_or(new_key)
 }
 
 /// Names the key of a Put that names none (no key, no cache key), as the server would
 /// (a uuid4 hex), so that the Put goes to the replica that will serve its reads.
-pub(crate) fn name_new_key(new_key: &mut String, key: &str, task: Option<&pb::ResultSettings>) {
+pub fn name_new_key(new_key: &mut String, key: &str, task: Option<&pb::ResultSettings>) {
     if key.is_empty() && task.is_none_or(|t| t.cache_key.is_empty()) && new_key.is_empty() {
         *new_key = uuid::Uuid::new_v4().simple().to_string();
     }
@@ -433,7 +437,7 @@ pub(crate) fn name_new_key(new_key: &mut String, key: &str, task: Option<&pb::Re
 pub(crate) fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
     // Flow-control windows large enough for streams of megabyte chunks (see the server's).
     let mut endpoint = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(options.connect_timeout)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20));
     if let Some(tls) = &options.tls {

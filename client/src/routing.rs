@@ -139,6 +139,15 @@ pub fn rendezvous_order<'a>(replica_ids: &[&'a str], key: &str) -> Vec<&'a str> 
     ids
 }
 
+/// The key a call for a Prefect result document routes by: its `storage_key`, or the
+/// document itself when it names none (or is not JSON).
+pub fn document_key(document: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(document)
+        .ok()
+        .and_then(|d| d.get("storage_key").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| document.to_owned())
+}
+
 /// Sorts `items` by their ids' scores for `key`, highest first, ties by id: the one
 /// definition of the order, for [`rendezvous_order`] and the calls' own.
 fn sort_for_key<T>(items: &mut [T], id: impl Fn(&T) -> &str, key: &str) {
@@ -146,9 +155,11 @@ fn sort_for_key<T>(items: &mut [T], id: impl Fn(&T) -> &str, key: &str) {
 }
 
 /// One server of the set.
-pub(crate) struct Replica {
-    pub(crate) id: String,
-    pub(crate) client: RawClient,
+pub struct Replica {
+    /// Its id (`host:port`), as scored.
+    pub id: String,
+    /// Its connection.
+    pub client: RawClient,
     /// Until when calls try it after the others.
     set_aside_until: Mutex<Option<Instant>>,
 }
@@ -159,8 +170,10 @@ impl Replica {
     }
 }
 
-/// The replicas of one [`Client`](crate::Client) and how calls choose among them.
-pub(crate) struct Router {
+/// The replicas of one [`Client`](crate::Client) and how calls choose among them. Public
+/// so that a server that forwards calls to its peers (the service's tier) routes by this
+/// very code: clients that route and replicas that forward agree on every key's owner.
+pub struct Router {
     endpoints: Endpoints,
     options: ConnectOptions,
     replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
@@ -178,9 +191,19 @@ impl Router {
     /// Connects to `endpoints`. One URL is connected at once (an error now if it does not
     /// answer, as with a plain client); several, or a DNS name, connect lazily, so a
     /// replica that is down does not stop the client from using the others.
-    pub(crate) async fn connect(endpoints: Endpoints, options: ConnectOptions) -> Result<Arc<Self>> {
+    pub async fn connect(endpoints: Endpoints, options: ConnectOptions) -> Result<Arc<Self>> {
+        Self::connect_as(endpoints, options, false).await
+    }
+
+    /// As [`Router::connect`], but every URL of a list connects lazily, one URL too: a
+    /// server that starts before its peers (or its upstream) must not fail for it.
+    pub async fn connect_lazily(endpoints: Endpoints, options: ConnectOptions) -> Result<Arc<Self>> {
+        Self::connect_as(endpoints, options, true).await
+    }
+
+    async fn connect_as(endpoints: Endpoints, options: ConnectOptions, lazily: bool) -> Result<Arc<Self>> {
         let replicas = match &endpoints {
-            Endpoints::List(urls) if urls.len() == 1 => {
+            Endpoints::List(urls) if urls.len() == 1 && !lazily => {
                 let channel = crate::endpoint(&urls[0], &options)?.connect().await?;
                 vec![new_replica(replica_id(&urls[0])?, crate::raw_client(channel, &options)?)]
             }
@@ -209,11 +232,13 @@ impl Router {
         self.replicas.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub(crate) fn replica_ids(&self) -> Vec<String> {
+    /// The replicas' ids, as known now.
+    pub fn replica_ids(&self) -> Vec<String> {
         self.current().iter().map(|r| r.id.clone()).collect()
     }
 
-    pub(crate) fn first(&self) -> Arc<Replica> {
+    /// The first replica of the list.
+    pub fn first(&self) -> Arc<Replica> {
         // Never empty: built with at least one replica, and a refresh that finds none
         // keeps the list it had.
         self.current()[0].clone()
@@ -221,7 +246,7 @@ impl Router {
 
     /// The replicas a call for `key` (a storage key, or a List's prefix) tries, in
     /// order: by score for the key, those set aside last.
-    pub(crate) fn order(self: &Arc<Self>, key: &str) -> Vec<Arc<Replica>> {
+    pub fn order(self: &Arc<Self>, key: &str) -> Vec<Arc<Replica>> {
         self.refresh_if_due();
         let mut replicas = self.current().to_vec();
         if replicas.len() > 1 {
@@ -232,9 +257,21 @@ impl Router {
         replicas
     }
 
+    /// The key's owner by score alone, set aside or not: the replica the rule says holds
+    /// the key (a server compares it with itself to know whether to forward).
+    pub fn owner(self: &Arc<Self>, key: &str) -> Arc<Replica> {
+        self.refresh_if_due();
+        let replicas = self.current();
+        let best = replicas
+            .iter()
+            .max_by_key(|r| (rendezvous_score(&r.id, key), std::cmp::Reverse(r.id.as_str())))
+            .unwrap_or(&replicas[0]);
+        best.clone()
+    }
+
     /// Notes how a call to `replica` ended, for the calls after it. Returns whether the
     /// call should go on to the next replica.
-    pub(crate) fn outcome(&self, replica: &Replica, status: Option<&tonic::Status>) -> bool {
+    pub fn outcome(&self, replica: &Replica, status: Option<&tonic::Status>) -> bool {
         let mut aside = replica.set_aside_until.lock().unwrap_or_else(PoisonError::into_inner);
         match status {
             Some(s) if s.code() == tonic::Code::Unavailable => {
@@ -344,6 +381,19 @@ mod tests {
                 let want: u64 = score["score"].as_str().unwrap().parse().unwrap();
                 assert_eq!(rendezvous_score(id, key), want, "{id} {key}");
             }
+        }
+    }
+
+    /// The owner a server compares itself with is the first of the clients' order.
+    #[tokio::test]
+    async fn the_owner_is_first_in_every_keys_order() {
+        let urls: Vec<String> = (1..=4).map(|i| format!("http://10.0.0.{i}:50051")).collect();
+        let router = Router::connect_lazily(Endpoints::List(urls), ConnectOptions::default()).await.unwrap();
+        let ids = router.replica_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for i in 0..500 {
+            let key = format!("key-{i}");
+            assert_eq!(router.owner(&key).id, rendezvous_order(&ids, &key)[0], "{key}");
         }
     }
 

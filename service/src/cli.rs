@@ -68,6 +68,10 @@ enum Command {
         /// Address of the Prometheus endpoint (overrides the config's `metrics.listen`).
         #[arg(long, env = "RESULTSTORE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// This replica's `host:port` as its tier's peers name it (overrides the config's
+        /// `tier.advertise`; in Kubernetes `$(POD_IP):50051`).
+        #[arg(long, env = "RESULTSTORE_ADVERTISE")]
+        advertise: Option<String>,
     },
     /// Make or hash bearer tokens for the config's `[auth]` table.
     Token {
@@ -345,7 +349,9 @@ fn output(out: &Option<PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, metrics_listen } => serve(config, listen, metrics_listen).await,
+        Command::Serve { config, listen, metrics_listen, advertise } => {
+            serve(config, listen, metrics_listen, advertise).await
+        }
         Command::Token { command: TokenCommand::New } => {
             // Two v4 UUIDs: 244 random bits from the OS generator.
             let token = format!("rs_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -574,18 +580,29 @@ async fn resolve(server: ServerArg, target: TargetArgs, json: bool, out: Option<
 
 /// Serves until SIGTERM or Ctrl-C (then drains and returns, so the process exits 0);
 /// SIGHUP re-reads the config file and reloads it.
-async fn serve(path: Option<PathBuf>, listen: Option<String>, metrics_listen: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    path: Option<PathBuf>,
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    advertise: Option<String>,
+) -> anyhow::Result<()> {
     resultstore::telemetry::init_logging();
-    let overrides = |mut config: Config| {
+    let overrides = |mut config: Config| -> anyhow::Result<Config> {
+        if let Some(a) = &advertise {
+            let tier =
+                config.tier.as_mut().context("--advertise names this replica in a [tier]; the config has none")?;
+            tier.advertise = Some(a.clone());
+            config.validate()?;
+        }
         if let Some(m) = &metrics_listen {
             config.metrics.listen = Some(m.clone());
         }
         if let Some(l) = &listen {
             config.listen = Some(l.clone());
         }
-        config
+        Ok(config)
     };
-    let config = overrides(Config::load(path.as_deref())?);
+    let config = overrides(Config::load(path.as_deref())?)?;
     let addr = config.listen.clone().unwrap_or_else(|| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let mut handle =
@@ -610,9 +627,9 @@ async fn serve(path: Option<PathBuf>, listen: Option<String>, metrics_listen: Op
             }
             Some(()) = hangups.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
-                let _ = match Config::load(path.as_deref()) {
-                    Ok(config) => handle.reload(overrides(config)),
-                    Err(e) => handle.refused_reload(e),
+                let _ = match Config::load(path.as_deref()).map_err(anyhow::Error::from).and_then(overrides) {
+                    Ok(config) => handle.reload(config),
+                    Err(e) => handle.refused_reload(resultstore::Error::Config(format!("{e:#}"))),
                 };
             }
         }

@@ -29,6 +29,12 @@
 //! scopes = { "s3-bucket/*" = ["read", "write"], "local-file-system/default" = ["read"] }
 //! [metrics]
 //! listen = "0.0.0.0:9464"      # Prometheus text at /metrics; none unless set
+//! [tier]                       # no [tier] table: one server on its own
+//! advertise = "10.0.0.5:50051" # this replica as its peers name it (or --advertise)
+//! peers = "dns://resultstore-headless:50051"  # every replica, this one included
+//! # upstream = "dns://resultstore-headless.resultstore.svc:50051"  # a sidecar's tier instead
+//! copies = "32MiB"             # replies of hot keys kept for keys another node owns
+//! copy_time_to_live = "1s"     # how long a copy may serve: the lag bound of a read by location
 //! [blocks."local-file-system/default"]
 //! url = "file://.prefect-results"   # relative paths are relative to the working directory
 //! format = "prefect3"               # or "split" (metadata_url, or a reserved prefix)
@@ -99,6 +105,10 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Replicas that fill from each other, or a sidecar's upstream tier (see
+    /// [`TierConfig`] and `crate::wire::tier`). Without it the server is on its own.
+    #[serde(default)]
+    pub tier: Option<TierConfig>,
     /// After SIGTERM or Ctrl-C, in-flight calls get this long to finish before the
     /// process exits anyway (with status 0). Keep it below the orchestrator's kill
     /// deadline (Kubernetes' `terminationGracePeriodSeconds`, 30s by default). Default 20s.
@@ -196,6 +206,121 @@ impl Default for CacheConfig {
             time_to_live: default_ttl(),
             fill_budget: default_fill_budget(),
         }
+    }
+}
+
+/// A shared cache tier (`peers`) or a sidecar backed by one (`upstream`): the nodes that
+/// serve a key through its owner (`crate::wire::tier` says how). Read at start.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// This replica's id as `peers` names it: `host:port` (an `ip:port` when `peers` is a
+    /// DNS name; in Kubernetes `$(POD_IP):50051`). Required with `peers`. Overridden by
+    /// `--advertise` / `RESULTSTORE_ADVERTISE`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Every replica of the tier, this one included, as the clients name them:
+    /// `http://a:50051,http://b:50051`, or `dns://name:port` (`dns+https://` with TLS) for
+    /// every address a headless Service resolves to, looked up again every `dns_refresh`.
+    /// A call for a key another replica owns is served through that owner.
+    #[serde(default)]
+    pub peers: Option<String>,
+    /// For a sidecar: the tier it fills from, in the same forms. Every call for a key goes
+    /// to the key's owner in the tier (writes too); this server's copies are the first
+    /// level. Not together with `peers`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A file holding the token this server presents upstream (with `upstream`). Without
+    /// it a call goes upstream with its caller's own `authorization`. Peers always pass the
+    /// caller's on: they share one `[auth]`.
+    #[serde(default)]
+    pub upstream_token_file: Option<PathBuf>,
+    /// PEM CA certificates that signed the peers' (or upstream's) certificates, for
+    /// `https://` and `dns+https://`. With `[tls]` and no `ca`, its `client_ca` is used.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// How long connecting to another node may take before it is passed over (the next
+    /// replica in the key's order, or this one, serves). Default 1s.
+    #[serde(default = "default_tier_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a node that failed (transport, draining) is passed over before it is tried
+    /// first again. Default 5s.
+    #[serde(default = "default_tier_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// How often a `dns://` name is looked up again. Default 10s.
+    #[serde(default = "default_tier_dns_refresh", with = "humantime_serde")]
+    pub dns_refresh: Duration,
+    /// Bytes of replies (Resolve, Get) kept here for keys another node owns: hot keys on
+    /// a replica, the first level on a sidecar. `0` keeps none. Default 32MiB.
+    #[serde(default = "default_tier_copies")]
+    pub copies: ByteSize,
+    /// How long a copy may serve, from when it was taken: the most a read by location
+    /// through this node may lag an overwrite made through another. Reads by reference
+    /// never lag (a copy serves only the digest it was asked for). Default 1s.
+    #[serde(default = "default_tier_copy_ttl", with = "humantime_serde")]
+    pub copy_time_to_live: Duration,
+    /// A key's reply is copied once it was read this many times through this node within
+    /// about `copy_time_to_live` (1: every reply). Default 3 with `peers` (hot keys only),
+    /// 1 with `upstream` (a sidecar's first level).
+    #[serde(default)]
+    pub copy_after_reads: Option<u32>,
+}
+
+fn default_tier_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_tier_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_tier_dns_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tier_copies() -> ByteSize {
+    ByteSize(32 << 20)
+}
+fn default_tier_copy_ttl() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl TierConfig {
+    /// Reads before a reply is copied (`copy_after_reads`, or its default for the mode).
+    pub fn copy_after(&self) -> u32 {
+        self.copy_after_reads.unwrap_or(if self.upstream.is_some() { 1 } else { 3 })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Config(format!("tier: {why}")));
+        match (&self.peers, &self.upstream) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "`peers` (a replica of the tier) and `upstream` (a sidecar of one) exclude each other".into()
+                );
+            }
+            (None, None) => return bad("name the tier's `peers`, or a sidecar's `upstream`".into()),
+            _ => {}
+        }
+        for spec in [&self.peers, &self.upstream].into_iter().flatten() {
+            resultstore_client::Endpoints::parse(spec).map_err(|e| Error::Config(format!("tier: {e}")))?;
+        }
+        // `advertise` may come from the command line, after the file is read: its absence
+        // is refused when the tier starts.
+        if let Some(me) = &self.advertise
+            && (me.contains("://")
+                || me.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+        {
+            return bad(format!("advertise `{me}` is not host:port"));
+        }
+        if self.connect_timeout.is_zero()
+            || self.backoff.is_zero()
+            || self.dns_refresh.is_zero()
+            || self.copy_time_to_live.is_zero()
+        {
+            return bad("connect_timeout, backoff, dns_refresh and copy_time_to_live must be above zero".into());
+        }
+        if self.copy_after_reads == Some(0) {
+            return bad("copy_after_reads must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -490,6 +615,7 @@ impl Config {
             tls: None,
             auth: None,
             metrics: MetricsConfig::default(),
+            tier: None,
             shutdown_grace_period: default_grace_period(),
         }
     }
@@ -617,6 +743,9 @@ impl Config {
             && tls.handshake_timeout.is_zero()
         {
             return Err(Error::Config("tls.handshake_timeout must be above zero".into()));
+        }
+        if let Some(tier) = &self.tier {
+            tier.validate()?;
         }
         // Tokens and scopes are checked where they are built.
         AccessPolicy::from_config(self.auth.as_ref())?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{ByteSize, CacheConfig, Config, LimitsConfig, MetricsConfig};
+use crate::config::{ByteSize, CacheConfig, Config, LimitsConfig, MetricsConfig, TierConfig};
 
 /// The settings a running process fixes at start (see the module's doc).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +25,8 @@ pub struct StartupSettings {
     pub tls: bool,
     pub cache: CacheConfig,
     pub limits: StartupLimits,
+    /// The tier's members and copies: connections are made at start.
+    pub tier: Option<TierConfig>,
 }
 
 /// The `[limits]` a running process fixes at start.
@@ -53,6 +55,7 @@ impl Config {
             tls,
             auth: _,
             metrics,
+            tier,
             shutdown_grace_period: _,
         } = self;
         let LimitsConfig {
@@ -73,6 +76,7 @@ impl Config {
             metrics: metrics.clone(),
             tls: tls.is_some(),
             cache: cache.clone(),
+            tier: tier.clone(),
             limits: StartupLimits {
                 max_message_size: *max_message_size,
                 max_concurrent_streams_per_connection: *max_concurrent_streams_per_connection,
@@ -86,7 +90,7 @@ impl Config {
     /// This config with `startup`'s values in place of its own: what a reload puts in
     /// force. (`tls` is on or off in both; a reload that would turn it is refused first.)
     pub fn keeping(mut self, startup: &StartupSettings) -> Config {
-        let StartupSettings { listen, metrics, tls: _, cache, limits } = startup;
+        let StartupSettings { listen, metrics, tls: _, cache, limits, tier } = startup;
         let StartupLimits {
             max_message_size,
             max_concurrent_streams_per_connection,
@@ -97,6 +101,7 @@ impl Config {
         self.listen.clone_from(listen);
         self.metrics = metrics.clone();
         self.cache = cache.clone();
+        self.tier.clone_from(tier);
         self.limits.max_message_size = *max_message_size;
         self.limits.max_concurrent_streams_per_connection = *max_concurrent_streams_per_connection;
         self.limits.max_connections = *max_connections;

@@ -309,6 +309,12 @@ impl ResultStore {
                 Err(e) => return Err(e),
             }
         }
+        // What the cache still holds under the prefix: results kept only in memory, and
+        // (on a tier's other replicas, which find storage already emptied) entries of
+        // results deleted through another node.
+        let (only_here, bytes) = self.cache.invalidate_prefix(&block.slug, prefix).await;
+        report.deleted += only_here;
+        report.bytes += bytes;
         Ok(report)
     }
 

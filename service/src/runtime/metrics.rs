@@ -25,6 +25,13 @@
 //! - `resultstore_sweep_runs_total{block}`, `_sweep_errors_total`, `resultstore_swept_results_total`,
 //!   `resultstore_swept_bytes_total`, `resultstore_sweep_duration_seconds_total{block}`: expiry
 //!   sweeps (background, `gc`, the Sweep RPC).
+//! - `resultstore_tier_forwarded_total{method}`: calls this node passed to the key's owner
+//!   (or a sidecar to its tier) and that a node answered; `resultstore_tier_fallbacks_total{method}`:
+//!   calls the key's owner could not take (down, draining, set aside after a failure),
+//!   answered by the key's next node instead, this one or another (which reads storage
+//!   for it: correct, only slower); `resultstore_tier_copy_hits_total`,
+//!   `resultstore_tier_copies_taken_total`, `resultstore_tier_copy_bytes`: the copies of
+//!   hot keys' replies (`wire::copies`).
 //! - `resultstore_config_reloads_total{outcome}`, `resultstore_draining` (1 while
 //!   shutting down), `resultstore_build_info{version}`.
 
@@ -96,6 +103,30 @@ impl Method {
 /// [`resultstore_proto::code_name`].
 const CODES: usize = 17;
 
+/// What the tier (`wire::tier`) did with calls, by method.
+#[derive(Default)]
+pub struct TierCounters {
+    pub forwarded: [AtomicU64; Method::ALL.len()],
+    pub fell_back: [AtomicU64; Method::ALL.len()],
+    pub copy_hits: AtomicU64,
+    pub copies_taken: AtomicU64,
+    /// Reads the copies' weight now (set once, by the tier, when it keeps copies).
+    pub copy_bytes: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl fmt::Debug for TierCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierCounters").finish_non_exhaustive()
+    }
+}
+
+impl TierCounters {
+    /// Counts `method` in `counts`.
+    pub fn count(counts: &[AtomicU64; Method::ALL.len()], method: Method) {
+        counts[method as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Process-wide counters: they outlive reloads.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -107,6 +138,7 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Unary requests refused by the byte budget (`runtime::request_bytes`).
     pub request_bytes_refused: AtomicU64,
+    pub tier: Arc<TierCounters>,
 }
 
 impl Metrics {
@@ -240,6 +272,36 @@ impl Metrics {
             let seconds = block.sweeps.micros.load(Ordering::Relaxed) as f64 / 1e6;
             ConstCounter::new(seconds).encode(sweep_seconds.encode_family(&[("block", block.slug.as_str())])?)?;
         }
+        let tier = &self.tier;
+        for (name, help, counts) in [
+            (
+                "resultstore_tier_forwarded",
+                "Calls passed to the key's owner (or upstream) and answered there.",
+                &tier.forwarded,
+            ),
+            (
+                "resultstore_tier_fallbacks",
+                "Calls answered by another node than the key's owner, which could not be reached.",
+                &tier.fell_back,
+            ),
+        ] {
+            let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for m in Method::ALL {
+                let n = g(&counts[m as usize]);
+                if n > 0 {
+                    ConstCounter::new(n).encode(family.encode_family(&[("method", m.as_str())])?)?;
+                }
+            }
+        }
+        counter(
+            enc,
+            "resultstore_tier_copy_hits",
+            "Reads served from a copy of the owner's reply.",
+            g(&tier.copy_hits),
+        )?;
+        counter(enc, "resultstore_tier_copies_taken", "Replies of hot keys copied here.", g(&tier.copies_taken))?;
+        let copy_bytes = tier.copy_bytes.get().map_or(0, |read| read());
+        gauge(enc, "resultstore_tier_copy_bytes", "Weight of the copies held here.", copy_bytes)?;
         let mut reloads = enc.encode_descriptor(
             "resultstore_config_reloads",
             "SIGHUP reloads by outcome.",

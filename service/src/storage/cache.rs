@@ -272,6 +272,23 @@ impl ResolveCache {
         self.inner.invalidate(key).await;
     }
 
+    /// Drops every entry of `block` whose key starts with `prefix` (a DeletePrefix), and
+    /// returns how many of them were held only here (results that were not persisted,
+    /// which this deletes) and their bytes. Walks every entry: a bulk operation's cost.
+    pub async fn invalidate_prefix(&self, block: &str, prefix: &str) -> (u64, u64) {
+        let under: Vec<_> =
+            self.inner.iter().filter(|(k, _)| &*k.block == block && k.key.starts_with(prefix)).collect();
+        let (mut only_here, mut bytes) = (0, 0);
+        for (key, entry) in under {
+            self.inner.invalidate(key.as_ref()).await;
+            if !entry.reference.persisted {
+                only_here += 1;
+                bytes += entry.reference.size;
+            }
+        }
+        (only_here, bytes)
+    }
+
     /// Drops every entry (a reload changed or removed blocks the entries came from).
     pub fn invalidate_all(&self) {
         self.inner.invalidate_all();

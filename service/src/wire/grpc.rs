@@ -28,6 +28,7 @@ use crate::ops::store::{Payload, PutInput, PutOutcome, ReadOptions, ReadOutcome,
 use crate::ops::stream::{PutStreamHeader, StreamContent, StreamOutcome, StreamPart, StreamPayload, UploadPart};
 use crate::runtime::live::{Generation, Live};
 use crate::runtime::metrics::{Method, Metrics};
+use crate::wire::tier::{Hop, Tier};
 
 /// Maps a domain error to its gRPC status, once, here.
 pub fn status_of(e: Error) -> Status {
@@ -75,6 +76,8 @@ pub struct ResultStoreService {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     max_message: usize,
+    /// The other nodes of a tier, when this one is part of one.
+    tier: Option<Arc<Tier>>,
 }
 
 /// What a handler gets once its call is admitted: the store of the generation in force
@@ -82,16 +85,19 @@ pub struct ResultStoreService {
 struct Ctx {
     store: Arc<ResultStore>,
     access: Access,
+    /// What the call carries on to another node of the tier.
+    hop: Hop,
     request_timeout: Duration,
     stream_idle_timeout: Duration,
 }
 
 impl Ctx {
-    fn new(generation: &Generation, access: Access) -> Self {
+    fn new(generation: &Generation, access: Access, hop: Hop) -> Self {
         let limits = &generation.config.limits;
         Ctx {
             store: generation.store.clone(),
             access,
+            hop,
             request_timeout: limits.request_timeout,
             stream_idle_timeout: limits.stream_idle_timeout,
         }
@@ -166,8 +172,8 @@ impl Drop for CallEnd {
 impl ResultStoreService {
     /// `max_message` is the gRPC message limit; replies above it are refused up front
     /// with a clear status instead of failing mid-stream.
-    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, max_message: usize) -> Self {
-        ResultStoreService { live, metrics, max_message }
+    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, max_message: usize, tier: Option<Arc<Tier>>) -> Self {
+        ResultStoreService { live, metrics, max_message, tier }
     }
 
     /// Lets a call in: not while draining, only with a known token (or where anonymous
@@ -176,7 +182,7 @@ impl ResultStoreService {
     fn admit(&self, metadata: &MetadataMap) -> Result<(Ctx, OwnedSemaphorePermit), Status> {
         let (generation, access) = self.enter(metadata)?;
         let permit = self.shed_unless(generation.admit())?;
-        Ok((Ctx::new(&generation, access), permit))
+        Ok((Ctx::new(&generation, access, Hop::of(metadata)), permit))
     }
 
     /// The generation in force and the caller's access: not while draining, only with a
@@ -244,6 +250,12 @@ impl ResultStoreService {
         }
         Ok(())
     }
+}
+
+/// A GetStream once found: served here, or by the key's owner.
+enum Opened {
+    Here(Ctx, OwnedSemaphorePermit, Box<crate::ops::stream::ReadStream>),
+    Forwarded(Ctx, OwnedSemaphorePermit, Box<Streaming<pb::GetStreamResponse>>),
 }
 
 /// Fails a stream that stays silent longer than `limit` (`limits.request_timeout`).
@@ -581,7 +593,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         fields(method = "Put", block, key, size, caller, code, duration_ms)
     )]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.call(Method::Put, true, request, |ctx, req| async move {
+        self.call(Method::Put, true, request, |ctx, mut req| async move {
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.put(&ctx.hop, &mut req).await?
+            {
+                return Ok(reply);
+            }
             let input = put_input(req).map_err(status_of)?;
             let outcome = ctx.store.put(input, &ctx.access).await.map_err(status_of)?;
             Ok(put_response(outcome))
@@ -598,6 +615,11 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         self.call(Method::Get, true, request, |ctx, req| async move {
             let (target, opts) = get_target_and_options(&req)?;
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.get(&ctx.hop, &req).await?
+            {
+                return Ok(reply);
+            }
             match ctx.store.read(target, opts, &ctx.access).await.map_err(status_of)? {
                 ReadOutcome::Literal(_) => Err(literal_has_no_record()),
                 ReadOutcome::Loaded { result, .. } => {
@@ -637,6 +659,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
             // whose block the caller may write, sent within limits.stream_idle_timeout.
             let (generation, access) = self.enter(request.metadata())?;
             end.admitted(&access);
+            let hop = Hop::of(request.metadata());
             let idle = generation.config.limits.stream_idle_timeout;
             let mut messages = request.into_inner();
             let first = tokio::time::timeout(idle, messages.message())
@@ -650,12 +673,26 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                     )));
                 }
             };
-            let header = put_stream_header(header).map_err(status_of)?;
+            let mut header_pb = header;
+            let header = put_stream_header(header_pb.clone()).map_err(status_of)?;
             if let Some(key) = &header.key {
                 Span::current().record("key", key.as_str());
             }
             generation.store.put_stream_block(&header, &access).map_err(status_of)?;
             let _permit = self.shed_unless(generation.admit_stream())?;
+            let mut header = header;
+            if let Some(tier) = &self.tier {
+                let inbound = Arc::new(tokio::sync::Mutex::new(Some(messages)));
+                if let Some(reply) = tier.put_stream(&hop, &mut header_pb, &inbound).await? {
+                    return Ok(reply);
+                }
+                // No node took a chunk: the stream is whole here, with the key the tier named.
+                header.new_key = Some(header_pb.new_key).filter(|k| !k.is_empty());
+                messages =
+                    inbound.lock().await.take().ok_or_else(|| {
+                        Status::internal("the PutStream's messages were taken by a forward that failed")
+                    })?;
+            }
             let chunks = messages.map(|m| match m {
                 Ok(pb::PutStreamRequest { part: Some(pb::put_stream_request::Part::Chunk(c)) }) => {
                     Ok(UploadPart::Chunk(c))
@@ -692,12 +729,18 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         let opened = async {
             let (generation, access) = self.enter(request.metadata())?;
             end.admitted(&access);
+            let hop = Hop::of(request.metadata());
             let req = request.into_inner();
             let (target, opts) = get_target_and_options(&req)?;
             // The caller's scope first: a token that may not read there takes no place.
             generation.store.check_read(&target, &opts, &access).map_err(status_of)?;
             let permit = self.shed_unless(generation.admit_stream())?;
-            let ctx = Ctx::new(&generation, access);
+            let ctx = Ctx::new(&generation, access, hop);
+            if let Some(tier) = &self.tier
+                && let Some(owner) = tier.get_stream(&ctx.hop, &req).await?
+            {
+                return Ok(Opened::Forwarded(ctx, permit, Box::new(owner)));
+            }
             let content = match req.want.map(pb::Want::try_from) {
                 None => StreamContent::Stored,
                 Some(Ok(pb::Want::Raw)) => StreamContent::Value,
@@ -714,12 +757,17 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 .map_err(status_of)?;
             match outcome {
                 StreamOutcome::Literal(_) => Err(literal_has_no_record()),
-                StreamOutcome::Stream(s) => Ok((ctx, permit, s)),
+                StreamOutcome::Stream(s) => Ok(Opened::Here(ctx, permit, s)),
             }
         }
         .await;
         let (ctx, permit, stream) = match opened {
-            Ok(opened) => opened,
+            Ok(Opened::Here(ctx, permit, stream)) => (ctx, permit, stream),
+            Ok(Opened::Forwarded(ctx, permit, owner)) => {
+                // The owner's messages as they come, paced and bounded as ours are.
+                let messages = paced(owner.boxed(), permit, ctx.stream_idle_timeout);
+                return Ok(Response::new(TrackedStream { inner: messages, end: Some(end) }.boxed()));
+            }
             Err(status) => {
                 end.finish(Some(&status));
                 return Err(status);
@@ -760,6 +808,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         self.call(Method::Resolve, true, request, |ctx, req| async move {
             let want = pb::Want::try_from(req.want)
                 .map_err(|_| Status::invalid_argument(format!("unknown want {}", req.want)))?;
+            // Checked by the owner, as it would be here.
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.resolve(&ctx.hop, &req).await?
+            {
+                return Ok(reply);
+            }
             let target = read_target(req.target.map(|t| match t {
                 pb::resolve_request::Target::Reference(r) => Target::Reference(Box::new(r)),
                 pb::resolve_request::Target::Location(l) => Target::Location(l),
@@ -809,6 +863,11 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     )]
     async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
         self.call(Method::Exists, true, request, |ctx, req| async move {
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.exists(&ctx.hop, &req).await?
+            {
+                return Ok(reply);
+            }
             let loc = req.location.unwrap_or_default();
             Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
             let exists = ctx.store.exists(&loc.block, &loc.key, &ctx.access).await.map_err(status_of)?;
@@ -825,6 +884,11 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
     )]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.call(Method::Delete, true, request, |ctx, req| async move {
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.delete(&ctx.hop, &req).await?
+            {
+                return Ok(reply);
+            }
             let loc = req.location.unwrap_or_default();
             Span::current().record("block", loc.block.as_str()).record("key", loc.key.as_str());
             ctx.store.delete(&loc.block, &loc.key, &ctx.access).await.map_err(status_of)?;
@@ -847,9 +911,18 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
         // and each delete is a storage call of its own with its own timeout.
         self.call(Method::DeletePrefix, false, request, |ctx, req| async move {
             Span::current().record("block", req.block.as_str()).record("prefix", req.prefix.as_str());
+            if let Some(tier) = &self.tier
+                && let Some(reply) = tier.delete_prefix(&ctx.hop, &req).await?
+            {
+                return Ok(reply);
+            }
             let report =
                 ctx.store.delete_prefix(&req.block, &req.prefix, req.all, &ctx.access).await.map_err(status_of)?;
-            Ok(pb::DeletePrefixResponse { deleted: report.deleted, bytes: report.bytes })
+            let mut reply = pb::DeletePrefixResponse { deleted: report.deleted, bytes: report.bytes };
+            if let Some(tier) = &self.tier {
+                tier.delete_prefix_on_peers(&ctx.hop, &req, &mut reply).await;
+            }
+            Ok(reply)
         })
         .await
     }
@@ -883,7 +956,7 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 .sweep_options(&req.block, &req.prefix, older_than, req.dry_run, &access)
                 .map_err(status_of)?;
             let permit = self.shed_unless(generation.admit_stream())?;
-            Ok((Ctx::new(&generation, access), req.block, opts, permit))
+            Ok((Ctx::new(&generation, access, Hop::default()), req.block, opts, permit))
         })();
         let (ctx, block, opts, permit) = match opened {
             Ok(opened) => opened,

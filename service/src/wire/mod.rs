@@ -3,10 +3,14 @@
 //! - [`server`]: binds, serves `resultstore.v1` with health and reflection, shuts down
 //!   gracefully (NOT_SERVING, refuse, drain within the grace period), runs the staging
 //!   sweep;
-//! - [`grpc`]: one thin handler per RPC (admit, convert, call [`crate::ops`], map the
-//!   error to a `Status` in one place, record the call's end).
+//! - [`grpc`]: one thin handler per RPC (admit, convert, hand the call to the [`tier`] or
+//!   call [`crate::ops`], map the error to a `Status` in one place, record the call's end);
+//! - [`tier`]: replicas that serve each key through its owner, and sidecars that fill from
+//!   such a tier; [`copies`]: the replies of hot keys kept on nodes that do not own them.
 //!
 //! Uses: [`crate::runtime`] and everything below it.
 
+pub mod copies;
 pub mod grpc;
 pub mod server;
+pub mod tier;

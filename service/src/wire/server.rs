@@ -22,6 +22,7 @@ use crate::runtime::connections::ConnectionLimits;
 use crate::runtime::live::Live;
 use crate::runtime::metrics::Metrics;
 use crate::wire::grpc::ResultStoreService;
+use crate::wire::tier::Tier;
 
 /// A server running in this process (tests and the binary use it alike).
 pub struct ServerHandle {
@@ -135,9 +136,11 @@ pub async fn start(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let service = ResultStoreServer::new(ResultStoreService::new(live.clone(), metrics.clone(), max_message))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let tier = crate::wire::tier::Tier::start(config, metrics.tier.clone()).await?;
+    let service =
+        ResultStoreServer::new(ResultStoreService::new(live.clone(), metrics.clone(), max_message, tier.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
 
     let (tx, rx) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();
@@ -210,7 +213,7 @@ pub async fn start(
         }
     });
     let sweep_task = tokio::spawn(sweep_staging(live.clone()));
-    let expiry_task = tokio::spawn(expiry_sweeps(live.clone()));
+    let expiry_task = tokio::spawn(expiry_sweeps(live.clone(), tier));
     Ok(ServerHandle {
         local_addr,
         metrics_addr,
@@ -248,8 +251,9 @@ async fn sweep_staging(live: Arc<Live>) {
 /// since its last sweep began; the first comes one interval after start, so a fleet that
 /// restarts together does not sweep together. The blocks and intervals are those of the
 /// generation in force at each round, so a reload applies. Aborted at shutdown wherever
-/// it is, which a sweep allows.
-async fn expiry_sweeps(live: Arc<Live>) {
+/// it is, which a sweep allows. On a tier, a block is swept by one replica
+/// ([`Tier::sweeps`]); a sidecar leaves it to its tier.
+async fn expiry_sweeps(live: Arc<Live>, tier: Option<Arc<Tier>>) {
     use std::collections::HashMap;
     use tokio::time::Instant;
     let mut began: HashMap<String, Instant> = HashMap::new();
@@ -260,6 +264,9 @@ async fn expiry_sweeps(live: Arc<Live>) {
         let mut wake = now + std::time::Duration::from_secs(60);
         for block in generation.store.blocks().iter() {
             let Some(interval) = block.config().sweep_interval else { continue };
+            if tier.as_ref().is_some_and(|t| !t.sweeps(&block.slug)) {
+                continue;
+            }
             let due = *began.entry(block.slug.clone()).or_insert(now) + interval;
             if due > now {
                 wake = wake.min(due);
