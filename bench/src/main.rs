@@ -12,11 +12,13 @@
 //! - **Prefect**: `ResultStore.read` in Python against the same files
 //!   (`bench/prefect_read.py`, with `.test-env/prefect`).
 //!
-//! The many-clients scenario re-runs this binary as `reader` subprocesses.
+//! The many-clients scenario re-runs this binary as `reader` subprocesses; the tier's
+//! scenarios ([`tier`]) run `resultstore serve` processes (the binary built beside it).
 
 mod bare;
 mod h2load;
 mod load;
+mod tier;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,7 +55,7 @@ struct Cli {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only the scenario groups whose name contains this (`hit`, `put`, `cold`,
-    /// `streams`, `stampede`, `many`, `prefect`, `memory`), e.g. to profile one.
+    /// `streams`, `stampede`, `many`, `prefect`, `tier`, `memory`), e.g. to profile one.
     #[arg(long)]
     only: Option<String>,
     #[command(subcommand)]
@@ -79,7 +81,7 @@ enum Sub {
 }
 
 /// One line of the table.
-struct Row {
+pub(crate) struct Row {
     scenario: String,
     ours: String,
     baseline: String,
@@ -316,6 +318,9 @@ async fn run_all(b: &Bench, values: &HashMap<String, Bytes>) -> anyhow::Result<V
     if on("prefect: Prefect's read path") {
         prefect_read_path(b, &mut rows).await?;
         python_client(b, &mut rows).await?;
+    }
+    if on("tier: one cache for every client (replicas, sidecars)") {
+        tier::scenarios(b.quick, b.secs(), &mut rows).await?;
     }
     if on("memory: stream memory") {
         stream_memory(b, &mut rows).await?;
