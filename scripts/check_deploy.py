@@ -36,7 +36,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/shared-tier", "k8s/examples/worker-sidecar"]
+KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/shared-tier", "k8s/examples/worker-sidecar",
+                  "k8s/examples/worker-sidecar-tier"]
 # What the runtime image (distroless cc) provides.
 RUNTIME_LIBS = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0",
                 "libdl.so.2", "librt.so.1", "ld-linux-x86-64.so.2"}
@@ -117,7 +118,7 @@ def check_semantics(name: str, docs: list) -> None:
             served += 1
             check_resultstore_container(name, dep, spec, c, configmaps)
     check(served, f"{name}: no resultstore container")
-    if name != "k8s/examples/worker-sidecar":
+    if not name.startswith("k8s/examples/"):
         services = by_kind.get("Service", [])
         check(any(s["spec"].get("clusterIP") == "None" for s in services), f"{name}: a headless Service for routing")
         for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
@@ -155,9 +156,25 @@ def check_resultstore_container(name: str, dep: dict, spec: dict, c: dict, confi
         + size(cache.get("fill_budget", "256MiB"))
         + 3 * size(limits.get("max_request_bytes_in_flight", "256MiB"))
         + 3 * size(limits.get("stream_chunk_size", "8MiB")) * int(limits.get("max_concurrent_streams", 64))
+        + (size(str(config["tier"].get("copies", "32MiB"))) if "tier" in config else 0)
         + PROCESS_MEMORY
     )
     check(limit >= needed, f"{where}: memory limit {limit} below the sizing formula's peak ({needed})")
+
+    # A replica of a tier names itself as its peers find it: the pod's IP.
+    tier = config.get("tier", {})
+    if "peers" in tier:
+        listen = config.get("listen", "127.0.0.1:50051")
+        env = {e["name"]: e for e in c.get("env", [])}
+        check(env.get("RESULTSTORE_ADVERTISE", {}).get("value") == "$(POD_IP):" + str(port_of(listen)),
+              f"{where}: RESULTSTORE_ADVERTISE is $(POD_IP) and the listen port")
+        check(env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP",
+              f"{where}: POD_IP comes from status.podIP")
+        check(tier["peers"].startswith("dns"), f"{where}: peers are the headless Service's addresses")
+    for key in ("ca", "upstream_token_file"):
+        if key in tier:
+            m = next((m for m in c["volumeMounts"] if tier[key].startswith(m["mountPath"] + "/")), None)
+            check(m is not None, f"{where}: tier.{key} ({tier[key]}) is mounted")
 
     # Ports and probes agree with the config.
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}

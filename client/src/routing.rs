@@ -212,14 +212,20 @@ impl Router {
                 .map(|url| Ok(new_replica(replica_id(url)?, lazy_client(url, &options)?)))
                 .collect::<Result<Vec<_>>>()?,
             Endpoints::Dns { .. } => {
-                let ids = resolve(&endpoints).await?;
-                if ids.is_empty() {
+                // A server's peers may not be in DNS yet (a headless Service lists ready
+                // pods only, and none is ready while the first starts): it starts knowing
+                // none and looks again at its first call.
+                let ids = match resolve(&endpoints).await {
+                    Err(_) if lazily => Vec::new(),
+                    ids => ids?,
+                };
+                if ids.is_empty() && !lazily {
                     return Err(ClientError::Discovery(format!("{endpoints:?}: the name resolves to no address")));
                 }
                 build_replicas(&endpoints, &options, ids, &[])?
             }
         };
-        let refresh_at = Instant::now() + options.dns_refresh;
+        let refresh_at = if replicas.is_empty() { Instant::now() } else { Instant::now() + options.dns_refresh };
         Ok(Arc::new(Router {
             endpoints,
             options,
@@ -239,8 +245,8 @@ impl Router {
 
     /// The first replica of the list.
     pub fn first(&self) -> Arc<Replica> {
-        // Never empty: built with at least one replica, and a refresh that finds none
-        // keeps the list it had.
+        // Never empty for a client: built with at least one replica (only a server's lazy
+        // router may start with none), and a refresh that finds none keeps the list it had.
         self.current()[0].clone()
     }
 
@@ -258,15 +264,12 @@ impl Router {
     }
 
     /// The key's owner by score alone, set aside or not: the replica the rule says holds
-    /// the key (a server compares it with itself to know whether to forward).
-    pub fn owner(self: &Arc<Self>, key: &str) -> Arc<Replica> {
+    /// the key (a server compares it with itself to know whether to forward). `None` only
+    /// for a router made by [`Router::connect_lazily`] whose DNS name has no address yet.
+    pub fn owner(self: &Arc<Self>, key: &str) -> Option<Arc<Replica>> {
         self.refresh_if_due();
         let replicas = self.current();
-        let best = replicas
-            .iter()
-            .max_by_key(|r| (rendezvous_score(&r.id, key), std::cmp::Reverse(r.id.as_str())))
-            .unwrap_or(&replicas[0]);
-        best.clone()
+        replicas.iter().max_by_key(|r| (rendezvous_score(&r.id, key), std::cmp::Reverse(r.id.as_str()))).cloned()
     }
 
     /// Notes how a call to `replica` ended, for the calls after it. Returns whether the
@@ -393,7 +396,7 @@ mod tests {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         for i in 0..500 {
             let key = format!("key-{i}");
-            assert_eq!(router.owner(&key).id, rendezvous_order(&ids, &key)[0], "{key}");
+            assert_eq!(router.owner(&key).unwrap().id, rendezvous_order(&ids, &key)[0], "{key}");
         }
     }
 

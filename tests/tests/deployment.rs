@@ -26,7 +26,12 @@ fn every_configmap_config_parses_and_builds_its_blocks() {
     let names: Vec<String> = found.iter().map(|p| p.strip_prefix(&k8s).unwrap().display().to_string()).collect();
     assert_eq!(
         names,
-        ["base/config.toml", "examples/worker-sidecar/config.toml", "overlays/shared-tier/config.toml"],
+        [
+            "base/config.toml",
+            "examples/worker-sidecar/config.toml",
+            "examples/worker-sidecar-tier/config.toml",
+            "overlays/shared-tier/config.toml"
+        ],
         "every ConfigMap config is checked here"
     );
     for path in &found {

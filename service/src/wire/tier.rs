@@ -194,7 +194,8 @@ impl Tier {
         if hop.forwarded {
             return None;
         }
-        let owner = self.router.owner(key);
+        // No node known yet (a DNS name with no address): this one serves.
+        let owner = self.router.owner(key)?;
         if self.is_me(&owner) {
             return None;
         }
@@ -437,8 +438,8 @@ impl Tier {
         match &self.mode {
             Mode::Peers { .. } => Ok(None),
             Mode::Upstream { .. } => {
-                let route =
-                    Route { order: self.router.order(&req.prefix), owner: self.router.owner(&req.prefix).id.clone() };
+                let owner = self.router.owner(&req.prefix).map(|o| o.id.clone()).unwrap_or_default();
+                let route = Route { order: self.router.order(&req.prefix), owner };
                 self.forward(Method::DeletePrefix, route, hop, req, |mut c, r| async move { c.delete_prefix(r).await })
                     .await
             }
