@@ -8,9 +8,12 @@
 //!
 //! - [`wire`]: what clients talk to. [`wire::server`] binds, serves `resultstore.v1`
 //!   with health and reflection, and shuts down by drain; [`wire::grpc`] holds one thin
-//!   handler per RPC: admit (draining? token? a free place?), convert the request, call
+//!   handler per RPC: admit (draining? token? a free place?), convert the request, hand
+//!   it to the key's owner when [`wire::tier`] says another node owns it, else call
 //!   [`ops::store`] or [`ops::stream`], map the error to a `Status` (the only place that
-//!   knows tonic), record the call's end.
+//!   knows tonic), record the call's end. [`wire::tier`]: replicas that serve each key
+//!   through its owner, sidecars that fill from a tier; [`wire::copies`]: hot keys'
+//!   replies kept on nodes that do not own them.
 //! - [`runtime`]: the process around the calls. [`runtime::live`]: the config generation
 //!   in force, swapped whole on SIGHUP; [`runtime::connections`], [`runtime::tls`],
 //!   [`runtime::request_bytes`]: bounds on what clients may open and send;
@@ -41,7 +44,8 @@
 //!   and logging.
 //!
 //! To follow an RPC: its handler in [`wire::grpc`] (named as the RPC), then the
-//! [`ops::store`] or [`ops::stream`] method it calls.
+//! [`wire::tier`] method of the same name (with a `[tier]`: does another node own the
+//! key?), then the [`ops::store`] or [`ops::stream`] method it calls.
 
 pub mod config;
 pub mod error;
