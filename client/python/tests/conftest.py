@@ -36,12 +36,14 @@ def server_binary() -> Path:
 class Server:
     """A running `resultstore serve` with the given config, in its own directory."""
 
-    def __init__(self, root: Path, config: str | None, listen: str = "127.0.0.1:0", metrics: bool = False):
+    def __init__(self, root: Path, config: str | None, listen: str = "127.0.0.1:0", metrics: bool = False,
+                 extra_args: list[str] | tuple[str, ...] = ()):
         """`config=None` runs the embedded default (as `resultstore serve` with no file).
-        `metrics`: also serve /metrics on a free port (`metrics_url`)."""
+        `metrics`: also serve /metrics on a free port (`metrics_url`). `extra_args` go to
+        `serve` as they are (`--advertise ...`)."""
         self.root = root
         self.config_path = root / "resultstore.toml"
-        args = [str(server_binary()), "serve", "--listen", listen]
+        args = [str(server_binary()), "serve", "--listen", listen, *extra_args]
         if metrics:
             args += ["--metrics-listen", "127.0.0.1:0"]
         if config is not None:
