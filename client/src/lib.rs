@@ -566,7 +566,8 @@ pub enum Stored {
 }
 
 impl Stored {
-    fn from_reply(reply: pb::PutResponse) -> Result<Self> {
+    /// What a Put's reply says was stored.
+    pub fn from_reply(reply: pb::PutResponse) -> Result<Self> {
         match reply.result {
             Some(pb::put_response::Result::Literal(l)) => Ok(Stored::Literal(Literal::from_pb(l)?)),
             Some(pb::put_response::Result::Reference(r)) => Ok(Stored::Reference(Reference(Box::new(r)))),

@@ -161,6 +161,25 @@ where
     }
 }
 
+impl RequestBytes {
+    /// `len` bytes of the budget for a request read outside gRPC (an HTTP body), or `None`
+    /// when the budget is spent (the caller refuses the request as overloaded). Requests
+    /// up to [`SMALL_REQUEST`] take nothing, as for gRPC.
+    pub fn take(&self, len: usize) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        if len <= SMALL_REQUEST {
+            return Some(None);
+        }
+        let kib = u32::try_from(len.min(self.max_message).div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_kib);
+        match self.budget.clone().try_acquire_many_owned(kib) {
+            Ok(p) => Some(Some(p)),
+            Err(_) => {
+                self.metrics.request_bytes_refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
 /// A body whose first bytes were already read: those, then the rest.
 struct Prefixed {
     head: Option<Bytes>,

@@ -69,7 +69,8 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>> {
             tls.cert.display()
         ))
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC; http/1.1 for browsers and curl (the HTTP API, the console, gRPC-Web).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

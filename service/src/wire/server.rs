@@ -137,10 +137,11 @@ pub async fn start(
         .build_v1alpha()
         .map_err(|e| Error::Config(e.to_string()))?;
     let tier = crate::wire::tier::Tier::start(config, metrics.tier.clone()).await?;
-    let service =
-        ResultStoreServer::new(ResultStoreService::new(live.clone(), metrics.clone(), max_message, tier.clone()))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+    let service = Arc::new(ResultStoreService::new(live.clone(), metrics.clone(), max_message, tier.clone()));
+    let grpc = ResultStoreServer::from_arc(service.clone())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let http = crate::wire::http::router(service, grpc, live.clone(), request_bytes.clone(), max_message);
 
     let (tx, rx) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();
@@ -163,7 +164,10 @@ pub async fn start(
     // what a client can make the server buffer per connection, too.
     // Keepalive pings close connections whose peer is gone (see `connections` for the
     // other bounds on connections).
+    // HTTP/1.1 too, on the same listener: the HTTP API, the console and gRPC-Web
+    // (`wire::http`) serve browsers, curl and notebooks; gRPC clients keep HTTP/2.
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams_per_connection))
@@ -171,10 +175,11 @@ pub async fn start(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(tower::util::MapResponseLayer::new(size_limit_is_resource_exhausted))
         .layer(crate::runtime::request_bytes::RequestBytesLayer(request_bytes))
+        // resultstore.v1 (gRPC, and gRPC-Web for browsers) with the HTTP API and console.
+        .add_routes(tonic::service::Routes::from(http))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service);
+        .add_service(reflection_v1alpha);
     let limits = ConnectionLimits {
         max_connections: config.limits.max_connections,
         preface_timeout: config.limits.connection_preface_timeout,
