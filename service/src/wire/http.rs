@@ -49,8 +49,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,10 +58,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use resultstore_proto::v1 as pb;
 use resultstore_proto::v1::result_store_server::{ResultStore as _, ResultStoreServer};
-use tonic::server::NamedService;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::Code;
+use tonic::server::NamedService;
 
 use crate::runtime::live::Live;
 use crate::runtime::request_bytes::RequestBytes;
@@ -209,12 +209,13 @@ enum Want {
     Stored,
 }
 
-fn want_of(want: Option<&str>) -> Result<Want, Response> {
+/// A query's `want`, or the message of a 400.
+fn want_of(want: Option<&str>) -> Result<Want, String> {
     match want.unwrap_or("json") {
         "json" => Ok(Want::Json),
         "raw" => Ok(Want::Raw),
         "stored" => Ok(Want::Stored),
-        other => Err(bad_request(format!("want `{other}`: expected json, raw or stored"))),
+        other => Err(format!("want `{other}`: expected json, raw or stored")),
     }
 }
 
@@ -230,7 +231,7 @@ async fn read(
     };
     let want = match want_of(q.want.as_deref()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     let location = pb::Location { block: slug(&kind, &name), key };
     read_target(&http, &headers, Target::Location(location), want, q.allow_expired, q.bypass_cache).await
@@ -252,7 +253,7 @@ async fn read_target(
 ) -> Response {
     let range = match headers.get(header::RANGE).map(parse_range).transpose() {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     if range.is_some() && want != Want::Raw {
         return bad_request("Range is served for want=raw only");
@@ -305,8 +306,9 @@ enum Range {
     Last(u64),
 }
 
-fn parse_range(v: &HeaderValue) -> Result<Range, Response> {
-    let bad = || bad_request("Range: expected one range, bytes=a-b, bytes=a- or bytes=-n");
+/// A `Range` header, or the message of a 400.
+fn parse_range(v: &HeaderValue) -> Result<Range, String> {
+    let bad = || "Range: expected one range, bytes=a-b, bytes=a- or bytes=-n".to_owned();
     let spec = v.to_str().map_err(|_| bad())?.trim().strip_prefix("bytes=").ok_or_else(bad)?;
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     if spec.contains(',') {
@@ -432,11 +434,9 @@ async fn streamed(
         match m {
             Ok(pb::GetStreamResponse { part: Some(pb::get_stream_response::Part::Chunk(c)) }) => Some(Ok(c)),
             Ok(_) => None,
-            Err(s) => Some(Err(std::io::Error::other(format!(
-                "{}: {}",
-                resultstore_proto::code_name(s.code()),
-                s.message()
-            )))),
+            Err(s) => {
+                Some(Err(std::io::Error::other(format!("{}: {}", resultstore_proto::code_name(s.code()), s.message()))))
+            }
         }
     });
     let mut status = StatusCode::OK;
@@ -626,8 +626,12 @@ async fn list(
         Ok(q) => q,
         Err(e) => return bad_request(format!("query: {}", e.body_text())),
     };
-    let request =
-        pb::ListRequest { block: slug(&kind, &name), prefix: q.prefix, page_size: q.page_size, page_token: q.page_token };
+    let request = pb::ListRequest {
+        block: slug(&kind, &name),
+        prefix: q.prefix,
+        page_size: q.page_size,
+        page_token: q.page_token,
+    };
     match http.service.list(call(&headers, request)).await {
         Ok(reply) => {
             let reply = reply.into_inner();
@@ -732,7 +736,7 @@ async fn resolve_document(
     };
     let want = match want_of(q.want.as_deref()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(m) => return bad_request(m),
     };
     // A document is small: at most 1 MiB of it is read.
     let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
