@@ -73,6 +73,12 @@ enum Command {
         #[arg(long, env = "RESULTSTORE_ADVERTISE")]
         advertise: Option<String>,
     },
+    /// Where the results console of a server is: prints its address (open it in a
+    /// browser; the page asks for a token when the server has `[auth]`).
+    Open {
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Make or hash bearer tokens for the config's `[auth]` table.
     Token {
         #[command(subcommand)]
@@ -347,10 +353,27 @@ fn output(out: &Option<PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// The console's address on the server `server` names (its first URL, for a list; a
+/// `dns://` name's console is on any of its replicas).
+fn console_url(server: &str) -> anyhow::Result<String> {
+    let first = server.split(',').next().unwrap_or_default().trim().trim_end_matches('/');
+    let (scheme, rest) = first.split_once("://").context("--server: expected http://host:port")?;
+    let scheme = match scheme {
+        "http" | "dns" | "dns+http" => "http",
+        "https" | "dns+https" => "https",
+        other => anyhow::bail!("--server: unknown scheme `{other}`"),
+    };
+    Ok(format!("{scheme}://{rest}/console"))
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen, metrics_listen, advertise } => {
             serve(config, listen, metrics_listen, advertise).await
+        }
+        Command::Open { server } => {
+            println!("{}", console_url(&server.server)?);
+            Ok(())
         }
         Command::Token { command: TokenCommand::New } => {
             // Two v4 UUIDs: 244 random bits from the OS generator.
@@ -618,6 +641,8 @@ async fn serve(
     if let Some(m) = handle.metrics_addr {
         println!("resultstore metrics on http://{m}/metrics");
     }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    println!("resultstore console on {scheme}://{}/console", handle.local_addr);
     std::io::stdout().flush()?;
     loop {
         tokio::select! {

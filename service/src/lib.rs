@@ -13,7 +13,8 @@
 //!   [`ops::store`] or [`ops::stream`], map the error to a `Status` (the only place that
 //!   knows tonic), record the call's end. [`wire::tier`]: replicas that serve each key
 //!   through its owner, sidecars that fill from a tier; [`wire::copies`]: hot keys'
-//!   replies kept on nodes that do not own them.
+//!   replies kept on nodes that do not own them; [`wire::http`]: the JSON API, gRPC-Web
+//!   and the console on the same listener, each endpoint transcoded to its gRPC handler.
 //! - [`runtime`]: the process around the calls. [`runtime::live`]: the config generation
 //!   in force, swapped whole on SIGHUP; [`runtime::connections`], [`runtime::tls`],
 //!   [`runtime::request_bytes`]: bounds on what clients may open and send;

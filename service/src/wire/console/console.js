@@ -172,6 +172,7 @@ async function show(key) {
       $("value").textContent = text;
     }
     say("");
+    loadStats();
   } catch (e) {
     if (e.code !== "FAILED_PRECONDITION") return explain(e);
     // Not plain data (a pickled object, say): its size and first bytes.
