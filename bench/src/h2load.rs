@@ -90,17 +90,48 @@ pub fn run(
     secs: Duration,
     min_reply: u64,
 ) -> anyhow::Result<Stats> {
-    let log = body.with_extension("log.tsv");
+    let mut command = Command::new("h2load");
+    command.arg("-d").arg(body).args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    let url = format!("http://{addr}/resultstore.v1.ResultStore/{method}");
+    measure(command, &url, &body.with_extension("log.tsv"), clients, streams, secs, min_reply)
+}
+
+/// As [`run`], every request an HTTP GET of `path` (the HTTP API), over HTTP/2, or
+/// HTTP/1.1 when `h1` (then `streams` is the pipelining depth: keep it 1).
+#[allow(clippy::too_many_arguments)]
+pub fn get(
+    addr: &str,
+    path: &str,
+    h1: bool,
+    log: &Path,
+    clients: usize,
+    streams: usize,
+    secs: Duration,
+    min_reply: u64,
+) -> anyhow::Result<Stats> {
+    let mut command = Command::new("h2load");
+    if h1 {
+        command.arg("--h1");
+    }
+    measure(command, &format!("http://{addr}{path}"), log, clients, streams, secs, min_reply)
+}
+
+fn measure(
+    mut command: Command,
+    url: &str,
+    log: &Path,
+    clients: usize,
+    streams: usize,
+    secs: Duration,
+    min_reply: u64,
+) -> anyhow::Result<Stats> {
     let warm = (secs / 4).max(Duration::from_millis(250));
-    let output = Command::new("h2load")
+    let output = command
         .arg(format!("--duration={}ms", secs.as_millis()))
         .arg(format!("--warm-up-time={}ms", warm.as_millis()))
         .args(["-c", &clients.to_string(), "-m", &streams.to_string(), "-t", "1"])
-        .arg("-d")
-        .arg(body)
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg(format!("--log-file={}", log.display()))
-        .arg(format!("http://{addr}/resultstore.v1.ResultStore/{method}"))
+        .arg(url)
         .output()
         .context("running h2load")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -122,9 +153,9 @@ pub fn run(
         .and_then(|(_, n)| n.parse::<u64>().ok())
         .context("the data bytes of the traffic line")?;
     let mut latencies: Vec<u32> =
-        std::fs::read_to_string(&log)?.lines().filter_map(|l| l.split('\t').nth(2)?.parse().ok()).collect();
+        std::fs::read_to_string(log)?.lines().filter_map(|l| l.split('\t').nth(2)?.parse().ok()).collect();
     latencies.sort_unstable();
-    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(log);
     if failed > 0 || succeeded == 0 {
         bail!("h2load: {succeeded} succeeded, {failed} failed or errored");
     }

@@ -441,6 +441,41 @@ async fn h2load_scenarios(b: &Bench, values: &HashMap<String, Bytes>, rows: &mut
             );
         }
     }
+    // The HTTP API (issue 19): a cached 1 KiB result read as JSON over HTTP, against the
+    // gRPC Resolve of the same result as JSON, same process, same run.
+    let key = "hit/1024".to_owned();
+    let body = dir.join("resolve-json-1024.bin");
+    let request = pb::ResolveRequest {
+        target: Some(pb::resolve_request::Target::Location(pb::Location { block: "memory/bench".into(), key })),
+        want: pb::Want::Json as i32,
+        ..Default::default()
+    };
+    h2load::body(&body, &request)?;
+    let path = "/v1/blocks/memory/bench/results/hit/1024?want=json";
+    for (clients, streams, h1) in [(1, 1, false), (4, 16, false), (1, 1, true), (16, 1, true)] {
+        let (a, log, body, secs) = (ours.addr.clone(), dir.join("http.log.tsv"), body.clone(), secs / 2);
+        let (http, grpc) = tokio::task::spawn_blocking(move || -> anyhow::Result<(load::Stats, load::Stats)> {
+            let best = |x: load::Stats, y: load::Stats| if x.rps() >= y.rps() { x } else { y };
+            let h1_ = h2load::get(&a, path, h1, &log, clients, streams, secs, 1024)?;
+            let g1 = h2load::run(&a, "Resolve", &body, clients, streams, secs, 1024)?;
+            let h2_ = h2load::get(&a, path, h1, &log, clients, streams, secs, 1024)?;
+            let g2 = h2load::run(&a, "Resolve", &body, clients, streams, secs, 1024)?;
+            Ok((best(h1_, h2_), best(g1, g2)))
+        })
+        .await??;
+        rows.push(
+            Row::new(
+                format!(
+                    "h2load: HTTP GET JSON of a cached 1 KiB result ({}), {} in flight",
+                    if h1 { "HTTP/1.1" } else { "HTTP/2" },
+                    clients * streams
+                ),
+                http.summary(),
+                format!("gRPC Resolve (JSON), same server: {}", grpc.summary()),
+            )
+            .ratio(http.rps() / grpc.rps()),
+        );
+    }
     // Put 1 KiB of JSON for the server to serialize (validation included), a new key each.
     let body = dir.join("put-1024.bin");
     let doc = String::from_utf8(json_doc(1024, 1).to_vec())?;
