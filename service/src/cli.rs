@@ -636,14 +636,18 @@ async fn serve(
     // Installed before the address is printed: whoever reads it may send SIGHUP at once,
     // and SIGHUP's default action ends the process.
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    // Lines on stdout, so scripts and tests know the addresses (also with port 0).
-    println!("resultstore listening on {}", handle.local_addr);
-    if let Some(m) = handle.metrics_addr {
-        println!("resultstore metrics on http://{m}/metrics");
-    }
+    // Lines on stdout, so scripts and tests know the addresses (also with port 0). Written
+    // without `println!`: a reader that took the lines it wanted and closed the pipe must
+    // not stop the server (`println!` panics on EPIPE).
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    println!("resultstore console on {scheme}://{}/console", handle.local_addr);
-    std::io::stdout().flush()?;
+    let mut lines = format!("resultstore listening on {}\n", handle.local_addr);
+    if let Some(m) = handle.metrics_addr {
+        lines.push_str(&format!("resultstore metrics on http://{m}/metrics\n"));
+    }
+    lines.push_str(&format!("resultstore console on {scheme}://{}/console\n", handle.local_addr));
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(lines.as_bytes()).and_then(|()| stdout.flush());
+    drop(stdout);
     loop {
         tokio::select! {
             ended = handle.wait() => {
