@@ -349,3 +349,21 @@ def test_the_openapi_document_matches_the_running_server(server):
         capture_output=True, text=True, timeout=600, cwd=server.root,
     )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+
+
+def test_a_prefect_result_document_resolves_over_http(server, prefect_env):
+    """What Prefect's API hands a UI or another language: the result's metadata document.
+    POSTed to /v1/resolve with the block it lives in, it reads as the value."""
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+    from prefect.serializers import JSONSerializer
+
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(server.root / "results")), serializer=JSONSerializer())
+    store.write({"from": "prefect", "n": 3}, key="prefect/doc")
+    # The metadata document, as Prefect wrote it in the record.
+    document = json.dumps(json.loads((server.root / "results" / "prefect" / "doc").read_text())["metadata"])
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post("/v1/resolve", params={"block": BLOCK}, content=document)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"from": "prefect", "n": 3}
+        assert json.loads(r.headers["resultstore-reference"])["key"] == "prefect/doc"

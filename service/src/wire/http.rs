@@ -782,3 +782,60 @@ async fn stats(State(http): State<Http>, headers: HeaderMap) -> Response {
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of docs/http.md, row by row: a change here must change the docs too.
+    #[test]
+    fn every_grpc_code_has_the_documented_http_status() {
+        let storage = {
+            let mut s = tonic::Status::unavailable("storage failed");
+            s.metadata_mut().insert(
+                resultstore_proto::UNAVAILABLE_REASON,
+                tonic::metadata::MetadataValue::from_static(resultstore_proto::UNAVAILABLE_STORAGE),
+            );
+            s
+        };
+        let cases = [
+            (tonic::Status::invalid_argument(""), 400),
+            (tonic::Status::out_of_range(""), 400),
+            (tonic::Status::unauthenticated(""), 401),
+            (tonic::Status::permission_denied(""), 403),
+            (tonic::Status::not_found(""), 404),
+            (tonic::Status::already_exists(""), 409),
+            (tonic::Status::aborted(""), 409),
+            (tonic::Status::failed_precondition(""), 412),
+            (tonic::Status::resource_exhausted("the reply is above the limit"), 413),
+            (tonic::Status::resource_exhausted("overloaded: too many calls"), 503),
+            (storage, 502),
+            (tonic::Status::unavailable("draining"), 503),
+            (tonic::Status::deadline_exceeded(""), 504),
+            (tonic::Status::data_loss(""), 500),
+            (tonic::Status::internal(""), 500),
+            (tonic::Status::unknown(""), 500),
+            (tonic::Status::unimplemented(""), 501),
+        ];
+        for (status, http) in cases {
+            assert_eq!(http_status(&status).as_u16(), http, "{:?}", status.code());
+        }
+    }
+
+    #[test]
+    fn ranges_cover_what_they_say() {
+        let r = |s: &str| parse_range(&HeaderValue::from_str(s).unwrap());
+        assert!(matches!(r("bytes=2-5"), Ok(Range::From(2, Some(5)))));
+        assert!(matches!(r("bytes=7-"), Ok(Range::From(7, None))));
+        assert!(matches!(r("bytes=-3"), Ok(Range::Last(3))));
+        for bad in ["bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=-", "bytes=a-b"] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+        assert_eq!(span(Range::From(2, Some(5)), 10), Some((2, 5)));
+        assert_eq!(span(Range::From(2, Some(50)), 10), Some((2, 9)));
+        assert_eq!(span(Range::Last(3), 10), Some((7, 9)));
+        assert_eq!(span(Range::Last(30), 10), Some((0, 9)));
+        assert_eq!(span(Range::From(10, None), 10), None);
+        assert_eq!(span(Range::Last(0), 10), None);
+    }
+}
