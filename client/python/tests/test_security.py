@@ -155,3 +155,30 @@ def test_the_prefect_block_takes_tls_and_a_token(secure_server):
     block.write_path("prefect/object", b"bare bytes from a flow")
     assert block.read_path("prefect/object") == b"bare bytes from a flow"
     assert "py-writer-token" not in repr(block)
+
+
+def test_the_http_api_speaks_the_same_tls_and_tokens(secure_server):
+    """HTTP/1.1 over the same TLS listener (ALPN http/1.1), with the same client
+    certificate rule and the same tokens."""
+    import ssl
+
+    import httpx
+
+    server, pki = secure_server
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    context.load_cert_chain(str(pki["client_crt"]), str(pki["client_key"]))
+    base = f"https://{server.address}/v1/blocks/local-file-system/default/results"
+    with httpx.Client(verify=context, timeout=10) as http:
+        put = http.put(f"{base}/tls/one", json=[1], headers={"Authorization": f"Bearer {WRITER}"})
+        assert put.status_code == 200, put.text
+        r = http.get(f"{base}/tls/one", headers={"Authorization": f"Bearer {READER}"})
+        assert r.status_code == 200 and r.json() == [1]
+        assert r.http_version == "HTTP/1.1"
+        denied = http.put(f"{base}/tls/two", json=[2], headers={"Authorization": f"Bearer {READER}"})
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "PERMISSION_DENIED"
+        assert http.get(f"{base}/tls/one").status_code == 401
+    # Without a client certificate the handshake fails.
+    bare = ssl.create_default_context(cafile=str(pki["ca"]))
+    with httpx.Client(verify=bare, timeout=10) as http:
+        with pytest.raises(httpx.HTTPError):
+            http.get(f"{base}/tls/one", headers={"Authorization": f"Bearer {READER}"})
