@@ -49,8 +49,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,6 +59,7 @@ use futures::StreamExt;
 use resultstore_proto::v1 as pb;
 use resultstore_proto::v1::result_store_server::{ResultStore as _, ResultStoreServer};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::server::NamedService;
@@ -175,6 +176,21 @@ fn bad_request(message: impl Into<String>) -> Response {
     error(tonic::Status::invalid_argument(message.into()))
 }
 
+/// A request's query parameters, refused with this API's JSON 400 (naming the parameter)
+/// when one is unknown or malformed.
+struct Params<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Params(q)),
+            Err(e) => Err(bad_request(format!("query: {}", e.body_text()))),
+        }
+    }
+}
+
 /// `message` as a call carrying the HTTP request's token.
 fn call<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -222,13 +238,9 @@ fn want_of(want: Option<&str>) -> Result<Want, String> {
 async fn read(
     State(http): State<Http>,
     Path((kind, name, key)): Path<(String, String, String)>,
-    query: Result<Query<ReadQuery>, QueryRejection>,
+    Params(q): Params<ReadQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(format!("query: {}", e.body_text())),
-    };
     let want = match want_of(q.want.as_deref()) {
         Ok(w) => w,
         Err(m) => return bad_request(m),
@@ -510,14 +522,10 @@ struct WriteQuery {
 async fn write(
     State(http): State<Http>,
     Path((kind, name, key)): Path<(String, String, String)>,
-    query: Result<Query<WriteQuery>, QueryRejection>,
+    Params(q): Params<WriteQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(format!("query: {}", e.body_text())),
-    };
     let mode = match q.mode.as_deref() {
         None | Some("overwrite") => pb::WriteMode::Overwrite,
         Some("create_only") => pb::WriteMode::CreateOnly,
@@ -619,13 +627,9 @@ struct ListQuery {
 async fn list(
     State(http): State<Http>,
     Path((kind, name)): Path<(String, String)>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    Params(q): Params<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(format!("query: {}", e.body_text())),
-    };
     let request = pb::ListRequest {
         block: slug(&kind, &name),
         prefix: q.prefix,
@@ -671,13 +675,9 @@ struct DeletePrefixQuery {
 async fn delete_prefix(
     State(http): State<Http>,
     Path((kind, name)): Path<(String, String)>,
-    query: Result<Query<DeletePrefixQuery>, QueryRejection>,
+    Params(q): Params<DeletePrefixQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(format!("query: {}", e.body_text())),
-    };
     let request = pb::DeletePrefixRequest { block: slug(&kind, &name), prefix: q.prefix, all: q.all };
     match http.service.delete_prefix(call(&headers, request)).await {
         Ok(r) => axum::Json(json!({"deleted": r.get_ref().deleted, "bytes": r.get_ref().bytes})).into_response(),
@@ -726,14 +726,10 @@ struct ResolveQuery {
 /// else the default block).
 async fn resolve_document(
     State(http): State<Http>,
-    query: Result<Query<ResolveQuery>, QueryRejection>,
+    Params(q): Params<ResolveQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_request(format!("query: {}", e.body_text())),
-    };
     let want = match want_of(q.want.as_deref()) {
         Ok(w) => w,
         Err(m) => return bad_request(m),
