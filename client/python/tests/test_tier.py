@@ -107,6 +107,14 @@ def test_round_robin_stubs_fill_each_result_once_and_see_overwrites_at_once(star
         assert storage_gets(servers) == len(keys)
         forwarded = sum(metric(s, "resultstore_tier_forwarded_total{", 'method="Resolve"') for s in servers)
         assert forwarded >= len(keys)
+        # HTTP callers are served through the owners too (the HTTP API is the gRPC
+        # handlers transcoded): reading every key over HTTP, round-robin, reads no storage.
+        import httpx
+
+        for i, k in enumerate(keys):
+            r = httpx.get(f"{servers[i % 3].url}/v1/blocks/local-file-system/default/results/{k}", timeout=10)
+            assert r.status_code == 200 and r.json() == k
+        assert storage_gets(servers) == len(keys)
 
         # An overwrite through one replica is what every replica answers next, at once.
         for i, k in enumerate(keys[:15]):
