@@ -332,13 +332,13 @@ def test_node_fetch_reads_and_writes(server):
 
 
 def test_the_openapi_document_matches_the_running_server(server):
-    """schemathesis generates requests from docs/openapi.json (which the server serves as it
+    """schemathesis generates requests from service/src/wire/openapi.json (which the server serves as it
     is) and checks every reply's status, content type, headers and body against it."""
     schemathesis = os.environ.get("RESULTSTORE_SCHEMATHESIS", str(REPO / ".test-env" / "http" / "bin" / "schemathesis"))
     if not Path(schemathesis).is_file():
         pytest.fail(f"schemathesis is missing at {schemathesis}: run scripts/test-env (it installs it)")
     served = httpx.get(f"{server.url}/openapi.json", timeout=10)
-    assert served.json() == json.loads((REPO / "docs" / "openapi.json").read_text()), "the served document is the repo's"
+    assert served.json() == json.loads((REPO / "service" / "src" / "wire" / "openapi.json").read_text()), "the served document is the repo's"
     out = subprocess.run(
         [
             schemathesis, "--config-file", str(HERE / "http" / "schemathesis.toml"), "run", f"{server.url}/openapi.json",

@@ -8,7 +8,7 @@
 //! requests, replies to bodies and headers, and gRPC codes to HTTP statuses ([`http_status`],
 //! the one table; the body of an error also names the gRPC code).
 //!
-//! **Endpoints** (`docs/http.md` has each with a curl example; `docs/openapi.json` is the
+//! **Endpoints** (`docs/http.md` has each with a curl example; `service/src/wire/openapi.json` is the
 //! contract, served at `/openapi.json` and checked against the running server in CI):
 //!
 //! ```text
@@ -69,7 +69,7 @@ use crate::runtime::request_bytes::RequestBytes;
 use crate::wire::grpc::ResultStoreService;
 
 /// The OpenAPI document of this API (kept in the repository, served as it is).
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("openapi.json");
 const CONSOLE_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
 const CONSOLE_CSS: &str = include_str!("console/console.css");
