@@ -157,7 +157,9 @@ impl Tier {
             (Some(me), None) => {
                 let me = me.to_ascii_lowercase();
                 let ids = router.replica_ids();
-                if !ids.contains(&me) {
+                // Only a fixed list can be wrong at start: a DNS name lists ready pods, and
+                // this one is not ready yet.
+                if matches!(Endpoints::parse(spec), Ok(Endpoints::List(_))) && !ids.contains(&me) {
                     tracing::warn!(
                         advertise = me,
                         peers = ids.join(","),
