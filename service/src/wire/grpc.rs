@@ -674,13 +674,12 @@ impl pb::result_store_server::ResultStore for ResultStoreService {
                 }
             };
             let mut header_pb = header;
-            let header = put_stream_header(header_pb.clone()).map_err(status_of)?;
+            let mut header = put_stream_header(header_pb.clone()).map_err(status_of)?;
             if let Some(key) = &header.key {
                 Span::current().record("key", key.as_str());
             }
             generation.store.put_stream_block(&header, &access).map_err(status_of)?;
             let _permit = self.shed_unless(generation.admit_stream())?;
-            let mut header = header;
             if let Some(tier) = &self.tier {
                 let inbound = Arc::new(tokio::sync::Mutex::new(Some(messages)));
                 if let Some(reply) = tier.put_stream(&hop, &mut header_pb, &inbound).await? {
